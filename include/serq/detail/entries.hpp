@@ -1,0 +1,361 @@
+//
+// serq/detail/entries.hpp
+//
+// The typed entries a serialized_queue holds: an operation to launch, an
+// acquire (hands out a turn), and a barrier. Each owns the user's handler,
+// tracks outstanding work on both executors, and is allocated with the
+// handler's associated allocator (Asio's recycling allocator when that is
+// std::allocator), freed before the upcall.
+//
+
+#ifndef SERQ_DETAIL_ENTRIES_HPP
+#define SERQ_DETAIL_ENTRIES_HPP
+
+#include <serq/detail/handler_alloc.hpp>
+#include <serq/detail/queue_core.hpp>
+#include <serq/turn.hpp>
+
+#include <boost/asio/associated_allocator.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <memory>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace serq {
+namespace detail {
+
+// Completion signatures serq can queue: void(error_code, Ts...).
+template <class Signature>
+struct queueable_signature : std::false_type {};
+
+template <class... Ts>
+struct queueable_signature<void(boost::system::error_code, Ts...)> : std::true_type {
+  // What an operation that never ran completes with.
+  static std::tuple<boost::system::error_code, std::decay_t<Ts>...> failed(
+      boost::system::error_code ec) {
+    return {ec, std::decay_t<Ts>{}...};
+  }
+  static std::tuple<boost::system::error_code, std::decay_t<Ts>...> aborted() {
+    return failed(boost::asio::error::operation_aborted);
+  }
+};
+
+template <class... Ts>
+struct queueable_signature<void(const boost::system::error_code&, Ts...)>
+    : queueable_signature<void(boost::system::error_code, Ts...)> {};
+
+// A handler bound to its arguments. Keeps the handler's associated allocator;
+// the executor is chosen by whoever posts or dispatches it.
+template <class Handler, class... Args>
+class bound_completion {
+ public:
+  template <class H, class... A>
+  explicit bound_completion(H&& h, A&&... args)
+      : handler_(std::forward<H>(h)), args_(std::forward<A>(args)...) {}
+
+  void operator()() { std::apply(std::move(handler_), std::move(args_)); }
+
+  using allocator_type = boost::asio::associated_allocator_t<Handler>;
+  allocator_type get_allocator() const noexcept {
+    return boost::asio::get_associated_allocator(handler_);
+  }
+
+ private:
+  Handler handler_;
+  std::tuple<Args...> args_;
+};
+
+template <class Handler, class... Args>
+bound_completion<Handler, std::decay_t<Args>...> bind_completion(Handler&& h, Args&&... args) {
+  return bound_completion<Handler, std::decay_t<Args>...>(std::move(h),
+                                                          std::forward<Args>(args)...);
+}
+
+// Hands a bound completion to its executor: posted when must_post (inside an
+// initiating function, or when the caller cannot tell), else dispatched.
+template <class Executor, class Completion>
+void deliver(const boost::asio::executor_work_guard<Executor>& work, Completion&& c,
+             bool must_post) {
+  if (must_post)
+    boost::asio::post(work.get_executor(), std::forward<Completion>(c));
+  else
+    boost::asio::dispatch(work.get_executor(), std::forward<Completion>(c));
+}
+
+// State shared by every typed entry: the user's handler and the outstanding
+// work it represents on the queue's and the handler's executors.
+template <class Handler, class QueueExecutor>
+class handler_entry : public entry_base {
+ public:
+  using handler_executor_type = boost::asio::associated_executor_t<Handler, QueueExecutor>;
+  using allocator_type = node_allocator_t<Handler>;
+
+  handler_executor_type handler_executor() const noexcept { return handler_work_.get_executor(); }
+  allocator_type get_allocator() const noexcept { return node_allocator(handler_); }
+
+ protected:
+  template <class H>
+  handler_entry(func_type f, std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
+      : entry_base(f, std::move(core)),
+        handler_(std::forward<H>(h)),
+        queue_work_(qex),
+        handler_work_(boost::asio::get_associated_executor(handler_, qex)) {
+    attach_canceller(boost::asio::get_associated_cancellation_slot(handler_));
+  }
+
+  // Posts the queue's trigger for this entry. The posted function owns the
+  // entry: if it is destroyed unrun (the context shuts down), the entry is
+  // abandoned and the queue's turn handed on.
+  void post_trigger() {
+    boost::asio::post(queue_work_.get_executor(), trigger_function{this, get_allocator()});
+  }
+
+  // Frees this entry, then completes the handler with args: posted when
+  // must_post (never inline from an initiating call), else dispatched. The
+  // queue's turn must already be handed on by the caller, if it held one.
+  template <class Derived, class... Args>
+  static void complete(Derived* self, bool must_post, Args&&... args) {
+    const allocator_type alloc = self->get_allocator();
+    auto completion = bind_completion(std::move(self->handler_), std::forward<Args>(args)...);
+    boost::asio::executor_work_guard<handler_executor_type> work(std::move(self->handler_work_));
+    deallocate_node(self, alloc);
+    deliver(work, std::move(completion), must_post);
+  }
+
+  template <class Derived>
+  static void deallocate(Derived* self) noexcept {
+    deallocate_node(self, self->get_allocator());
+  }
+
+  Handler handler_;
+
+ private:
+  class trigger_function {
+   public:
+    trigger_function(handler_entry* e, const allocator_type& a) noexcept : e_(e), alloc_(a) {}
+    trigger_function(trigger_function&& o) noexcept
+        : e_(std::exchange(o.e_, nullptr)), alloc_(o.alloc_) {}
+    trigger_function& operator=(trigger_function&&) = delete;
+    ~trigger_function() {
+      if (e_) e_->abandon();
+    }
+    void operator()() { std::exchange(e_, nullptr)->launch(); }
+
+    using allocator_type = typename handler_entry::allocator_type;
+    allocator_type get_allocator() const noexcept { return alloc_; }
+
+   private:
+    handler_entry* e_;
+    allocator_type alloc_;
+  };
+
+  boost::asio::executor_work_guard<QueueExecutor> queue_work_;
+  boost::asio::executor_work_guard<handler_executor_type> handler_work_;
+};
+
+// The handler serq gives the queued operation. It owns its entry: destroyed
+// without being invoked (its context shut down), it abandons the entry so the
+// queue moves on and nothing leaks. Its associated executor, allocator and
+// cancellation slot are those of the user's handler, like any intermediate
+// handler of an Asio composed operation.
+template <class Entry>
+class launched_handler {
+ public:
+  explicit launched_handler(Entry* e) noexcept : e_(e) {}
+  launched_handler(launched_handler&& o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
+  launched_handler& operator=(launched_handler&&) = delete;
+  ~launched_handler() {
+    if (e_) e_->abandon();
+  }
+
+  template <class... Args>
+  void operator()(Args&&... args) {
+    std::exchange(e_, nullptr)->finish_op(std::forward<Args>(args)...);
+  }
+
+  using executor_type = typename Entry::handler_executor_type;
+  executor_type get_executor() const noexcept { return e_->handler_executor(); }
+
+  using allocator_type = typename Entry::user_allocator_type;
+  allocator_type get_allocator() const noexcept { return e_->user_allocator(); }
+
+  using cancellation_slot_type = boost::asio::cancellation_slot;
+  cancellation_slot_type get_cancellation_slot() const noexcept { return e_->op_slot_; }
+
+ private:
+  Entry* e_;
+};
+
+// An entry that launches an asynchronous operation when its turn comes.
+// Launcher is a deferred operation or a raw initiation: either way it is
+// invoked with the completion handler.
+template <class Launcher, class Handler, class QueueExecutor, class Signature>
+class op_entry final : public handler_entry<Handler, QueueExecutor> {
+  using base = handler_entry<Handler, QueueExecutor>;
+
+ public:
+  using user_allocator_type = boost::asio::associated_allocator_t<Handler>;
+
+  template <class L, class H>
+  op_entry(std::shared_ptr<queue_core> core, L&& l, H&& h, const QueueExecutor& qex)
+      : base(&op_entry::do_action, std::move(core), std::forward<H>(h), qex),
+        launcher_(std::forward<L>(l)) {}
+
+  user_allocator_type user_allocator() const noexcept {
+    return boost::asio::get_associated_allocator(this->handler_);
+  }
+
+  template <class... Args>
+  void finish_op(Args&&... args) {
+    const bool inline_completion = launch_guard::inside(this);
+    if (!inline_completion) wait_launch_done(*this);
+    std::shared_ptr<queue_core> core = this->release_core();
+    core->finish();
+    base::complete(this, inline_completion, std::forward<Args>(args)...);
+  }
+
+ private:
+  template <class>
+  friend class launched_handler;
+
+  static void do_action(entry_base* b, entry_base::action a) {
+    auto* self = static_cast<op_entry*>(b);
+    switch (a) {
+      case entry_base::action::trigger:
+        self->post_trigger();
+        break;
+      case entry_base::action::launch:
+        self->do_launch();
+        break;
+      case entry_base::action::abort:
+        std::apply(
+            [self](auto&&... args) { base::complete(self, true, std::move(args)...); },
+            queueable_signature<Signature>::aborted());
+        break;
+      case entry_base::action::destroy:
+        base::deallocate(self);
+        break;
+    }
+  }
+
+  void do_launch() {
+    bool cancelled = false;
+    {
+      launch_guard guard(*this);
+      cancelled = guard.cancelled();
+      if (!cancelled) {
+        op_slot_ = guard.slot();
+        Launcher l(std::move(launcher_));
+        std::move(l)(launched_handler<op_entry>(this));
+        return;  // the entry may already be gone
+      }
+    }
+    // Cancelled after it was triggered but before it started: it never runs.
+    this->release_core()->finish();
+    std::apply([this](auto&&... args) { base::complete(this, true, std::move(args)...); },
+               queueable_signature<Signature>::aborted());
+  }
+
+  Launcher launcher_;
+  boost::asio::cancellation_slot op_slot_;
+};
+
+// An entry that hands out the queue's turn (async_acquire).
+template <class Handler, class QueueExecutor>
+class acquire_entry final : public handler_entry<Handler, QueueExecutor> {
+  using base = handler_entry<Handler, QueueExecutor>;
+
+ public:
+  template <class H>
+  acquire_entry(std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
+      : base(&acquire_entry::do_action, std::move(core), std::forward<H>(h), qex) {}
+
+ private:
+  static void do_action(entry_base* b, entry_base::action a) {
+    auto* self = static_cast<acquire_entry*>(b);
+    switch (a) {
+      case entry_base::action::trigger:
+        self->post_trigger();
+        break;
+      case entry_base::action::launch: {
+        bool cancelled = false;
+        {
+          launch_guard guard(*self);
+          cancelled = guard.cancelled();
+        }
+        std::shared_ptr<queue_core> core = self->release_core();
+        if (cancelled) {
+          core->finish();
+          base::complete(self, true, boost::system::error_code(boost::asio::error::operation_aborted),
+                         turn());
+        } else {
+          base::complete(self, false, boost::system::error_code(), turn(std::move(core)));
+        }
+        break;
+      }
+      case entry_base::action::abort:
+        base::complete(self, true, boost::system::error_code(boost::asio::error::operation_aborted),
+                       turn());
+        break;
+      case entry_base::action::destroy:
+        base::deallocate(self);
+        break;
+    }
+  }
+};
+
+// An entry that only marks a point in the queue (async_wait): it completes as
+// soon as everything before it has finished.
+template <class Handler, class QueueExecutor>
+class barrier_entry final : public handler_entry<Handler, QueueExecutor> {
+  using base = handler_entry<Handler, QueueExecutor>;
+
+ public:
+  template <class H>
+  barrier_entry(std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
+      : base(&barrier_entry::do_action, std::move(core), std::forward<H>(h), qex) {}
+
+ private:
+  static void do_action(entry_base* b, entry_base::action a) {
+    auto* self = static_cast<barrier_entry*>(b);
+    switch (a) {
+      case entry_base::action::trigger:
+        self->post_trigger();
+        break;
+      case entry_base::action::launch: {
+        bool cancelled = false;
+        {
+          launch_guard guard(*self);
+          cancelled = guard.cancelled();
+        }
+        self->release_core()->finish();
+        base::complete(self, cancelled,
+                       cancelled ? boost::system::error_code(boost::asio::error::operation_aborted)
+                                 : boost::system::error_code());
+        break;
+      }
+      case entry_base::action::abort:
+        base::complete(self, true, boost::system::error_code(boost::asio::error::operation_aborted));
+        break;
+      case entry_base::action::destroy:
+        base::deallocate(self);
+        break;
+    }
+  }
+};
+
+// Adds a freshly allocated entry to its queue and acts on the answer.
+void submit(queue_core& core, entry_base* e, bool allow_inline);
+
+}  // namespace detail
+}  // namespace serq
+
+#endif  // SERQ_DETAIL_ENTRIES_HPP

@@ -1,0 +1,419 @@
+//
+// serq/impl/queued_writer.hpp
+//
+
+#ifndef SERQ_IMPL_QUEUED_WRITER_HPP
+#define SERQ_IMPL_QUEUED_WRITER_HPP
+
+#include <serq/detail/entries.hpp>
+#include <serq/detail/handler_alloc.hpp>
+#include <serq/detail/writer_core.hpp>
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/buffer.hpp>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace serq {
+namespace detail {
+
+// A buffer sequence the caller owns and keeps alive.
+template <class ConstBufferSequence>
+struct borrowed_buffers {
+  ConstBufferSequence seq;
+  const ConstBufferSequence& sequence() const noexcept { return seq; }
+};
+
+template <class T>
+struct is_message_body : std::false_type {};
+template <>
+struct is_message_body<std::string> : std::true_type {};
+template <>
+struct is_message_body<std::vector<char>> : std::true_type {};
+template <>
+struct is_message_body<std::vector<unsigned char>> : std::true_type {};
+template <>
+struct is_message_body<std::vector<std::byte>> : std::true_type {};
+
+template <class T>
+struct is_message : is_message_body<T> {};
+template <class T>
+struct is_message<std::shared_ptr<T>> : is_message_body<std::remove_const_t<T>> {};
+
+// A message the writer owns until it is written.
+template <class Message>
+struct owned_message {
+  Message msg;
+
+  template <class T>
+  static boost::asio::const_buffer view(const T& body) noexcept {
+    return boost::asio::buffer(body);
+  }
+  template <class T>
+  static boost::asio::const_buffer view(const std::shared_ptr<T>& p) noexcept {
+    return p ? boost::asio::buffer(*p) : boost::asio::const_buffer();
+  }
+  // Recomputed on use: moving a short std::string moves its bytes.
+  boost::asio::const_buffer sequence() const noexcept { return view(msg); }
+};
+
+// A queued message: owns the user's handler and (a view of) the bytes.
+template <class Buffers, class Handler, class Executor>
+class write_node final : public writer_node {
+ public:
+  template <class B, class H>
+  write_node(B&& b, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
+      : writer_node(&table, kind::write, 0),
+        buffers_(std::forward<B>(b)),
+        handler_(std::forward<H>(h)),
+        work_(boost::asio::get_associated_executor(handler_, ex)) {
+    set_size(boost::asio::buffer_size(buffers_.sequence()));
+    attach_canceller(boost::asio::get_associated_cancellation_slot(handler_), core);
+  }
+
+ private:
+  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
+
+  static void do_complete(writer_node* b, boost::system::error_code ec, std::size_t n, bool post) {
+    auto* self = static_cast<write_node*>(b);
+    const auto alloc = node_allocator(self->handler_);
+    auto completion = bind_completion(std::move(self->handler_), ec, n);
+    boost::asio::executor_work_guard<handler_executor> work(std::move(self->work_));
+    deallocate_node(self, alloc);
+    deliver(work, std::move(completion), post);
+  }
+
+  static void do_destroy(writer_node* b) noexcept {
+    auto* self = static_cast<write_node*>(b);
+    deallocate_node(self, node_allocator(self->handler_));
+  }
+
+  static void do_fill(const writer_node* b, std::size_t offset, window_builder& w) noexcept {
+    const auto* self = static_cast<const write_node*>(b);
+    const auto& seq = self->buffers_.sequence();
+    auto it = boost::asio::buffer_sequence_begin(seq);
+    const auto end = boost::asio::buffer_sequence_end(seq);
+    for (; it != end && !w.full(); ++it) {
+      boost::asio::const_buffer buf(*it);
+      if (offset >= buf.size()) {
+        offset -= buf.size();
+        continue;
+      }
+      buf += offset;
+      offset = 0;
+      w.append(buf);
+    }
+  }
+
+  static constexpr ops table{&do_complete, &do_destroy, &do_fill};
+
+  Buffers buffers_;
+  Handler handler_;
+  boost::asio::executor_work_guard<handler_executor> work_;
+};
+
+// A flush or an async_wait_writable: completes with an error_code only.
+template <class Handler, class Executor>
+class signal_node final : public writer_node {
+ public:
+  template <class H>
+  signal_node(kind k, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
+      : writer_node(&table, k, 0),
+        handler_(std::forward<H>(h)),
+        work_(boost::asio::get_associated_executor(handler_, ex)) {
+    attach_canceller(boost::asio::get_associated_cancellation_slot(handler_), core);
+  }
+
+ private:
+  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
+
+  static void do_complete(writer_node* b, boost::system::error_code ec, std::size_t, bool post) {
+    auto* self = static_cast<signal_node*>(b);
+    const auto alloc = node_allocator(self->handler_);
+    auto completion = bind_completion(std::move(self->handler_), ec);
+    boost::asio::executor_work_guard<handler_executor> work(std::move(self->work_));
+    deallocate_node(self, alloc);
+    deliver(work, std::move(completion), post);
+  }
+
+  static void do_destroy(writer_node* b) noexcept {
+    auto* self = static_cast<signal_node*>(b);
+    deallocate_node(self, node_allocator(self->handler_));
+  }
+
+  static void do_fill(const writer_node*, std::size_t, window_builder&) noexcept {}
+
+  static constexpr ops table{&do_complete, &do_destroy, &do_fill};
+
+  Handler handler_;
+  boost::asio::executor_work_guard<handler_executor> work_;
+};
+
+// The writer's shared state: the state machine plus the pump that feeds it
+// the stream's write_some results. One pump holds the serialized queue's
+// turn at a time, so at most one write_some is ever in flight.
+template <class NextLayer>
+class writer_state final : public writer_core {
+ public:
+  explicit writer_state(NextLayer& stream) noexcept : stream_(stream) {}
+
+  // The pump's turn has come (async_acquire's handler).
+  struct pump_start {
+    std::shared_ptr<writer_state> self;
+    std::uint64_t segment;
+
+    void operator()(const boost::system::error_code& ec, turn t) {
+      if (ec) return;  // the writer is gone: its messages were aborted
+      self->turn_ = std::move(t);
+      step(std::move(self), segment, node_list());
+    }
+  };
+
+  // One write_some finished. Destroyed unrun only when the context shuts
+  // down; the messages it was carrying are then destroyed too.
+  class write_done {
+   public:
+    write_done(std::shared_ptr<writer_state> s, std::uint64_t segment) noexcept
+        : self_(std::move(s)), segment_(segment) {}
+    write_done(write_done&&) noexcept = default;
+    write_done& operator=(write_done&&) = delete;
+    ~write_done() {
+      if (self_) self_->shutdown();
+    }
+
+    void operator()(const boost::system::error_code& ec, std::size_t n) {
+      std::shared_ptr<writer_state> self = std::move(self_);
+      node_list done;
+      self->on_written(ec, n, done);
+      step(std::move(self), segment_, std::move(done));
+    }
+
+   private:
+    std::shared_ptr<writer_state> self_;
+    std::uint64_t segment_;
+  };
+
+  static void step(std::shared_ptr<writer_state> self, std::uint64_t segment, node_list done) {
+    writer_state& s = *self;
+    const bool writing = s.next_write(segment, done, [&](const buffer_window& window) {
+      s.stream_.async_write_some(
+          window, boost::asio::bind_cancellation_slot(s.write_slot(),
+                                                      write_done(std::move(self), segment)));
+    });
+    if (!writing) s.turn_.release();
+    done.complete_all(false);
+  }
+
+ private:
+  NextLayer& stream_;
+  turn turn_;  // touched only by the active pump
+};
+
+}  // namespace detail
+
+template <class Stream>
+template <class... Args,
+          std::enable_if_t<std::is_constructible_v<Stream, Args&&...> &&
+                               !(sizeof...(Args) == 1 &&
+                                 (std::is_same_v<std::decay_t<Args>, queued_writer<Stream>> || ...)),
+                           int>>
+queued_writer<Stream>::queued_writer(Args&&... args)
+    : stream_(std::forward<Args>(args)...),
+      queue_(stream_.get_executor(), "serq.queued_writer"),
+      state_(std::make_shared<detail::writer_state<next_layer_type>>(stream_)) {
+  if (!boost::asio::use_service<serialized_queue_service>(
+           boost::asio::query(queue_.get_executor(), boost::asio::execution::context))
+           .add(*state_)) {
+    detail::node_list none;
+    state_->close(none);
+  }
+}
+
+template <class Stream>
+queued_writer<Stream>::~queued_writer() {
+  boost::asio::use_service<serialized_queue_service>(
+      boost::asio::query(queue_.get_executor(), boost::asio::execution::context))
+      .remove(*state_);
+  detail::node_list done;
+  state_->close(done);
+  done.complete_all(true);
+}
+
+template <class Stream>
+void queued_writer<Stream>::add_node(detail::writer_node* n) {
+  detail::node_list rejected;
+  state_->add(n, rejected, [this](std::uint64_t segment) {
+    queue_.async_acquire(
+        typename detail::writer_state<next_layer_type>::pump_start{state_, segment});
+  });
+  rejected.complete_all(true);
+}
+
+template <class Stream>
+struct queued_writer<Stream>::initiate_write {
+  queued_writer* self;
+
+  using executor_type = typename queued_writer::executor_type;
+  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+
+  template <class Handler, class Buffers>
+  void operator()(Handler&& handler, Buffers&& buffers) const {
+    using node_type = detail::write_node<std::decay_t<Buffers>, std::decay_t<Handler>, executor_type>;
+    detail::writer_node* n =
+        detail::allocate_node<node_type>(handler, std::forward<Buffers>(buffers),
+                                         std::forward<Handler>(handler), get_executor(), self->state_);
+    self->add_node(n);
+  }
+};
+
+template <class Stream>
+struct queued_writer<Stream>::initiate_flush {
+  queued_writer* self;
+
+  using executor_type = typename queued_writer::executor_type;
+  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+
+  template <class Handler>
+  void operator()(Handler&& handler) const {
+    using node_type = detail::signal_node<std::decay_t<Handler>, executor_type>;
+    detail::writer_node* n = detail::allocate_node<node_type>(
+        handler, detail::writer_node::kind::flush, std::forward<Handler>(handler), get_executor(),
+        self->state_);
+    self->add_node(n);
+  }
+};
+
+template <class Stream>
+struct queued_writer<Stream>::initiate_wait_writable {
+  queued_writer* self;
+
+  using executor_type = typename queued_writer::executor_type;
+  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+
+  template <class Handler>
+  void operator()(Handler&& handler) const {
+    using node_type = detail::signal_node<std::decay_t<Handler>, executor_type>;
+    detail::writer_node* n = detail::allocate_node<node_type>(
+        handler, detail::writer_node::kind::waiter, std::forward<Handler>(handler), get_executor(),
+        self->state_);
+    detail::node_list ready;
+    self->state_->add_waiter(n, ready);
+    ready.complete_all(true);
+  }
+};
+
+template <class Stream>
+template <class Signature>
+struct queued_writer<Stream>::initiate_enqueue {
+  queued_writer* self;
+
+  using executor_type = typename queued_writer::executor_type;
+  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+
+  // Launches the user's operation unless the writer failed while it waited.
+  template <class Launcher>
+  struct guarded {
+    Launcher launcher;
+    std::shared_ptr<detail::writer_core> state;
+
+    template <class Handler>
+    void operator()(Handler&& handler) {
+      if (const boost::system::error_code ec = state->error()) {
+        // Completed inside the launch: the queue detects it and posts.
+        std::apply(std::forward<Handler>(handler),
+                   detail::queueable_signature<Signature>::failed(ec));
+        return;
+      }
+      std::move(launcher)(std::forward<Handler>(handler));
+    }
+  };
+
+  template <class Handler, class Launcher>
+  void operator()(Handler&& handler, Launcher&& launcher) const {
+    const boost::system::error_code ec = self->state_->add_operation([&] {
+      self->queue_.template async_enqueue<Signature>(
+          guarded<std::decay_t<Launcher>>{std::forward<Launcher>(launcher), self->state_},
+          std::forward<Handler>(handler));
+    });
+    if (ec) {
+      auto ex = boost::asio::get_associated_executor(handler, get_executor());
+      boost::asio::post(ex, std::apply(
+                                [&](auto&&... args) {
+                                  return detail::bind_completion(std::forward<Handler>(handler),
+                                                                 std::move(args)...);
+                                },
+                                detail::queueable_signature<Signature>::failed(ec)));
+    }
+  }
+};
+
+template <class Stream>
+template <class ConstBufferSequence, class CompletionToken>
+auto queued_writer<Stream>::async_write(const ConstBufferSequence& buffers,
+                                        CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, std::size_t)>(
+      initiate_write{this}, token, detail::borrowed_buffers<ConstBufferSequence>{buffers});
+}
+
+template <class Stream>
+template <class Message, class CompletionToken>
+auto queued_writer<Stream>::async_send(Message msg, CompletionToken&& token) {
+  static_assert(detail::is_message<Message>::value,
+                "serq::queued_writer::async_send takes std::string, std::vector<char>, "
+                "std::vector<unsigned char>, std::vector<std::byte>, or a std::shared_ptr to one");
+  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, std::size_t)>(
+      initiate_write{this}, token, detail::owned_message<Message>{std::move(msg)});
+}
+
+template <class Stream>
+template <class CompletionToken>
+auto queued_writer<Stream>::async_flush(CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+      initiate_flush{this}, token);
+}
+
+template <class Stream>
+template <class CompletionToken>
+auto queued_writer<Stream>::async_wait_writable(CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+      initiate_wait_writable{this}, token);
+}
+
+template <class Stream>
+template <class Op, class CompletionToken>
+auto queued_writer<Stream>::async_enqueue(Op&& op, CompletionToken&& token) {
+  using signature = detail::op_signature_t<Op>;
+  detail::check_queueable<signature>();
+  return boost::asio::async_initiate<CompletionToken, signature>(initiate_enqueue<signature>{this},
+                                                                 token, std::forward<Op>(op));
+}
+
+template <class Stream>
+template <class Signature, class Initiation, class CompletionToken>
+auto queued_writer<Stream>::async_enqueue(Initiation&& init, CompletionToken&& token) {
+  detail::check_queueable<Signature>();
+  return boost::asio::async_initiate<CompletionToken, Signature>(initiate_enqueue<Signature>{this},
+                                                                 token, std::forward<Initiation>(init));
+}
+
+template <class Stream>
+void queued_writer<Stream>::set_watermarks(std::size_t low, std::size_t high) {
+  detail::node_list done;
+  state_->set_watermarks(low, high, done);
+  done.complete_all(true);
+}
+
+template <class Stream>
+std::size_t queued_writer<Stream>::cancel() {
+  detail::node_list done;
+  const std::size_t n = state_->cancel(done);
+  done.complete_all(true);
+  return n;
+}
+
+}  // namespace serq
+
+#endif  // SERQ_IMPL_QUEUED_WRITER_HPP

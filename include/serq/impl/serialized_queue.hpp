@@ -1,0 +1,207 @@
+//
+// serq/impl/serialized_queue.hpp
+//
+
+#ifndef SERQ_IMPL_SERIALIZED_QUEUE_HPP
+#define SERQ_IMPL_SERIALIZED_QUEUE_HPP
+
+#include <serq/detail/entries.hpp>
+#include <serq/detail/queue_core.hpp>
+
+#include <boost/asio/execution/context.hpp>
+#include <boost/asio/execution/executor.hpp>
+#include <boost/asio/is_executor.hpp>
+#include <boost/asio/query.hpp>
+
+namespace serq {
+
+template <class Executor>
+serialized_queue_service& basic_serialized_queue<Executor>::service_for(const executor_type& ex) {
+  if constexpr (boost::asio::execution::is_executor<Executor>::value) {
+    return boost::asio::use_service<serialized_queue_service>(
+        boost::asio::query(ex, boost::asio::execution::context));
+  } else {
+    return boost::asio::use_service<serialized_queue_service>(ex.context());
+  }
+}
+
+template <class Executor>
+basic_serialized_queue<Executor>::basic_serialized_queue(const executor_type& ex,
+                                                         std::string_view name)
+    : executor_(ex), service_(&service_for(ex)), core_(service_->create(name)) {}
+
+template <class Executor>
+basic_serialized_queue<Executor>::basic_serialized_queue(basic_serialized_queue&& other)
+    : executor_(other.executor_),
+      service_(other.service_),
+      core_(std::exchange(other.core_, other.service_->create(other.core_->name()))) {}
+
+template <class Executor>
+basic_serialized_queue<Executor>& basic_serialized_queue<Executor>::operator=(
+    basic_serialized_queue&& other) {
+  if (this != &other) {
+    service_->destroy(core_);
+    executor_ = other.executor_;
+    service_ = other.service_;
+    core_ = std::exchange(other.core_, other.service_->create(other.core_->name()));
+  }
+  return *this;
+}
+
+template <class Executor>
+basic_serialized_queue<Executor>::~basic_serialized_queue() {
+  service_->destroy(core_);
+}
+
+template <class Executor>
+std::string_view basic_serialized_queue<Executor>::name() const noexcept {
+  return core_->name();
+}
+
+template <class Executor>
+void basic_serialized_queue<Executor>::start() {
+  core_->start();
+}
+
+template <class Executor>
+void basic_serialized_queue<Executor>::stop() noexcept {
+  core_->stop();
+}
+
+template <class Executor>
+bool basic_serialized_queue<Executor>::running() const noexcept {
+  return core_->running();
+}
+
+template <class Executor>
+std::size_t basic_serialized_queue<Executor>::size() const noexcept {
+  return core_->size();
+}
+
+template <class Executor>
+std::size_t basic_serialized_queue<Executor>::cancel() {
+  return core_->cancel();
+}
+
+template <class Executor>
+struct basic_serialized_queue<Executor>::initiate_enqueue {
+  basic_serialized_queue* self;
+  bool allow_inline;
+
+  using executor_type = Executor;
+  executor_type get_executor() const noexcept { return self->executor_; }
+
+  template <class Handler, class Launcher, class Signature>
+  void operator()(Handler&& handler, Launcher&& launcher, Signature*) const {
+    using entry = detail::op_entry<std::decay_t<Launcher>, std::decay_t<Handler>, Executor,
+                                   Signature>;
+    detail::entry_base* e =
+        detail::allocate_node<entry>(handler, self->core_, std::forward<Launcher>(launcher),
+                                      std::forward<Handler>(handler), self->executor_);
+    detail::submit(*self->core_, e, allow_inline);
+  }
+};
+
+template <class Executor>
+struct basic_serialized_queue<Executor>::initiate_acquire {
+  basic_serialized_queue* self;
+
+  using executor_type = Executor;
+  executor_type get_executor() const noexcept { return self->executor_; }
+
+  template <class Handler>
+  void operator()(Handler&& handler) const {
+    using entry = detail::acquire_entry<std::decay_t<Handler>, Executor>;
+    detail::entry_base* e = detail::allocate_node<entry>(
+        handler, self->core_, std::forward<Handler>(handler), self->executor_);
+    detail::submit(*self->core_, e, false);
+  }
+};
+
+template <class Executor>
+struct basic_serialized_queue<Executor>::initiate_wait {
+  basic_serialized_queue* self;
+
+  using executor_type = Executor;
+  executor_type get_executor() const noexcept { return self->executor_; }
+
+  template <class Handler>
+  void operator()(Handler&& handler) const {
+    using entry = detail::barrier_entry<std::decay_t<Handler>, Executor>;
+    detail::entry_base* e = detail::allocate_node<entry>(
+        handler, self->core_, std::forward<Handler>(handler), self->executor_);
+    detail::submit(*self->core_, e, false);
+  }
+};
+
+namespace detail {
+
+template <class Signature>
+constexpr void check_queueable() {
+  static_assert(queueable_signature<Signature>::value,
+                "serq: a queued operation's completion signature must be "
+                "void(boost::system::error_code, Ts...)");
+}
+
+template <class Op>
+using op_signature_t = typename boost::asio::completion_signature_of<std::decay_t<Op>>::type;
+
+}  // namespace detail
+
+template <class Executor>
+template <class Op, class CompletionToken,
+          std::enable_if_t<!std::is_same_v<std::decay_t<Op>, trigger_inline_t>, int>>
+auto basic_serialized_queue<Executor>::async_enqueue(Op&& op, CompletionToken&& token) {
+  using signature = detail::op_signature_t<Op>;
+  detail::check_queueable<signature>();
+  return boost::asio::async_initiate<CompletionToken, signature>(
+      initiate_enqueue{this, false}, token, std::forward<Op>(op), static_cast<signature*>(nullptr));
+}
+
+template <class Executor>
+template <class Signature, class Initiation, class CompletionToken,
+          std::enable_if_t<!std::is_same_v<std::decay_t<Initiation>, trigger_inline_t>, int>>
+auto basic_serialized_queue<Executor>::async_enqueue(Initiation&& init, CompletionToken&& token) {
+  detail::check_queueable<Signature>();
+  return boost::asio::async_initiate<CompletionToken, Signature>(
+      initiate_enqueue{this, false}, token, std::forward<Initiation>(init),
+      static_cast<Signature*>(nullptr));
+}
+
+template <class Executor>
+template <class Op, class CompletionToken>
+auto basic_serialized_queue<Executor>::async_enqueue(trigger_inline_t, Op&& op,
+                                                     CompletionToken&& token) {
+  using signature = detail::op_signature_t<Op>;
+  detail::check_queueable<signature>();
+  return boost::asio::async_initiate<CompletionToken, signature>(
+      initiate_enqueue{this, true}, token, std::forward<Op>(op), static_cast<signature*>(nullptr));
+}
+
+template <class Executor>
+template <class Signature, class Initiation, class CompletionToken>
+auto basic_serialized_queue<Executor>::async_enqueue(trigger_inline_t, Initiation&& init,
+                                                     CompletionToken&& token) {
+  detail::check_queueable<Signature>();
+  return boost::asio::async_initiate<CompletionToken, Signature>(
+      initiate_enqueue{this, true}, token, std::forward<Initiation>(init),
+      static_cast<Signature*>(nullptr));
+}
+
+template <class Executor>
+template <class CompletionToken>
+auto basic_serialized_queue<Executor>::async_acquire(CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, turn)>(
+      initiate_acquire{this}, token);
+}
+
+template <class Executor>
+template <class CompletionToken>
+auto basic_serialized_queue<Executor>::async_wait(CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+      initiate_wait{this}, token);
+}
+
+}  // namespace serq
+
+#endif  // SERQ_IMPL_SERIALIZED_QUEUE_HPP

@@ -1,0 +1,283 @@
+//
+// serq/queued_writer.hpp
+//
+
+#ifndef SERQ_QUEUED_WRITER_HPP
+#define SERQ_QUEUED_WRITER_HPP
+
+#include <serq/detail/writer_core.hpp>
+#include <serq/serialized_queue.hpp>
+
+#include <boost/asio/async_result.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <cstddef>
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+namespace serq {
+namespace detail {
+template <class NextLayer>
+class writer_state;
+}
+
+/// A per-stream writer: any number of callers, whole messages, in order.
+/**
+ * Any number of coroutines or threads call `async_write` (or `async_send`)
+ * at once; each message's bytes are fully written, with as many
+ * `write_some` calls as the stream needs, before the next message starts, so
+ * messages never interleave on the wire. Messages queued behind an active
+ * write are gathered into one vectored `write_some`. Other composed
+ * operations on the stream (an HTTP serializer, a TLS shutdown) take their
+ * turn between messages through `async_enqueue`.
+ *
+ * The writer models AsyncWriteStream and AsyncReadStream, so it can stand in
+ * for the stream: `boost::asio::async_write(writer, ...)` is one whole queued
+ * write, and reads go straight to the next layer.
+ *
+ * @par Error policy
+ * A write error fails the writer: the message(s) being written complete
+ * with the error and the bytes each actually wrote, every queued message with
+ * the error and 0, and every later call completes with it at once (never
+ * inside the call). `error()` returns it. Every call gets exactly one
+ * completion.
+ *
+ * @par Cancellation policy
+ * A queued message whose cancellation slot is emitted (any type), or that
+ * `cancel()` aborts, is removed: it completes with `operation_aborted` and 0,
+ * and none of its bytes reach the stream. A message that has started
+ * (some of its bytes were handed to the stream) cannot be half-cancelled:
+ * `total` and `partial` cancellation are ignored; `terminal` cancellation
+ * cancels the stream operation, which fails the writer, since the stream's
+ * framing is then unknown.
+ *
+ * @par Backpressure
+ * `pending_bytes()` counts the bytes queued and not yet written.
+ * `writable()` turns false when it exceeds the high watermark and true again
+ * when it drops to the low one or below (defaults 32 KiB / 64 KiB).
+ *
+ * @par Executor
+ * The writer's executor is the stream's. Completion handlers run on their
+ * associated executor (default: the writer's), never inside the initiating
+ * call.
+ *
+ * @par Object lifetimes
+ * Destroying the writer aborts queued messages (`operation_aborted`, 0); a
+ * message being written completes with the stream operation's result. The
+ * writer is neither copyable nor movable (queued operations refer to it).
+ *
+ * @par Thread safety
+ * Distinct objects: safe. Shared objects: every member function except the
+ * destructor may be called concurrently from any thread. `next_layer()`
+ * gives unsynchronised access to the stream.
+ *
+ * @tparam Stream The stream type, owned (`queued_writer<tcp::socket>`) or
+ * referenced (`queued_writer<tcp::socket&>`).
+ */
+template <class Stream>
+class queued_writer {
+ public:
+  /// The type of the wrapped stream.
+  using next_layer_type = std::remove_reference_t<Stream>;
+
+  /// The type of the executor associated with the object.
+  using executor_type = typename next_layer_type::executor_type;
+
+  /// Default lower watermark, in bytes.
+  static constexpr std::size_t default_low_watermark = detail::writer_core::default_low_watermark;
+  /// Default upper watermark, in bytes.
+  static constexpr std::size_t default_high_watermark = detail::writer_core::default_high_watermark;
+  /// Default limit of buffers per `write_some` (Asio's sockets take 64).
+  static constexpr std::size_t default_max_buffers = detail::writer_core::default_max_buffers;
+  /// Default limit of bytes per `write_some`.
+  static constexpr std::size_t default_max_bytes = detail::writer_core::default_max_bytes;
+
+  /// Constructs the stream from `args` (e.g. a moved socket, or an
+  /// executor), or, for `queued_writer<S&>`, binds the given stream.
+  template <class... Args,
+            std::enable_if_t<std::is_constructible_v<Stream, Args&&...> &&
+                                 !(sizeof...(Args) == 1 &&
+                                   (std::is_same_v<std::decay_t<Args>, queued_writer> || ...)),
+                             int> = 0>
+  explicit queued_writer(Args&&... args);
+
+  queued_writer(const queued_writer&) = delete;
+  queued_writer& operator=(const queued_writer&) = delete;
+
+  /// Aborts queued messages; see the class's object lifetimes.
+  ~queued_writer();
+
+  /// Returns the stream's executor.
+  executor_type get_executor() noexcept { return stream_.get_executor(); }
+
+  /// Returns the wrapped stream.
+  next_layer_type& next_layer() noexcept { return stream_; }
+  /// Returns the wrapped stream.
+  const next_layer_type& next_layer() const noexcept { return stream_; }
+
+  /// Queues one message; completes when all its bytes are written.
+  /**
+   * @param buffers The message. The caller keeps the memory valid until the
+   * handler runs, as with `boost::asio::async_write`. Copied (the sequence,
+   * not the bytes).
+   * @param token The completion token.
+   *
+   * @par Handler signature
+   * `void(boost::system::error_code, std::size_t bytes_written)`.
+   *
+   * @par Executor
+   * The handler's associated executor (default: the writer's), never inside
+   * this call.
+   *
+   * @par Per-operation cancellation
+   * All types while queued (`operation_aborted`, 0 bytes, nothing written).
+   * Once started, only `terminal`, which fails the writer.
+   *
+   * @par Errors
+   * The stream's error (with the bytes this message wrote), the writer's
+   * sticky error, or `operation_aborted`. An empty message completes with
+   * success and 0 bytes in its turn.
+   */
+  template <class ConstBufferSequence,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const ConstBufferSequence& buffers,
+                   CompletionToken&& token = CompletionToken());
+
+  /// Queues one message that the writer owns until it is written.
+  /**
+   * `Message` is `std::string`, `std::vector<char>`,
+   * `std::vector<unsigned char>`, `std::vector<std::byte>`, or a
+   * `std::shared_ptr` to a (const) one of those, so one broadcast buffer can
+   * be shared by many writers without a copy. Otherwise as `async_write`.
+   */
+  template <class Message,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_send(Message msg, CompletionToken&& token = CompletionToken());
+
+  /// Completes when everything queued before it has been written.
+  /**
+   * @par Handler signature
+   * `void(boost::system::error_code)`.
+   *
+   * @par Per-operation cancellation
+   * All types until the writes before it are done: `operation_aborted`.
+   *
+   * @par Errors
+   * The writer's error if it fails first; `operation_aborted` if the writer
+   * is destroyed first.
+   */
+  template <class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_flush(CompletionToken&& token = CompletionToken());
+
+  /// Runs a composed operation on the stream in turn with the writes.
+  /**
+   * Same contract as `serialized_queue::async_enqueue`: `op` is launched
+   * after every message queued before this call is written and before any
+   * message queued after it. If the writer has failed, the handler gets the
+   * writer's error (and value-initialised other arguments) and `op` is never
+   * launched.
+   */
+  template <class Op, class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_enqueue(Op&& op, CompletionToken&& token = CompletionToken());
+
+  /// Raw-initiation form of `async_enqueue`, with an explicit `Signature`.
+  template <class Signature, class Initiation,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_enqueue(Initiation&& init, CompletionToken&& token = CompletionToken());
+
+  /// AsyncWriteStream: one whole queued write of `buffers`.
+  /**
+   * Completes only when all of `buffers` is written (or on error), so a
+   * composed `boost::asio::async_write(writer, ...)` needs one call.
+   */
+  template <class ConstBufferSequence,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write_some(const ConstBufferSequence& buffers,
+                        CompletionToken&& token = CompletionToken()) {
+    return async_write(buffers, std::forward<CompletionToken>(token));
+  }
+
+  /// AsyncReadStream: forwarded to the next layer's `async_read_some`.
+  /**
+   * The next layer's rules for reads apply (one read at a time).
+   */
+  template <class MutableBufferSequence,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_read_some(const MutableBufferSequence& buffers,
+                       CompletionToken&& token = CompletionToken()) {
+    return stream_.async_read_some(buffers, std::forward<CompletionToken>(token));
+  }
+
+  /// Bytes queued and not yet written.
+  std::size_t pending_bytes() const noexcept { return state_->pending_bytes(); }
+
+  /// Messages queued and not yet completely written.
+  std::size_t size() const noexcept { return state_->size(); }
+
+  /// Sets the backpressure watermarks (bytes).
+  /**
+   * @throws std::invalid_argument if `low > high`.
+   */
+  void set_watermarks(std::size_t low, std::size_t high);
+
+  /// False while `pending_bytes()` is above the high watermark and has not
+  /// yet dropped to the low one, and once the writer has failed.
+  bool writable() const noexcept { return state_->writable(); }
+
+  /// Completes when `writable()` is true: at once (but never inside this
+  /// call) if it already is.
+  /**
+   * @par Handler signature
+   * `void(boost::system::error_code)`.
+   *
+   * @par Per-operation cancellation
+   * All types: `operation_aborted`.
+   *
+   * @par Errors
+   * The writer's error if it has failed; `operation_aborted` if the writer
+   * is destroyed first.
+   */
+  template <class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_wait_writable(CompletionToken&& token = CompletionToken());
+
+  /// Turns gathering of several queued messages into one `write_some` on or
+  /// off (default on). Off, each `write_some` carries one message at most.
+  void set_gathering(bool on) noexcept { state_->set_gathering(on); }
+
+  /// Sets the most buffers and bytes one `write_some` carries.
+  /**
+   * @throws std::invalid_argument if either is 0.
+   */
+  void set_gather_limits(std::size_t max_buffers, std::size_t max_bytes) {
+    state_->set_gather_limits(max_buffers, max_bytes);
+  }
+
+  /// The sticky error, once the writer has failed; empty before.
+  boost::system::error_code error() const noexcept { return state_->error(); }
+
+  /// Aborts every message not yet started (`operation_aborted`, 0 bytes).
+  /**
+   * @returns How many messages were aborted.
+   */
+  std::size_t cancel();
+
+ private:
+  void add_node(detail::writer_node* n);
+
+  struct initiate_write;
+  struct initiate_flush;
+  struct initiate_wait_writable;
+  template <class Signature>
+  struct initiate_enqueue;
+
+  Stream stream_;
+  basic_serialized_queue<executor_type> queue_;
+  std::shared_ptr<detail::writer_state<next_layer_type>> state_;
+};
+
+}  // namespace serq
+
+#include <serq/impl/queued_writer.hpp>
+
+#endif  // SERQ_QUEUED_WRITER_HPP

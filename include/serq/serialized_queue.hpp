@@ -1,0 +1,289 @@
+//
+// serq/serialized_queue.hpp
+//
+
+#ifndef SERQ_SERIALIZED_QUEUE_HPP
+#define SERQ_SERIALIZED_QUEUE_HPP
+
+#include <serq/serialized_queue_service.hpp>
+#include <serq/turn.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/execution_context.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <cstddef>
+#include <memory>
+#include <string_view>
+#include <type_traits>
+
+namespace serq {
+namespace detail {
+class queue_core;
+}
+
+/// Tag type of @ref trigger_inline.
+struct trigger_inline_t {
+  explicit trigger_inline_t() = default;
+};
+
+/// Asks `async_enqueue` to launch the operation inside the call when the
+/// queue is running and idle (tevent's `tevent_queue_add_optimize_empty`).
+/// Otherwise the entry waits as usual. The completion handler is still never
+/// invoked from inside the call.
+inline constexpr trigger_inline_t trigger_inline{};
+
+/// A FIFO that serializes whole asynchronous operations.
+/**
+ * A strand keeps *handlers* from running concurrently; a serialized queue
+ * keeps whole *operations* from overlapping. Each entry added with
+ * `async_enqueue` waits for its turn; when the previous entry has completed,
+ * the queue launches it (its *trigger*, posted to the queue's executor). When
+ * the operation completes, the next entry is triggered and the operation's
+ * results are passed unchanged to the entry's completion handler. This is
+ * Samba's `tevent_queue` for Asio.
+ *
+ * At most one entry is *active* at a time: an operation between its launch
+ * and its completion, a @ref turn handed out by `async_acquire`, or a barrier
+ * being passed.
+ *
+ * @par Completion signatures
+ * Queued operations must have a completion signature
+ * `void(error_code, Ts...)`. An entry that never started (aborted by
+ * `cancel()`, by its cancellation slot, or by the queue's destruction)
+ * completes with `boost::asio::error::operation_aborted` and value-initialised
+ * `Ts...`.
+ *
+ * @par Executor
+ * Every completion handler runs on its associated executor, which defaults to
+ * the queue's. No handler is ever invoked from inside an initiating function.
+ * While an entry is pending the queue counts as outstanding work on both the
+ * queue's executor and the handler's.
+ *
+ * @par Thread safety
+ * Distinct objects: safe. Shared objects: every member function except the
+ * destructor and move assignment may be called concurrently from any thread,
+ * like a strand.
+ *
+ * @tparam Executor The executor on which triggers are posted and which is
+ * the default for completion handlers.
+ */
+template <class Executor = boost::asio::any_io_executor>
+class basic_serialized_queue {
+ public:
+  /// The type of the executor associated with the object.
+  using executor_type = Executor;
+
+  /// Rebinds the queue type to another executor.
+  template <class Executor1>
+  struct rebind_executor {
+    /// The queue type when rebound to the specified executor.
+    using other = basic_serialized_queue<Executor1>;
+  };
+
+  /// Constructs a running, empty queue whose triggers are posted to `ex`.
+  /**
+   * @param ex The queue's executor.
+   * @param name A name for diagnostics; copied.
+   */
+  explicit basic_serialized_queue(const executor_type& ex, std::string_view name = {});
+
+  /// Constructs a running, empty queue using `ctx.get_executor()`.
+  template <class ExecutionContext,
+            std::enable_if_t<std::is_convertible_v<ExecutionContext&,
+                                                   boost::asio::execution_context&>,
+                             int> = 0>
+  explicit basic_serialized_queue(ExecutionContext& ctx, std::string_view name = {})
+      : basic_serialized_queue(executor_type(ctx.get_executor()), name) {}
+
+  /// Move constructor. `other`'s entries stay with the moved-to object;
+  /// `other` is left as if newly constructed with the same executor and name.
+  basic_serialized_queue(basic_serialized_queue&& other);
+
+  /// Move assignment: aborts this queue's waiting entries (as the destructor
+  /// does), then takes over `other`'s as the move constructor does.
+  basic_serialized_queue& operator=(basic_serialized_queue&& other);
+
+  basic_serialized_queue(const basic_serialized_queue&) = delete;
+  basic_serialized_queue& operator=(const basic_serialized_queue&) = delete;
+
+  /// Destroys the queue.
+  /**
+   * Every waiting entry completes with `operation_aborted` (posted). The
+   * active operation, if any, runs to completion normally; nothing it holds
+   * refers to the destroyed object.
+   */
+  ~basic_serialized_queue();
+
+  /// Returns the queue's executor.
+  executor_type get_executor() const noexcept { return executor_; }
+
+  /// Returns the name given at construction.
+  std::string_view name() const noexcept;
+
+  /// Queues an asynchronous operation (tevent's `tevent_queue_add`).
+  /**
+   * When the entry's turn comes, the queue launches `op` by invoking it with
+   * a completion handler; when `op` completes, the next entry is triggered
+   * and `token` receives `op`'s results unchanged.
+   *
+   * @param op A deferred asynchronous operation, for example
+   * `boost::asio::async_write(sock, buf, boost::asio::deferred)` or
+   * `timer.async_wait(boost::asio::deferred)`. It is moved into the queue and
+   * launched at most once.
+   * @param token The completion token.
+   *
+   * @par Handler signature
+   * The completion signature of `op`, which must be `void(error_code, Ts...)`.
+   *
+   * @par Executor
+   * The operation is launched from a function posted to the queue's executor.
+   * It is given an intermediate handler whose associated executor, allocator
+   * and cancellation slot are those of the final handler. The final handler
+   * runs on its associated executor (default: the queue's), never inside this
+   * call.
+   *
+   * @par Per-operation cancellation
+   * All cancellation types. While the entry waits, a signal removes it: the
+   * operation is never launched and the handler gets `operation_aborted`.
+   * Once launched, signals are forwarded to the operation, which decides.
+   *
+   * @par Errors
+   * `operation_aborted` if the entry was cancelled before it started or the
+   * queue was destroyed first; otherwise whatever `op` reports.
+   *
+   * @par Object lifetimes
+   * The queue must outlive the call. Whatever `op` refers to (a socket, the
+   * buffers) must stay valid until the handler runs.
+   */
+  template <class Op,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>,
+            std::enable_if_t<!std::is_same_v<std::decay_t<Op>, trigger_inline_t>, int> = 0>
+  auto async_enqueue(Op&& op, CompletionToken&& token = CompletionToken());
+
+  /// Queues a raw initiation with the given completion `Signature`.
+  /**
+   * As the deferred-operation overload, but when the turn comes the queue
+   * calls `init(handler)`. `init` starts the work and eventually calls
+   * `handler` with arguments matching `Signature` (exactly once, not from
+   * inside `init`: if it does so anyway the final handler is posted, not
+   * invoked inline).
+   */
+  template <class Signature, class Initiation,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>,
+            std::enable_if_t<!std::is_same_v<std::decay_t<Initiation>, trigger_inline_t>, int> = 0>
+  auto async_enqueue(Initiation&& init, CompletionToken&& token = CompletionToken());
+
+  /// Queues an operation, launching it inside this call if the queue is
+  /// running and idle (`tevent_queue_add_optimize_empty`).
+  /**
+   * Otherwise identical to `async_enqueue(op, token)`. The completion
+   * handler is never invoked from inside this call, even when the operation
+   * is launched in it.
+   */
+  template <class Op,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_enqueue(trigger_inline_t, Op&& op, CompletionToken&& token = CompletionToken());
+
+  /// Raw-initiation form of the inline-trigger overload.
+  template <class Signature, class Initiation,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_enqueue(trigger_inline_t, Initiation&& init,
+                     CompletionToken&& token = CompletionToken());
+
+  /// Waits for a turn and holds it (tevent's queue wait used as a lock).
+  /**
+   * Completes when everything queued before it has finished, with a
+   * non-empty @ref turn: until that turn is destroyed or released the queue
+   * triggers nothing else, so a coroutine can run several steps as one unit.
+   *
+   * @par Handler signature
+   * `void(boost::system::error_code, serq::turn)`.
+   *
+   * @par Executor
+   * The handler's associated executor (default: the queue's), never inside
+   * this call.
+   *
+   * @par Per-operation cancellation
+   * All cancellation types, until the turn is handed out: the handler gets
+   * `operation_aborted` and an empty turn. After that, signals are ignored.
+   *
+   * @par Errors
+   * `operation_aborted`, with an empty turn, if cancelled or if the queue was
+   * destroyed before the turn came.
+   *
+   * @par Object lifetimes
+   * A turn may outlive the queue object.
+   */
+  template <class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_acquire(CompletionToken&& token = CompletionToken());
+
+  /// Waits until every entry added before this call has finished
+  /// (tevent's `tevent_queue_wait_send`).
+  /**
+   * The barrier is an entry like any other: it counts in `size()`, keeps its
+   * place in FIFO order, and does not pass while the queue is stopped.
+   *
+   * @par Handler signature
+   * `void(boost::system::error_code)`.
+   *
+   * @par Executor
+   * The handler's associated executor (default: the queue's), never inside
+   * this call.
+   *
+   * @par Per-operation cancellation
+   * All cancellation types: the handler gets `operation_aborted`.
+   *
+   * @par Errors
+   * `operation_aborted` if cancelled or if the queue was destroyed first.
+   */
+  template <class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_wait(CompletionToken&& token = CompletionToken());
+
+  /// Lets the queue trigger entries again (`tevent_queue_start`). If it is
+  /// idle and has waiting entries, the first one is triggered (posted).
+  void start();
+
+  /// Stops triggering new entries (`tevent_queue_stop`). The active entry,
+  /// if any, runs on; entries may still be added and wait.
+  void stop() noexcept;
+
+  /// True unless `stop()` was called more recently than `start()`.
+  bool running() const noexcept;
+
+  /// Number of entries waiting plus the active one (`tevent_queue_length`).
+  std::size_t size() const noexcept;
+
+  /// True when `size() == 0`.
+  bool empty() const noexcept { return size() == 0; }
+
+  /// Aborts every entry not yet triggered.
+  /**
+   * Each completes with `operation_aborted` (posted, never inside this call).
+   * The active entry is not affected.
+   *
+   * @returns The number of entries aborted.
+   */
+  std::size_t cancel();
+
+ private:
+  struct initiate_enqueue;
+  struct initiate_acquire;
+  struct initiate_wait;
+
+  static serialized_queue_service& service_for(const executor_type& ex);
+
+  executor_type executor_;
+  serialized_queue_service* service_;
+  std::shared_ptr<detail::queue_core> core_;
+};
+
+/// A serialized queue using the type-erased `boost::asio::any_io_executor`.
+using serialized_queue = basic_serialized_queue<>;
+
+}  // namespace serq
+
+#include <serq/impl/serialized_queue.hpp>
+
+#endif  // SERQ_SERIALIZED_QUEUE_HPP

@@ -1,0 +1,87 @@
+//
+// serq/serialized_queue_service.hpp
+//
+
+#ifndef SERQ_SERIALIZED_QUEUE_SERVICE_HPP
+#define SERQ_SERIALIZED_QUEUE_SERVICE_HPP
+
+#include <boost/asio/execution_context.hpp>
+
+#include <memory>
+#include <mutex>
+#include <string_view>
+
+namespace serq {
+class serialized_queue_service;
+namespace detail {
+class queue_core;
+
+// Something a service tracks so that context shutdown can destroy its
+// pending handlers: queues and writers.
+class service_member : public std::enable_shared_from_this<service_member> {
+ public:
+  service_member(const service_member&) = delete;
+  service_member& operator=(const service_member&) = delete;
+
+  // Destroys every pending handler without invoking it, and refuses new work.
+  virtual void shutdown() noexcept = 0;
+
+ protected:
+  service_member() = default;
+  ~service_member() = default;
+
+ private:
+  friend class serq::serialized_queue_service;
+  service_member* svc_next_ = nullptr;
+  service_member* svc_prev_ = nullptr;
+  bool registered_ = false;
+};
+}  // namespace detail
+
+/// The execution_context service behind every serq::basic_serialized_queue.
+/**
+ * Obtained with `boost::asio::use_service<serialized_queue_service>(ctx)`,
+ * like Asio's own services. It keeps the list of live queues of its context
+ * so that, when the context shuts down, every waiting entry's handler is
+ * destroyed without being invoked, as Asio does for all pending operations.
+ *
+ * Applications do not normally use this class directly.
+ *
+ * @par Thread safety
+ * Distinct objects: safe. Shared objects: safe.
+ */
+class serialized_queue_service final : public boost::asio::execution_context::service {
+ public:
+  /// The service's identifier within its execution context.
+  static boost::asio::execution_context::id id;
+
+  /// Constructs the service; called by `use_service`.
+  explicit serialized_queue_service(boost::asio::execution_context& ctx);
+  ~serialized_queue_service() override;
+
+  /// Creates the state of one queue and registers it with the service.
+  std::shared_ptr<detail::queue_core> create(std::string_view name);
+
+  /// Unregisters a queue whose IO object is being destroyed and aborts its
+  /// waiting entries. Its active operation, if any, runs to completion.
+  void destroy(const std::shared_ptr<detail::queue_core>& core);
+
+  /// Registers an object whose pending handlers must be destroyed at
+  /// shutdown. Returns false (and registers nothing) once the context has
+  /// shut down.
+  bool add(detail::service_member& m);
+
+  /// Unregisters m; does nothing if it is not registered.
+  void remove(detail::service_member& m) noexcept;
+
+ private:
+  void shutdown() override;
+
+  std::mutex mutex_;
+  detail::service_member* first_ = nullptr;
+  bool shut_down_ = false;
+};
+
+}  // namespace serq
+
+#endif  // SERQ_SERIALIZED_QUEUE_SERVICE_HPP

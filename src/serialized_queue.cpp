@@ -1,0 +1,324 @@
+//
+// src/serialized_queue.cpp: the non-template core of serialized_queue.
+//
+
+#include <serq/detail/entries.hpp>
+#include <serq/detail/queue_core.hpp>
+#include <serq/serialized_queue_service.hpp>
+#include <serq/turn.hpp>
+
+#include <utility>
+#include <vector>
+
+namespace serq {
+namespace detail {
+
+// ---- entry_base ------------------------------------------------------------
+
+void entry_base::abandon() noexcept {
+  std::shared_ptr<queue_core> core = core_;
+  destroy();
+  core->finish();
+}
+
+void entry_base::attach_canceller(boost::asio::cancellation_slot slot) {
+  if (slot.is_connected()) canceller_ = &slot.template emplace<canceller>(core_);
+}
+
+// ---- entry_list ------------------------------------------------------------
+
+void entry_list::push_back(entry_base* e) noexcept {
+  e->next_ = nullptr;
+  e->prev_ = back_;
+  if (back_)
+    back_->next_ = e;
+  else
+    front_ = e;
+  back_ = e;
+}
+
+entry_base* entry_list::pop_front() noexcept {
+  entry_base* e = front_;
+  if (e) unlink(e);
+  return e;
+}
+
+void entry_list::unlink(entry_base* e) noexcept {
+  if (e->prev_)
+    e->prev_->next_ = e->next_;
+  else
+    front_ = e->next_;
+  if (e->next_)
+    e->next_->prev_ = e->prev_;
+  else
+    back_ = e->prev_;
+  e->next_ = e->prev_ = nullptr;
+}
+
+void entry_list::splice(entry_list& other) noexcept {
+  if (other.empty()) return;
+  if (back_) {
+    back_->next_ = other.front_;
+    other.front_->prev_ = back_;
+  } else {
+    front_ = other.front_;
+  }
+  back_ = other.back_;
+  other.front_ = other.back_ = nullptr;
+}
+
+entry_list entry_list::take() noexcept {
+  entry_list out;
+  out.front_ = std::exchange(front_, nullptr);
+  out.back_ = std::exchange(back_, nullptr);
+  return out;
+}
+
+// ---- canceller / launch_guard ----------------------------------------------
+
+namespace {
+thread_local const entry_base* launching_entry = nullptr;
+}
+
+void canceller::operator()(boost::asio::cancellation_type_t type) {
+  entry_base* e = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(core_->mutex_);
+    e = waiting_;
+    if (e) core_->unlink_locked(e);
+  }
+  if (e) {
+    // Still waiting: it leaves the queue and its operation never starts.
+    e->abort();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (launched_)
+    inner_.emit(type);
+  else
+    pending_ = pending_ | type;  // triggered, not yet launched: the launch aborts instead
+}
+
+launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching_entry) {
+  if (canceller* c = e.cancel_state()) {
+    lock_ = std::unique_lock<std::mutex>(c->mutex_);
+    cancelled_ = c->pending_ != boost::asio::cancellation_type::none;
+    c->launched_ = !cancelled_;
+  }
+  launching_entry = &e;
+}
+
+launch_guard::~launch_guard() { launching_entry = outer_; }
+
+boost::asio::cancellation_slot launch_guard::slot() noexcept {
+  canceller* c = entry_.cancel_state();
+  return c ? c->inner_.slot() : boost::asio::cancellation_slot();
+}
+
+bool launch_guard::inside(const entry_base* e) noexcept { return launching_entry == e; }
+
+void wait_launch_done(entry_base& e) noexcept {
+  if (canceller* c = e.cancel_state()) std::lock_guard<std::mutex> lock(c->mutex_);
+}
+
+// ---- queue_core ------------------------------------------------------------
+
+queue_core::queue_core(std::string_view name) : name_(name) {}
+
+queue_core::~queue_core() = default;
+
+queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (closed_) return add_result::closed;
+  if (running_ && !busy_ && waiting_.empty()) {
+    busy_ = true;
+    return allow_inline ? add_result::launch_inline : add_result::trigger;
+  }
+  waiting_.push_back(e);
+  ++waiting_count_;
+  if (e->canceller_) e->canceller_->waiting_ = e;
+  return add_result::queued;
+}
+
+entry_base* queue_core::take_next_locked() noexcept {
+  if (!running_ || closed_ || waiting_.empty()) return nullptr;
+  entry_base* e = waiting_.front();
+  unlink_locked(e);
+  busy_ = true;
+  return e;
+}
+
+void queue_core::unlink_locked(entry_base* e) noexcept {
+  waiting_.unlink(e);
+  --waiting_count_;
+  if (e->canceller_) e->canceller_->waiting_ = nullptr;
+}
+
+entry_list queue_core::take_all_locked() noexcept {
+  for (entry_base* e = waiting_.front(); e; e = e->next_)
+    if (e->canceller_) e->canceller_->waiting_ = nullptr;
+  waiting_count_ = 0;
+  return waiting_.take();
+}
+
+void queue_core::finish() noexcept {
+  entry_base* next = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    busy_ = false;
+    next = take_next_locked();
+  }
+  if (next) next->trigger();
+}
+
+void queue_core::start() {
+  entry_base* next = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    running_ = true;
+    if (!busy_) next = take_next_locked();
+  }
+  if (next) next->trigger();
+}
+
+void queue_core::stop() noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  running_ = false;
+}
+
+bool queue_core::running() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return running_;
+}
+
+std::size_t queue_core::size() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return waiting_count_ + (busy_ ? 1 : 0);
+}
+
+namespace {
+// Completes every entry of list with operation_aborted (each posts its
+// handler, so this never runs user code inline).
+std::size_t abort_all(entry_list list) {
+  std::size_t n = 0;
+  while (entry_base* e = list.pop_front()) {
+    e->abort();
+    ++n;
+  }
+  return n;
+}
+}  // namespace
+
+std::size_t queue_core::cancel() {
+  entry_list list;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    list = take_all_locked();
+  }
+  return abort_all(std::move(list));
+}
+
+void queue_core::close() {
+  entry_list list;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+    list = take_all_locked();
+  }
+  abort_all(std::move(list));
+}
+
+void queue_core::shutdown() noexcept {
+  entry_list list;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+    list = take_all_locked();
+  }
+  // Outside the lock: destroying a handler runs user destructors, which may
+  // release a turn or destroy a queue and so call back in here.
+  while (entry_base* e = list.pop_front()) e->destroy();
+}
+
+void submit(queue_core& core, entry_base* e, bool allow_inline) {
+  switch (core.add(e, allow_inline)) {
+    case queue_core::add_result::queued:
+      break;
+    case queue_core::add_result::trigger:
+      e->trigger();
+      break;
+    case queue_core::add_result::launch_inline:
+      e->launch();
+      break;
+    case queue_core::add_result::closed:
+      e->abort();
+      break;
+  }
+}
+
+}  // namespace detail
+
+// ---- turn ------------------------------------------------------------------
+
+void turn::release() noexcept {
+  if (auto core = std::move(core_)) core->finish();
+}
+
+// ---- serialized_queue_service ----------------------------------------------
+
+boost::asio::execution_context::id serialized_queue_service::id;
+
+serialized_queue_service::serialized_queue_service(boost::asio::execution_context& ctx)
+    : boost::asio::execution_context::service(ctx) {}
+
+serialized_queue_service::~serialized_queue_service() = default;
+
+std::shared_ptr<detail::queue_core> serialized_queue_service::create(std::string_view name) {
+  auto core = std::make_shared<detail::queue_core>(name);
+  if (!add(*core)) core->closed_ = true;
+  return core;
+}
+
+void serialized_queue_service::destroy(const std::shared_ptr<detail::queue_core>& core) {
+  remove(*core);
+  core->close();
+}
+
+bool serialized_queue_service::add(detail::service_member& m) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (shut_down_) return false;
+  m.svc_next_ = first_;
+  m.svc_prev_ = nullptr;
+  if (first_) first_->svc_prev_ = &m;
+  first_ = &m;
+  m.registered_ = true;
+  return true;
+}
+
+void serialized_queue_service::remove(detail::service_member& m) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!m.registered_) return;
+  if (m.svc_prev_)
+    m.svc_prev_->svc_next_ = m.svc_next_;
+  else
+    first_ = m.svc_next_;
+  if (m.svc_next_) m.svc_next_->svc_prev_ = m.svc_prev_;
+  m.svc_next_ = m.svc_prev_ = nullptr;
+  m.registered_ = false;
+}
+
+void serialized_queue_service::shutdown() {
+  // Keep every member alive through the loop, and call out with no lock
+  // held: destroying handlers runs user code, which may destroy queues and
+  // writers (unregistering them) or create new ones.
+  std::vector<std::shared_ptr<detail::service_member>> members;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    shut_down_ = true;
+    for (detail::service_member* m = first_; m; m = m->svc_next_)
+      members.push_back(m->shared_from_this());
+  }
+  for (auto& m : members) m->shutdown();
+}
+
+}  // namespace serq

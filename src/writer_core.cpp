@@ -1,0 +1,368 @@
+//
+// src/writer_core.cpp: queued_writer's state machine.
+//
+
+#include <serq/detail/writer_core.hpp>
+
+#include <boost/asio/error.hpp>
+
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+
+namespace serq {
+namespace detail {
+
+// ---- window_builder ----------------------------------------------------------
+
+std::size_t window_builder::append(boost::asio::const_buffer b) noexcept {
+  if (full() || b.size() == 0) return 0;
+  const std::size_t take = std::min(b.size(), max_bytes_ - bytes_);
+  storage_[count_++] = boost::asio::const_buffer(b.data(), take);
+  bytes_ += take;
+  return take;
+}
+
+buffer_window window_builder::view() const noexcept {
+  buffer_window w;
+  w.data_ = storage_.data();
+  w.count_ = count_;
+  return w;
+}
+
+// ---- node_list -----------------------------------------------------------------
+
+node_list::node_list(node_list&& o) noexcept
+    : front_(std::exchange(o.front_, nullptr)), back_(std::exchange(o.back_, nullptr)) {}
+
+node_list& node_list::operator=(node_list&& o) noexcept {
+  if (this != &o) {
+    node_list old(std::move(*this));
+    front_ = std::exchange(o.front_, nullptr);
+    back_ = std::exchange(o.back_, nullptr);
+  }
+  return *this;
+}
+
+node_list::~node_list() {
+  while (writer_node* n = pop_front()) n->destroy();
+}
+
+void node_list::push_back(writer_node* n) noexcept {
+  n->next_ = nullptr;
+  n->prev_ = back_;
+  if (back_)
+    back_->next_ = n;
+  else
+    front_ = n;
+  back_ = n;
+}
+
+writer_node* node_list::pop_front() noexcept {
+  writer_node* n = front_;
+  if (n) unlink(n);
+  return n;
+}
+
+void node_list::unlink(writer_node* n) noexcept {
+  if (n->prev_)
+    n->prev_->next_ = n->next_;
+  else
+    front_ = n->next_;
+  if (n->next_)
+    n->next_->prev_ = n->prev_;
+  else
+    back_ = n->prev_;
+  n->next_ = n->prev_ = nullptr;
+}
+
+void node_list::splice(node_list& other) noexcept {
+  while (writer_node* n = other.pop_front()) push_back(n);
+}
+
+void node_list::complete_all(bool post) {
+  while (writer_node* n = pop_front()) n->complete(post);
+}
+
+// ---- writer_node / node_canceller ------------------------------------------
+
+void writer_node::attach_canceller(boost::asio::cancellation_slot slot,
+                                   std::shared_ptr<writer_core> core) {
+  if (slot.is_connected())
+    canceller_ = &slot.template emplace<node_canceller>(std::move(core), nullptr);
+}
+
+void node_canceller::operator()(boost::asio::cancellation_type_t type) {
+  node_list done;
+  {
+    std::lock_guard<std::mutex> lock(core_->mutex_);
+    writer_node* n = node_;
+    if (!n) return;  // completed already: a stale signal
+    if (!n->started_) {
+      core_->remove_queued_locked(n);
+      n->result_ = boost::asio::error::operation_aborted;
+      done.push_back(n);
+      core_->update_writable_locked(done);
+    } else if ((type & boost::asio::cancellation_type::terminal) !=
+               boost::asio::cancellation_type::none) {
+      // A started message cannot be taken back: the stream's framing would
+      // be lost. Terminal cancellation stops the stream operation instead,
+      // which fails the writer.
+      core_->terminal_requested_ = true;
+      core_->write_signal_.emit(boost::asio::cancellation_type::terminal);
+    }
+  }
+  done.complete_all(true);
+}
+
+// ---- writer_core -------------------------------------------------------------
+
+writer_core::writer_core() : window_storage_(default_max_buffers) {}
+
+writer_core::~writer_core() = default;
+
+bool writer_core::add_locked(writer_node* n, node_list& rejected) {
+  if (closed_ || error_) {
+    n->result_ = closed_ ? boost::system::error_code(boost::asio::error::operation_aborted) : error_;
+    rejected.push_back(n);
+    return false;
+  }
+  n->segment_ = segment_;
+  n->queued_ = true;
+  if (n->canceller_) n->canceller_->node_ = n;
+  nodes_.push_back(n);
+  if (n->kind_ == writer_node::kind::write) {
+    pending_bytes_ += n->size_;
+    ++pending_writes_;
+    if (writable_ && pending_bytes_ > high_) writable_ = false;
+  }
+  if (segment_has_pump_) return false;
+  segment_has_pump_ = true;
+  return true;
+}
+
+void writer_core::add_waiter(writer_node* n, node_list& ready) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (closed_ || error_ || writable_) {
+    n->result_ = closed_  ? boost::system::error_code(boost::asio::error::operation_aborted)
+                 : error_ ? error_
+                          : boost::system::error_code();
+    ready.push_back(n);
+    return;
+  }
+  n->queued_ = true;
+  if (n->canceller_) n->canceller_->node_ = n;
+  waiters_.push_back(n);
+}
+
+void writer_core::remove_queued_locked(writer_node* n) {
+  if (n->kind_ == writer_node::kind::waiter) {
+    waiters_.unlink(n);
+  } else {
+    nodes_.unlink(n);
+    if (n->kind_ == writer_node::kind::write) {
+      pending_bytes_ -= n->size_ - n->written_;
+      --pending_writes_;
+    }
+  }
+  n->queued_ = false;
+  if (n->canceller_) n->canceller_->node_ = nullptr;
+}
+
+void writer_core::finish_node_locked(writer_node* n, node_list& done) {
+  remove_queued_locked(n);
+  done.push_back(n);
+}
+
+void writer_core::update_writable_locked(node_list& done) {
+  if (!writable_ && pending_bytes_ <= low_) {
+    writable_ = true;
+    while (writer_node* w = waiters_.front()) {
+      w->result_ = {};
+      finish_node_locked(w, done);
+    }
+  } else if (writable_ && pending_bytes_ > high_) {
+    writable_ = false;
+  }
+}
+
+void writer_core::fail_locked(const boost::system::error_code& ec, node_list& done) {
+  if (!error_) error_ = ec;
+  // Each started message reports the bytes it actually wrote; the others 0.
+  while (writer_node* n = nodes_.front()) {
+    n->result_ = error_;
+    finish_node_locked(n, done);
+  }
+  while (writer_node* w = waiters_.front()) {
+    w->result_ = error_;
+    finish_node_locked(w, done);
+  }
+  window_nodes_ = 0;
+}
+
+bool writer_core::build_window_locked(std::uint64_t segment, node_list& done) {
+  if (terminal_requested_ && !error_) fail_locked(boost::asio::error::operation_aborted, done);
+  if (closed_ && !nodes_.empty())
+    fail_locked(boost::asio::error::operation_aborted, done);
+  if (error_ || closed_) return false;
+
+  // Whatever has nothing left to write at the head is done: a flush whose
+  // predecessors are all written, a zero-length message.
+  while (writer_node* n = nodes_.front()) {
+    if (n->segment_ != segment || n->written_ != n->size_) break;
+    n->result_ = {};
+    finish_node_locked(n, done);
+  }
+
+  window_builder builder(window_storage_, max_buffers_, max_bytes_);
+  window_nodes_ = 0;
+  for (writer_node* n = nodes_.front(); n && n->segment_ == segment && !builder.full();
+       n = n->next_) {
+    n->started_ = true;
+    ++window_nodes_;
+    if (n->written_ != n->size_) {
+      n->ops_->fill(n, n->written_, builder);
+      if (!gathering_) break;
+    }
+  }
+  if (builder.bytes() == 0) {
+    // The segment is drained: the pump hands its turn on. A later write to
+    // this segment needs a new pump.
+    for (writer_node* n = nodes_.front(); n && window_nodes_ > 0; n = n->next_, --window_nodes_)
+      n->started_ = false;
+    window_nodes_ = 0;
+    if (segment == segment_) segment_has_pump_ = false;
+    return false;
+  }
+  window_ = builder.view();
+  return true;
+}
+
+void writer_core::on_written(const boost::system::error_code& ec, std::size_t n,
+                             node_list& done) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  // Messages complete strictly in order: once one is left unfinished, the
+  // rest of the window (even zero-length ones) waits for the next write.
+  bool blocked = false;
+  writer_node* node = nodes_.front();
+  for (std::size_t i = 0; i < window_nodes_ && node; ++i) {
+    writer_node* next = node->next_;
+    if (!blocked) {
+      const std::size_t take = std::min(n, node->size_ - node->written_);
+      node->written_ += take;
+      pending_bytes_ -= take;
+      n -= take;
+      if (node->written_ == node->size_ && !ec) {
+        node->result_ = {};
+        finish_node_locked(node, done);
+      } else {
+        blocked = true;
+      }
+    }
+    if (blocked && node->written_ == 0)
+      node->started_ = false;  // none of it reached the stream: still cancellable
+    node = next;
+  }
+  window_nodes_ = 0;
+  if (ec) fail_locked(ec, done);
+  update_writable_locked(done);
+}
+
+std::size_t writer_core::cancel(node_list& done) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::size_t count = 0;
+  for (writer_node* n = nodes_.front(); n;) {
+    writer_node* next = n->next_;
+    if (!n->started_ && n->kind_ == writer_node::kind::write) {
+      n->result_ = boost::asio::error::operation_aborted;
+      finish_node_locked(n, done);
+      ++count;
+    }
+    n = next;
+  }
+  update_writable_locked(done);
+  return count;
+}
+
+void writer_core::close(node_list& done) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  closed_ = true;
+  for (writer_node* n = nodes_.front(); n;) {
+    writer_node* next = n->next_;
+    if (!n->started_) {
+      n->result_ = boost::asio::error::operation_aborted;
+      finish_node_locked(n, done);
+    }
+    n = next;
+  }
+  while (writer_node* w = waiters_.front()) {
+    w->result_ = boost::asio::error::operation_aborted;
+    finish_node_locked(w, done);
+  }
+}
+
+void writer_core::shutdown() noexcept {
+  node_list doomed;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+    while (writer_node* n = nodes_.front()) finish_node_locked(n, doomed);
+    while (writer_node* w = waiters_.front()) finish_node_locked(w, doomed);
+    window_nodes_ = 0;
+  }
+  // doomed's destructor destroys the handlers, outside the lock.
+}
+
+void writer_core::set_watermarks(std::size_t low, std::size_t high, node_list& done) {
+  if (low > high)
+    throw std::invalid_argument("serq::queued_writer::set_watermarks: low exceeds high");
+  std::lock_guard<std::mutex> lock(mutex_);
+  low_ = low;
+  high_ = high;
+  if (pending_bytes_ > high_) writable_ = false;
+  update_writable_locked(done);
+}
+
+void writer_core::set_gathering(bool on) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  gathering_ = on;
+}
+
+void writer_core::set_gather_limits(std::size_t max_buffers, std::size_t max_bytes) {
+  if (max_buffers == 0 || max_bytes == 0)
+    throw std::invalid_argument("serq::queued_writer::set_gather_limits: limits must be > 0");
+  std::lock_guard<std::mutex> lock(mutex_);
+  // A window in flight points into the storage: only grow it, never move it
+  // while a write is outstanding.
+  if (max_buffers > window_storage_.size()) {
+    if (window_nodes_ != 0)
+      throw std::logic_error(
+          "serq::queued_writer::set_gather_limits: cannot grow while a write is in flight");
+    window_storage_.resize(max_buffers);
+  }
+  max_buffers_ = max_buffers;
+  max_bytes_ = max_bytes;
+}
+
+std::size_t writer_core::pending_bytes() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return pending_bytes_;
+}
+
+std::size_t writer_core::size() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return pending_writes_;
+}
+
+bool writer_core::writable() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return writable_ && !error_ && !closed_;
+}
+
+boost::system::error_code writer_core::error() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return error_;
+}
+
+}  // namespace detail
+}  // namespace serq
