@@ -252,7 +252,9 @@ void writer_core::on_written(const boost::system::error_code& ec, std::size_t n,
       node->written_ += take;
       pending_bytes_ -= take;
       n -= take;
-      if (node->written_ == node->size_ && !ec) {
+      // A message all of whose bytes went out succeeded, even if the same
+      // write_some then reported an error for what followed.
+      if (node->written_ == node->size_) {
         node->result_ = {};
         finish_node_locked(node, done);
       } else {
