@@ -28,7 +28,7 @@ class service_member : public std::enable_shared_from_this<service_member> {
 
  protected:
   service_member() = default;
-  ~service_member() = default;
+  virtual ~service_member() = default;
 
  private:
   friend class serq::serialized_queue_service;
