@@ -74,9 +74,10 @@ class bound_completion {
 };
 
 template <class Handler, class... Args>
-bound_completion<Handler, std::decay_t<Args>...> bind_completion(Handler&& h, Args&&... args) {
-  return bound_completion<Handler, std::decay_t<Args>...>(std::move(h),
-                                                          std::forward<Args>(args)...);
+bound_completion<std::decay_t<Handler>, std::decay_t<Args>...> bind_completion(Handler&& h,
+                                                                             Args&&... args) {
+  return bound_completion<std::decay_t<Handler>, std::decay_t<Args>...>(
+      std::forward<Handler>(h), std::forward<Args>(args)...);
 }
 
 // Hands a bound completion to its executor: posted when must_post (inside an
