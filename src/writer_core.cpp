@@ -159,6 +159,16 @@ void writer_core::remove_queued_locked(writer_node* n) {
   if (n->kind_ == writer_node::kind::waiter) {
     waiters_.unlink(n);
   } else {
+    // A node that carries no bytes (a flush, an empty message) can be
+    // aborted from the middle of the window in flight: keep the window's
+    // count, which on_written walks from the front, exact.
+    std::size_t i = 0;
+    for (writer_node* m = nodes_.front(); m && i < window_nodes_; m = m->next_, ++i) {
+      if (m == n) {
+        --window_nodes_;
+        break;
+      }
+    }
     nodes_.unlink(n);
     if (n->kind_ == writer_node::kind::write) {
       pending_bytes_ -= n->size_ - n->written_;
@@ -218,9 +228,11 @@ bool writer_core::build_window_locked(std::uint64_t segment, node_list& done) {
   window_nodes_ = 0;
   for (writer_node* n = nodes_.front(); n && n->segment_ == segment && !builder.full();
        n = n->next_) {
-    n->started_ = true;
     ++window_nodes_;
     if (n->written_ != n->size_) {
+      // Only a message whose bytes are handed to the stream has started; a
+      // flush or an empty message in the window stays cancellable.
+      n->started_ = true;
       n->ops_->fill(n, n->written_, builder);
       if (!gathering_) break;
     }
@@ -245,7 +257,9 @@ void writer_core::on_written(const boost::system::error_code& ec, std::size_t n,
   // rest of the window (even zero-length ones) waits for the next write.
   bool blocked = false;
   writer_node* node = nodes_.front();
-  for (std::size_t i = 0; i < window_nodes_ && node; ++i) {
+  // Finishing nodes below must not shrink the count being walked.
+  const std::size_t window_nodes = std::exchange(window_nodes_, 0);
+  for (std::size_t i = 0; i < window_nodes && node; ++i) {
     writer_node* next = node->next_;
     if (!blocked) {
       const std::size_t take = std::min(n, node->size_ - node->written_);
