@@ -20,11 +20,15 @@
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/error.hpp>
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -80,15 +84,43 @@ bound_completion<std::decay_t<Handler>, std::decay_t<Args>...> bind_completion(H
       std::forward<Handler>(h), std::forward<Args>(args)...);
 }
 
+template <class T, class = void>
+struct has_running_in_this_thread : std::false_type {};
+template <class T>
+struct has_running_in_this_thread<
+    T, std::void_t<decltype(std::declval<const T&>().running_in_this_thread())>> : std::true_type {};
+
+// True when the calling thread may run ex's functions inline, which is what
+// dispatch would find out, minus the type erasure and function wrapping it
+// costs on any_io_executor. False when it cannot tell.
+template <class Executor>
+bool running_in(const Executor& ex) noexcept {
+  if constexpr (has_running_in_this_thread<Executor>::value) {
+    return ex.running_in_this_thread();
+  } else if constexpr (std::is_same_v<Executor, boost::asio::any_io_executor>) {
+    using io_executor = boost::asio::io_context::executor_type;
+    if (const auto* e = ex.template target<io_executor>()) return e->running_in_this_thread();
+    if (const auto* s = ex.template target<boost::asio::strand<io_executor>>())
+      return s->running_in_this_thread();
+    return false;
+  } else {
+    return false;
+  }
+}
+
 // Hands a bound completion to its executor: posted when must_post (inside an
-// initiating function, or when the caller cannot tell), else dispatched.
+// initiating function, or when the caller cannot tell); otherwise invoked
+// here when already running on that executor, else dispatched.
 template <class Executor, class Completion>
 void deliver(const boost::asio::executor_work_guard<Executor>& work, Completion&& c,
              bool must_post) {
-  if (must_post)
+  if (must_post) {
     boost::asio::post(work.get_executor(), std::forward<Completion>(c));
-  else
+  } else if (running_in(work.get_executor())) {
+    c();
+  } else {
     boost::asio::dispatch(work.get_executor(), std::forward<Completion>(c));
+  }
 }
 
 // State shared by every typed entry: the user's handler and the outstanding
@@ -107,8 +139,14 @@ class handler_entry : public entry_base {
   handler_entry(func_type f, std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
       : entry_base(f, std::move(core)),
         handler_(std::forward<H>(h)),
-        queue_work_(qex),
         handler_work_(boost::asio::get_associated_executor(handler_, qex)) {
+    // One work guard when the handler runs on the queue's executor (the
+    // usual case), two otherwise.
+    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
+      if (!(handler_work_.get_executor() == qex)) queue_work_.emplace(qex);
+    } else {
+      queue_work_.emplace(qex);
+    }
     attach_canceller(boost::asio::get_associated_cancellation_slot(handler_));
   }
 
@@ -116,7 +154,13 @@ class handler_entry : public entry_base {
   // entry: if it is destroyed unrun (the context shuts down), the entry is
   // abandoned and the queue's turn handed on.
   void post_trigger() {
-    boost::asio::post(queue_work_.get_executor(), trigger_function{this, get_allocator()});
+    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
+      if (!queue_work_) {
+        boost::asio::post(handler_work_.get_executor(), trigger_function{this, get_allocator()});
+        return;
+      }
+    }
+    boost::asio::post(queue_work_->get_executor(), trigger_function{this, get_allocator()});
   }
 
   // Frees this entry, then completes the handler with args: posted when
@@ -158,8 +202,8 @@ class handler_entry : public entry_base {
     allocator_type alloc_;
   };
 
-  boost::asio::executor_work_guard<QueueExecutor> queue_work_;
   boost::asio::executor_work_guard<handler_executor_type> handler_work_;
+  std::optional<boost::asio::executor_work_guard<QueueExecutor>> queue_work_;
 };
 
 // The handler serq gives the queued operation. It owns its entry: destroyed

@@ -197,14 +197,40 @@ class writer_state final : public writer_core {
   };
 
   static void step(std::shared_ptr<writer_state> self, std::uint64_t segment, node_list done) {
+    // Complete first: the callers resumed here queue their next messages
+    // before the next window is cut, so it gathers them too.
+    complete(self, &segment, done);
     writer_state& s = *self;
+    const std::shared_ptr<writer_state> keep = self;
     const bool writing = s.next_write(segment, done, [&](const buffer_window& window) {
       s.stream_.async_write_some(
           window, boost::asio::bind_cancellation_slot(s.write_slot(),
                                                       write_done(std::move(self), segment)));
     });
     if (!writing) s.turn_.release();
-    done.complete_all(false);
+    complete(keep, nullptr, done);
+  }
+
+  // Completes done in order. A handler that throws propagates out of run(),
+  // as in Asio, but must not lose the others nor stall the writer: the rest
+  // complete, and the pump goes on (when resume is set), from a continuation
+  // posted before the exception leaves.
+  static void complete(const std::shared_ptr<writer_state>& self, const std::uint64_t* resume,
+                       node_list& done) {
+    try {
+      done.complete_all(false);
+    } catch (...) {
+      const bool go_on = resume != nullptr;
+      const std::uint64_t segment = go_on ? *resume : 0;
+      boost::asio::post(self->stream_.get_executor(),
+                        [self, go_on, segment, rest = std::move(done)]() mutable {
+                          if (go_on)
+                            step(std::move(self), segment, std::move(rest));
+                          else
+                            complete(self, nullptr, rest);
+                        });
+      throw;
+    }
   }
 
  private:
