@@ -1,0 +1,191 @@
+//
+// test/bench/harness.hpp
+//
+// Runs every variant of a case in the same process, interleaved round by round, keeps the medians,
+// and prints them as a table and as JSON. Every comparison is a ratio of medians from one run: the
+// machine is shared, so absolute times from different runs mean little.
+//
+
+#ifndef SERQ_BENCH_HARNESS_HPP
+#define SERQ_BENCH_HARNESS_HPP
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace serq_bench {
+
+using bench_clock = std::chrono::steady_clock;
+
+inline double seconds_since(bench_clock::time_point t0) {
+  return std::chrono::duration<double>(bench_clock::now() - t0).count();
+}
+
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
+
+// One contender in a case: a function that performs one measurement and returns its seconds.
+struct variant {
+  std::string name;
+  std::function<double()> measure;
+  std::vector<double> seconds;
+  double median_s() const { return median(seconds); }
+};
+
+struct bench_case {
+  std::string id;
+  std::string title;
+  double ops = 0;    // operations (or messages) per measurement
+  double bytes = 0;  // bytes per measurement, 0 when not a byte stream
+  std::string reference;  // the serq variant the "speed" column compares every row with
+  std::vector<variant> variants;
+
+  const variant& find(const std::string& name) const {
+    for (const auto& v : variants)
+      if (v.name == name) return v;
+    throw std::logic_error("serq_bench: no variant " + name + " in case " + id);
+  }
+
+  // A warm-up measurement of each variant, then `rounds` rounds in which every variant is measured
+  // once. The starting variant rotates from round to round so that none always runs first (after
+  // another's frees) or last.
+  void run(int warmups, int rounds) {
+    for (int w = 0; w < warmups; ++w)
+      for (auto& v : variants) v.measure();
+    const std::size_t n = variants.size();
+    for (int r = 0; r < rounds; ++r)
+      for (std::size_t i = 0; i < n; ++i) {
+        variant& v = variants[(i + static_cast<std::size_t>(r)) % n];
+        v.seconds.push_back(v.measure());
+      }
+  }
+};
+
+// A steady-state allocation count (not a timing).
+struct alloc_result {
+  std::string id;
+  std::string label;
+  double per_op = 0;
+  std::size_t allocations = 0;
+  std::size_t ops = 0;
+};
+
+// A target from the issue: either a speed ratio (peer time / serq time, higher is better) or an
+// allocation count per operation (lower is better).
+struct target {
+  std::string label;
+  double value = 0;
+  double threshold = 0;
+  bool at_least = true;  // value >= threshold passes; else value <= threshold passes
+  bool pass() const { return at_least ? value >= threshold : value <= threshold; }
+};
+
+inline std::string fmt(double v, int prec) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(prec) << v;
+  return os.str();
+}
+
+inline std::string human_rate(double per_s, const char* unit) {
+  const char* prefix = "";
+  if (per_s >= 1e9) {
+    per_s /= 1e9;
+    prefix = "G";
+  } else if (per_s >= 1e6) {
+    per_s /= 1e6;
+    prefix = "M";
+  } else if (per_s >= 1e3) {
+    per_s /= 1e3;
+    prefix = "k";
+  }
+  return fmt(per_s, 2) + " " + prefix + unit;
+}
+
+inline void print_case(std::FILE* out, const bench_case& c) {
+  std::fprintf(out, "\n%s  %s   [ref = %s]\n", c.id.c_str(), c.title.c_str(),
+               c.reference.c_str());
+  const double ref = c.find(c.reference).median_s();
+  std::fprintf(out, "  %-34s %10s %10s %12s %12s %8s %9s\n", "variant", "median ms", "ns/op",
+               "ops/s", c.bytes > 0 ? "bytes/s" : "", "spread", "ref x");
+  for (const auto& v : c.variants) {
+    const double m = v.median_s();
+    const double lo = *std::min_element(v.seconds.begin(), v.seconds.end());
+    const double hi = *std::max_element(v.seconds.begin(), v.seconds.end());
+    const std::string speed = v.name == c.reference ? "(ref)" : fmt(m / ref, 2);
+    std::fprintf(out, "  %-34s %10s %10s %12s %12s %7s%% %9s\n", v.name.c_str(),
+                 fmt(m * 1e3, 2).c_str(), fmt(m * 1e9 / c.ops, 1).c_str(),
+                 human_rate(c.ops / m, "").c_str(),
+                 c.bytes > 0 ? human_rate(c.bytes / m, "B").c_str() : "",
+                 fmt(m > 0 ? (hi - lo) / m * 100 : 0, 0).c_str(), speed.c_str());
+  }
+}
+
+inline std::string json_escape(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;
+  }
+  return out;
+}
+
+inline void write_json(const std::string& path, const std::string& config_json,
+                       const std::vector<bench_case>& cases,
+                       const std::vector<alloc_result>& allocs,
+                       const std::vector<target>& targets) {
+  std::ofstream os(path);
+  if (!os) throw std::runtime_error("serq_bench: cannot write " + path);
+  os << std::setprecision(9);
+  os << "{\n  \"config\": " << config_json << ",\n  \"cases\": [";
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const bench_case& c = cases[i];
+    const double ref = c.find(c.reference).median_s();
+    os << (i ? ",\n" : "\n") << "    {\"id\": \"" << json_escape(c.id) << "\", \"title\": \""
+       << json_escape(c.title) << "\", \"ops\": " << c.ops << ", \"bytes\": " << c.bytes
+       << ", \"reference\": \"" << json_escape(c.reference) << "\", \"variants\": [";
+    for (std::size_t j = 0; j < c.variants.size(); ++j) {
+      const variant& v = c.variants[j];
+      const double m = v.median_s();
+      os << (j ? ",\n" : "\n") << "      {\"name\": \"" << json_escape(v.name)
+         << "\", \"median_s\": " << m << ", \"ns_per_op\": " << m * 1e9 / c.ops
+         << ", \"ops_per_s\": " << c.ops / m;
+      if (c.bytes > 0) os << ", \"bytes_per_s\": " << c.bytes / m;
+      os << ", \"serq_speed_ratio\": " << m / ref << ", \"seconds\": [";
+      for (std::size_t k = 0; k < v.seconds.size(); ++k) os << (k ? ", " : "") << v.seconds[k];
+      os << "]}";
+    }
+    os << "]}";
+  }
+  os << "\n  ],\n  \"allocations\": [";
+  for (std::size_t i = 0; i < allocs.size(); ++i) {
+    const alloc_result& a = allocs[i];
+    os << (i ? ",\n" : "\n") << "    {\"id\": \"" << json_escape(a.id) << "\", \"label\": \""
+       << json_escape(a.label) << "\", \"per_op\": " << a.per_op
+       << ", \"allocations\": " << a.allocations << ", \"ops\": " << a.ops << "}";
+  }
+  os << "\n  ],\n  \"targets\": [";
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    const target& t = targets[i];
+    os << (i ? ",\n" : "\n") << "    {\"label\": \"" << json_escape(t.label)
+       << "\", \"value\": " << t.value << ", \"threshold\": " << t.threshold
+       << ", \"kind\": \"" << (t.at_least ? "min" : "max") << "\", \"pass\": "
+       << (t.pass() ? "true" : "false") << "}";
+  }
+  os << "\n  ]\n}\n";
+}
+
+}  // namespace serq_bench
+
+#endif  // SERQ_BENCH_HARNESS_HPP
