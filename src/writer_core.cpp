@@ -103,6 +103,11 @@ void node_canceller::operator()(boost::asio::cancellation_type_t type) {
       n->result_ = boost::asio::error::operation_aborted;
       done.push_back(n);
       core_->update_writable_locked(done);
+    } else if (n->written_ == 0) {
+      // Gathered into the write in flight, but none of its bytes accepted
+      // yet: decided when that write returns. If the stream took none of
+      // them, the message is removed; if it took some, it has started.
+      n->cancel_pending_ = n->cancel_pending_ | type;
     } else if ((type & boost::asio::cancellation_type::terminal) !=
                boost::asio::cancellation_type::none) {
       // A started message cannot be taken back: the stream's framing would
@@ -224,6 +229,7 @@ bool writer_core::build_window_locked(std::uint64_t segment, node_list& done) {
     finish_node_locked(n, done);
   }
 
+  if (window_storage_.size() < max_buffers_) window_storage_.resize(max_buffers_);
   window_builder builder(window_storage_, max_buffers_, max_bytes_);
   window_nodes_ = 0;
   for (writer_node* n = nodes_.front(); n && n->segment_ == segment && !builder.full();
@@ -275,8 +281,18 @@ void writer_core::on_written(const boost::system::error_code& ec, std::size_t n,
         blocked = true;
       }
     }
-    if (blocked && node->written_ == 0)
+    if (blocked && node->written_ == 0) {
       node->started_ = false;  // none of it reached the stream: still cancellable
+      if (node->cancel_pending_ != boost::asio::cancellation_type::none) {
+        node->result_ = boost::asio::error::operation_aborted;
+        finish_node_locked(node, done);
+      }
+    } else if (node->queued_ && (node->cancel_pending_ & boost::asio::cancellation_type::terminal) !=
+                                    boost::asio::cancellation_type::none) {
+      // Cancelled while gathered, and now partly written: as for any
+      // started message, terminal cancellation fails the writer.
+      terminal_requested_ = true;
+    }
     node = next;
   }
   window_nodes_ = 0;
@@ -348,14 +364,8 @@ void writer_core::set_gather_limits(std::size_t max_buffers, std::size_t max_byt
   if (max_buffers == 0 || max_bytes == 0)
     throw std::invalid_argument("serq::queued_writer::set_gather_limits: limits must be > 0");
   std::lock_guard<std::mutex> lock(mutex_);
-  // A window in flight points into the storage: only grow it, never move it
-  // while a write is outstanding.
-  if (max_buffers > window_storage_.size()) {
-    if (window_nodes_ != 0)
-      throw std::logic_error(
-          "serq::queued_writer::set_gather_limits: cannot grow while a write is in flight");
-    window_storage_.resize(max_buffers);
-  }
+  // The storage grows when the next window is cut: a window in flight
+  // points into it.
   max_buffers_ = max_buffers;
   max_bytes_ = max_bytes;
 }

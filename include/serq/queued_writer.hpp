@@ -46,11 +46,16 @@ class writer_state;
  * @par Cancellation policy
  * A queued message whose cancellation slot is emitted (any type), or that
  * `cancel()` aborts, is removed: it completes with `operation_aborted` and 0,
- * and none of its bytes reach the stream. A message that has started
- * (some of its bytes were handed to the stream) cannot be half-cancelled:
- * `total` and `partial` cancellation are ignored; `terminal` cancellation
- * cancels the stream operation, which fails the writer, since the stream's
- * framing is then unknown.
+ * and none of its bytes reach the stream. A message gathered into the
+ * `write_some` in flight, none of whose bytes the stream has accepted yet, is
+ * removed the same way when that call returns, if the stream took none of
+ * them. A message that has started (the stream accepted some of its bytes)
+ * cannot be half-cancelled: `total` and `partial` cancellation are ignored;
+ * `terminal` cancellation cancels the stream operation, which fails the
+ * writer, since the stream's framing is then unknown.
+ *
+ * Operations run with `async_enqueue` report their own results; an error
+ * they report does not fail the writer.
  *
  * @par Backpressure
  * `pending_bytes()` counts the bytes queued and not yet written.
@@ -63,9 +68,11 @@ class writer_state;
  * call.
  *
  * @par Object lifetimes
- * Destroying the writer aborts queued messages (`operation_aborted`, 0); a
- * message being written completes with the stream operation's result. The
- * writer is neither copyable nor movable (queued operations refer to it).
+ * Destroying the writer aborts queued messages (`operation_aborted`, 0). The
+ * `write_some` in flight, if any, still returns; no further one starts, and a
+ * message it left partly written completes with `operation_aborted` and the
+ * bytes it wrote. The writer is neither copyable nor movable (queued
+ * operations refer to it).
  *
  * @par Thread safety
  * Distinct objects: safe. Shared objects: every member function except the
@@ -188,8 +195,11 @@ class queued_writer {
 
   /// AsyncWriteStream: one whole queued write of `buffers`.
   /**
-   * Completes only when all of `buffers` is written (or on error), so a
-   * composed `boost::asio::async_write(writer, ...)` needs one call.
+   * Completes only when all of `buffers` is written (or on error). Note that
+   * `boost::asio::async_write(writer, ...)` hands at most 64 KiB (and 16
+   * buffers) to each `async_write_some`, so a larger message goes out as
+   * several queued writes, between which other callers' messages may land.
+   * Use `async_write` or `async_send` for messages that must stay whole.
    */
   template <class ConstBufferSequence,
             class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
@@ -245,7 +255,8 @@ class queued_writer {
   /// off (default on). Off, each `write_some` carries one message at most.
   void set_gathering(bool on) noexcept { state_->set_gathering(on); }
 
-  /// Sets the most buffers and bytes one `write_some` carries.
+  /// Sets the most buffers and bytes one `write_some` carries, from the
+  /// next `write_some` on.
   /**
    * @throws std::invalid_argument if either is 0.
    */
@@ -256,8 +267,11 @@ class queued_writer {
   /// The sticky error, once the writer has failed; empty before.
   boost::system::error_code error() const noexcept { return state_->error(); }
 
-  /// Aborts every message not yet started (`operation_aborted`, 0 bytes).
+  /// Aborts every message not yet handed to the stream
+  /// (`operation_aborted`, 0 bytes).
   /**
+   * Messages gathered into the `write_some` in flight are not affected.
+   *
    * @returns How many messages were aborted.
    */
   std::size_t cancel();

@@ -18,12 +18,13 @@
 #include <string_view>
 #include <type_traits>
 
+/// serq: serialized asynchronous operations for Boost.Asio.
 namespace serq {
 namespace detail {
 class queue_core;
 }
 
-/// Tag type of @ref trigger_inline.
+/// Tag type of @ref serq::trigger_inline "trigger_inline".
 struct trigger_inline_t {
   explicit trigger_inline_t() = default;
 };
@@ -45,7 +46,7 @@ inline constexpr trigger_inline_t trigger_inline{};
  * Samba's `tevent_queue` for Asio.
  *
  * At most one entry is *active* at a time: an operation between its launch
- * and its completion, a @ref turn handed out by `async_acquire`, or a barrier
+ * and its completion, a @ref serq::turn "turn" handed out by `async_acquire`, or a barrier
  * being passed.
  *
  * @par Completion signatures
@@ -126,7 +127,8 @@ class basic_serialized_queue {
   /**
    * When the entry's turn comes, the queue launches `op` by invoking it with
    * a completion handler; when `op` completes, the next entry is triggered
-   * and `token` receives `op`'s results unchanged.
+   * (before this entry's handler runs) and `token` receives `op`'s results
+   * unchanged.
    *
    * @param op A deferred asynchronous operation, for example
    * `boost::asio::async_write(sock, buf, boost::asio::deferred)` or
@@ -166,9 +168,11 @@ class basic_serialized_queue {
   /**
    * As the deferred-operation overload, but when the turn comes the queue
    * calls `init(handler)`. `init` starts the work and eventually calls
-   * `handler` with arguments matching `Signature` (exactly once, not from
-   * inside `init`: if it does so anyway the final handler is posted, not
-   * invoked inline).
+   * `handler` with arguments matching `Signature`, exactly once, as an
+   * asynchronous operation would. If it calls `handler` from inside `init`
+   * anyway, the final handler is posted rather than invoked inline; if it
+   * calls it from a thread that is not running the final handler's
+   * executor, the final handler is dispatched to that executor.
    */
   template <class Signature, class Initiation,
             class CompletionToken = boost::asio::default_completion_token_t<executor_type>,
@@ -195,7 +199,7 @@ class basic_serialized_queue {
   /// Waits for a turn and holds it (tevent's queue wait used as a lock).
   /**
    * Completes when everything queued before it has finished, with a
-   * non-empty @ref turn: until that turn is destroyed or released the queue
+   * non-empty @ref serq::turn "turn": until that turn is destroyed or released the queue
    * triggers nothing else, so a coroutine can run several steps as one unit.
    *
    * @par Handler signature

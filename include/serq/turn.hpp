@@ -32,6 +32,7 @@ class turn {
   /// Constructs an empty turn.
   turn() noexcept = default;
 
+  /// Move constructor: takes `other`'s turn, leaving `other` empty.
   turn(turn&& other) noexcept = default;
 
   /// Releases the turn held by `*this`, if any, then takes `other`'s.

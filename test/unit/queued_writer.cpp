@@ -1199,4 +1199,64 @@ BOOST_AUTO_TEST_CASE(queued_writes_over_tls_arrive_exactly_and_shutdown_takes_it
   BOOST_TEST(!server_shutdown_ec);
 }
 
+BOOST_AUTO_TEST_CASE(gathered_message_cancelled_before_any_byte_is_accepted_is_removed) {
+  for (auto type : {net::cancellation_type::total, net::cancellation_type::partial,
+                    net::cancellation_type::terminal}) {
+    net::io_context ioc;
+    beast_test::stream a(ioc), b(ioc);
+    a.connect(b);
+    a.write_size(3);  // the first write_some takes 3 bytes of m1 only
+    serq::queued_writer<beast_test::stream&> w(a);
+    const std::string m1 = "0123456789", m2 = "abcdefghij", m3 = "XYZ";
+    net::cancellation_signal sig;
+    std::optional<std::pair<error_code, std::size_t>> r1, r2, r3;
+    w.async_write(net::buffer(m1), [&](error_code ec, std::size_t n) { r1.emplace(ec, n); });
+    w.async_write(net::buffer(m2), net::bind_cancellation_slot(sig.slot(), [&](error_code ec, std::size_t n) {
+                    r2.emplace(ec, n);
+                  }));
+    w.async_write(net::buffer(m3), [&](error_code ec, std::size_t n) { r3.emplace(ec, n); });
+    // Run until the first gathered write_some (m1, m2, m3 in one window) is in flight.
+    while (b.str().empty() && a.nwrite() == 0 && ioc.run_one() != 0) {
+    }
+    BOOST_TEST_REQUIRE(a.nwrite() == 1u);
+    sig.emit(type);  // m2's bytes are in the window, none accepted yet
+    ioc.run();
+    BOOST_TEST_CONTEXT("type=" << static_cast<int>(type)) {
+      BOOST_TEST_REQUIRE(r1.has_value());
+      BOOST_TEST_REQUIRE(r2.has_value());
+      BOOST_TEST_REQUIRE(r3.has_value());
+      BOOST_TEST(!r1->first);
+      BOOST_TEST(r2->first == net::error::operation_aborted);
+      BOOST_TEST(r2->second == 0u);
+      BOOST_TEST(!r3->first);
+      BOOST_TEST(b.str() == m1 + m3);
+      BOOST_TEST(!w.error());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(gathered_message_cancelled_terminally_after_some_bytes_fails_the_writer) {
+  net::io_context ioc;
+  beast_test::stream a(ioc), b(ioc);
+  a.connect(b);
+  a.write_size(13);  // the first write_some takes all of m1 and 3 bytes of m2
+  serq::queued_writer<beast_test::stream&> w(a);
+  const std::string m1 = "0123456789", m2 = "abcdefghij";
+  net::cancellation_signal sig;
+  std::optional<std::pair<error_code, std::size_t>> r2;
+  w.async_write(net::buffer(m1), [](error_code, std::size_t) {});
+  w.async_write(net::buffer(m2), net::bind_cancellation_slot(sig.slot(), [&](error_code ec, std::size_t n) {
+                  r2.emplace(ec, n);
+                }));
+  while (a.nwrite() == 0 && ioc.run_one() != 0) {
+  }
+  sig.emit(net::cancellation_type::terminal);
+  ioc.run();
+  BOOST_TEST_REQUIRE(r2.has_value());
+  BOOST_TEST(r2->first == net::error::operation_aborted);
+  BOOST_TEST(r2->second == 3u);  // what it wrote before the writer failed
+  BOOST_TEST(w.error() == net::error::operation_aborted);
+  BOOST_TEST(b.str() == m1 + m2.substr(0, 3));
+}
+
 BOOST_AUTO_TEST_SUITE_END()

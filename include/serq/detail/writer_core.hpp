@@ -116,6 +116,7 @@ class writer_node {
   std::size_t written_ = 0;
   std::uint64_t segment_ = 0;
   boost::system::error_code result_;
+  boost::asio::cancellation_type_t cancel_pending_ = boost::asio::cancellation_type::none;
   node_canceller* canceller_ = nullptr;
   writer_node* next_ = nullptr;
   writer_node* prev_ = nullptr;
