@@ -81,7 +81,7 @@ class write_node final : public writer_node {
     auto* self = static_cast<write_node*>(b);
     const auto alloc = node_allocator(self->handler_);
     auto completion = bind_completion(std::move(self->handler_), ec, n);
-    boost::asio::executor_work_guard<handler_executor> work(std::move(self->work_));
+    work_guard<handler_executor> work(std::move(self->work_));
     deallocate_node(self, alloc);
     deliver(work, std::move(completion), post);
   }
@@ -112,7 +112,7 @@ class write_node final : public writer_node {
 
   Buffers buffers_;
   Handler handler_;
-  boost::asio::executor_work_guard<handler_executor> work_;
+  work_guard<handler_executor> work_;
 };
 
 // A flush or an async_wait_writable: completes with an error_code only.
@@ -134,7 +134,7 @@ class signal_node final : public writer_node {
     auto* self = static_cast<signal_node*>(b);
     const auto alloc = node_allocator(self->handler_);
     auto completion = bind_completion(std::move(self->handler_), ec);
-    boost::asio::executor_work_guard<handler_executor> work(std::move(self->work_));
+    work_guard<handler_executor> work(std::move(self->work_));
     deallocate_node(self, alloc);
     deliver(work, std::move(completion), post);
   }
@@ -149,7 +149,7 @@ class signal_node final : public writer_node {
   static constexpr ops table{&do_complete, &do_destroy, &do_fill};
 
   Handler handler_;
-  boost::asio::executor_work_guard<handler_executor> work_;
+  work_guard<handler_executor> work_;
 };
 
 // The writer's shared state: the state machine plus the pump that feeds it
