@@ -92,11 +92,17 @@ void canceller::operator()(boost::asio::cancellation_type_t type) {
     e->abort();
     return;
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (launched_)
-    inner_.emit(type);
-  else
-    pending_ = pending_ | type;  // triggered, not yet launched: the launch aborts instead
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!launched_) {
+      pending_ = pending_ | type;  // triggered, not yet launched: the launch aborts instead
+      return;
+    }
+  }
+  // Launched: holding the lock proved the launch (and the operation's
+  // emplace into inner_) is over. Emit without it: an operation may complete
+  // inside its cancellation handler, and finish_op then takes this mutex.
+  inner_.emit(type);
 }
 
 launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching_entry) {

@@ -1,0 +1,208 @@
+//
+// test/thread_safety/serialized_queue_stress.cpp
+//
+// Several producer threads feed one serialized_queue while several threads
+// run its io_context. Meant for ThreadSanitizer: the operations keep their
+// bookkeeping in plain (non-atomic) variables and rely on the queue alone to
+// order them, so a missing happens-before edge in the queue is a TSan report,
+// and an overlap or reordering is a test failure.
+//
+
+#include <serq/serialized_queue.hpp>
+
+#include "common/exactly_once.hpp"
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_future.hpp>
+#include <boost/test/unit_test.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <future>
+#include <memory>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+// Futures carry the error code as a value: a plain use_future error would
+// cross threads as an exception_ptr, whose reference count lives in the
+// uninstrumented libstdc++ and so reads as a data race to TSan.
+auto use_future() {
+  return asio::use_future([](error_code ec, auto... v) { return std::make_tuple(ec, v...); });
+}
+
+namespace {
+
+constexpr int producers = 4;
+constexpr int per_producer = 1500;
+constexpr int runner_threads = 3;
+
+// What the operations see. Everything but `active` is plain data, touched
+// only by operations (serialized by the queue) or after every thread joined.
+struct shared_state {
+  std::atomic<int> active{0};
+  std::atomic<int> max_active{0};
+  std::atomic<int> inline_launches{0};
+  std::vector<int> last_launched = std::vector<int>(producers, -1);
+  int fifo_violations = 0;
+  // Per entry: launched by the queue, and completions observed.
+  std::vector<char> launched = std::vector<char>(producers * per_producer, 0);
+  std::unique_ptr<std::atomic<int>[]> completions =
+      std::make_unique<std::atomic<int>[]>(producers * per_producer);
+  std::atomic<int> wrong_outcome{0};
+
+  void enter() {
+    const int now = ++active;
+    int seen = max_active.load();
+    while (now > seen && !max_active.compare_exchange_weak(seen, now)) {
+    }
+  }
+
+  // Launch bookkeeping of entry `seq` of `producer`, inside the operation.
+  void launch(int producer, int seq) {
+    enter();
+    if (seq <= last_launched[producer]) ++fifo_violations;
+    last_launched[producer] = seq;
+    launched[producer * per_producer + seq] = 1;
+  }
+};
+
+// A raw initiation of void(error_code, int) completing with seq, posted to
+// the context like a conforming operation; every fifth completes inline
+// (non-conforming) to exercise that path too.
+auto make_op(shared_state& s, asio::io_context& ioc, int producer, int seq) {
+  return [&s, &ioc, producer, seq](auto handler) {
+    s.launch(producer, seq);
+    if (seq % 5 == 4) {
+      --s.active;
+      std::move(handler)(error_code(), seq);
+      return;
+    }
+    asio::post(ioc, [&s, seq, h = std::move(handler)]() mutable {
+      --s.active;  // the operation completes here, before its handler runs
+      std::move(h)(error_code(), seq);
+    });
+  };
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(test_serialized_queue_stress)
+
+BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_completion) {
+  serq_test::handler_tracker tr;
+  shared_state s;
+  // Signals live until every thread has joined: a slot must outlive its
+  // operation.
+  std::vector<std::unique_ptr<asio::cancellation_signal>> signals(producers * per_producer);
+  for (auto& sig : signals) sig = std::make_unique<asio::cancellation_signal>();
+  std::vector<std::vector<std::future<std::tuple<error_code, int>>>> futures(producers);
+  std::atomic<int> turns_held{0};
+  std::atomic<int> acquires_done{0};
+
+  {
+    asio::io_context ioc(runner_threads);
+    serq::serialized_queue q(ioc, "stress");
+    auto work = asio::make_work_guard(ioc);
+    std::vector<std::thread> runners;
+    for (int i = 0; i < runner_threads; ++i) runners.emplace_back([&] { ioc.run(); });
+
+    std::vector<std::thread> threads;
+    for (int p = 0; p < producers; ++p) {
+      threads.emplace_back([&, p] {
+        for (int seq = 0; seq < per_producer; ++seq) {
+          const int id = p * per_producer + seq;
+          auto check = [&s, id, seq](error_code ec, int v) {
+            ++s.completions[id];
+            const bool ran = s.launched[id] != 0;
+            const bool ok = ran ? (!ec && v == seq)
+                                : (ec == asio::error::operation_aborted && v == 0);
+            if (!ok) ++s.wrong_outcome;
+          };
+          switch (seq % 10) {
+            case 3:  // a future, the rest callbacks
+              futures[p].push_back(q.async_enqueue<void(error_code, int)>(
+                  make_op(s, ioc, p, seq), use_future()));
+              ++s.completions[id];  // checked through the future
+              break;
+            case 6:  // launched inside the call when the queue happens to be idle
+              q.async_enqueue<void(error_code, int)>(serq::trigger_inline,
+                                                     make_op(s, ioc, p, seq), tr.wrap(check));
+              break;
+            case 8: {  // cancelled by its own slot, racing its trigger and launch
+              q.async_enqueue<void(error_code, int)>(
+                  make_op(s, ioc, p, seq),
+                  asio::bind_cancellation_slot(signals[id]->slot(), tr.wrap(check)));
+              signals[id]->emit(asio::cancellation_type::terminal);
+              break;
+            }
+            default:
+              q.async_enqueue<void(error_code, int)>(make_op(s, ioc, p, seq), tr.wrap(check));
+          }
+          if (seq % 100 == 50) {
+            // A turn is an active entry too.
+            q.async_acquire(tr.wrap([&](error_code ec, serq::turn t) {
+              if (ec) return;
+              s.enter();
+              ++turns_held;
+              asio::post(ioc, [&, t = std::move(t)]() mutable {
+                --turns_held;
+                --s.active;
+                t.release();
+                ++acquires_done;
+              });
+            }));
+          }
+          if (seq == per_producer / 2) q.cancel();  // races the producers and the runners
+          if (seq % 64 == 63) {
+            // A barrier keeps producers from running far ahead of the queue
+            // (so cancel() aborts a few entries, not nearly all); another
+            // producer's cancel() may abort it.
+            auto [ec] = q.async_wait(use_future()).get();
+            if (ec && ec != asio::error::operation_aborted) ++s.wrong_outcome;
+          }
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (int p = 0; p < producers; ++p)
+      for (std::size_t i = 0; i < futures[p].size(); ++i) {
+        const int seq = static_cast<int>(i) * 10 + 3;
+        auto [ec, v] = futures[p][i].get();
+        const bool ran = s.launched[p * per_producer + seq] != 0;
+        const bool ok = ran ? (!ec && v == seq) : (ec == asio::error::operation_aborted && v == 0);
+        if (!ok) ++s.wrong_outcome;
+      }
+
+    work.reset();
+    for (auto& t : runners) t.join();
+    BOOST_TEST(q.empty());
+  }
+
+  BOOST_TEST(s.max_active.load() == 1);
+  BOOST_TEST(s.active.load() == 0);
+  BOOST_TEST(s.fifo_violations == 0);
+  BOOST_TEST(s.wrong_outcome.load() == 0);
+  int not_once = 0;
+  int ran = 0;
+  for (int i = 0; i < producers * per_producer; ++i) {
+    if (s.completions[i].load() != 1) ++not_once;
+    ran += s.launched[i];
+  }
+  BOOST_TEST(not_once == 0);
+  BOOST_TEST(ran > 0);
+  BOOST_TEST(turns_held.load() == 0);
+  BOOST_TEST(acquires_done.load() > 0);
+  BOOST_TEST(tr.invoked_twice() == 0u);
+  BOOST_TEST(tr.pending() == 0u);
+  BOOST_TEST_MESSAGE("entries launched: " << ran << " of " << producers * per_producer);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
