@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every unit-test executable of a build under valgrind's memcheck; fails on any memory error
+# or definite leak. Usage: scripts/memcheck.sh [build-dir]   (default build/dev)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+build=${1:-build/dev}
+failed=0
+for source in test/unit/*.cpp; do
+  test_exe="$build/test/serq_test_$(basename "$source" .cpp)"
+  log=$(mktemp)
+  start=$SECONDS
+  if valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+    "$test_exe" >"$log" 2>&1; then
+    echo "memcheck: $(basename "$test_exe") clean ($((SECONDS - start)) s)"
+  else
+    cat "$log"
+    echo "memcheck: $(basename "$test_exe") FAILED"
+    failed=1
+  fi
+  rm -f "$log"
+done
+exit "$failed"
