@@ -77,7 +77,7 @@ entry_list entry_list::take() noexcept {
 // ---- canceller / launch_guard ----------------------------------------------
 
 namespace {
-thread_local const entry_base* launching_entry = nullptr;
+thread_local launch_guard* launching = nullptr;
 }
 
 void canceller::operator()(boost::asio::cancellation_type_t type) {
@@ -105,23 +105,25 @@ void canceller::operator()(boost::asio::cancellation_type_t type) {
   inner_.emit(type);
 }
 
-launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching_entry) {
+launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching) {
   if (canceller* c = e.cancel_state()) {
     lock_ = std::unique_lock<std::mutex>(c->mutex_);
     cancelled_ = c->pending_ != boost::asio::cancellation_type::none;
     c->launched_ = !cancelled_;
   }
-  launching_entry = &e;
+  launching = this;
 }
 
-launch_guard::~launch_guard() { launching_entry = outer_; }
+launch_guard::~launch_guard() { launching = outer_; }
 
 boost::asio::cancellation_slot launch_guard::slot() noexcept {
   canceller* c = entry_.cancel_state();
   return c ? c->inner_.slot() : boost::asio::cancellation_slot();
 }
 
-bool launch_guard::inside(const entry_base* e) noexcept { return launching_entry == e; }
+launch_guard* launch_guard::current(const entry_base* e) noexcept {
+  return launching && &launching->entry_ == e ? launching : nullptr;
+}
 
 void wait_launch_done(entry_base& e) noexcept {
   if (canceller* c = e.cancel_state()) std::lock_guard<std::mutex> lock(c->mutex_);

@@ -24,6 +24,11 @@ class acquire_entry;
  * An acquire that was aborted yields an empty turn. A turn may outlive its
  * queue object; releasing it then does nothing but free the shared state.
  *
+ * A held turn is not outstanding work of any executor (like a strand, it
+ * only orders work): an `io_context` with nothing else to do returns from
+ * `run()` while a turn is held. The operations its holder runs keep the
+ * context running, as usual.
+ *
  * @par Thread safety
  * Distinct objects: safe. Shared objects: unsafe.
  */

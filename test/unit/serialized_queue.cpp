@@ -1252,6 +1252,54 @@ BOOST_AUTO_TEST_CASE(completion_runs_on_a_bound_tracking_executor) {
   BOOST_TEST(tracked.executions() > 0u);
 }
 
+// An any_io_executor that wraps something other than a plain io_context
+// executor (here a tracking executor, then a strand) takes the generic paths
+// for posting and work tracking.
+BOOST_AUTO_TEST_CASE(type_erased_queue_executor_other_than_io_context_is_honoured) {
+  serq_test::handler_tracker tr;
+  asio::io_context ioc;
+  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
+  serq::serialized_queue q{asio::any_io_executor(tracked)};
+  manual_ops ops(ioc.get_executor());
+
+  bool launched_on_tracked = false;
+  int on_tracked = 0;
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        launched_on_tracked = tracked.running_in_this_thread();
+        asio::post(asio::append(std::move(handler), error_code()));
+      },
+      tr.wrap([&](error_code) { on_tracked += tracked.running_in_this_thread(); }));
+  q.async_enqueue<void(error_code)>(ops.op(), tr.wrap([&](error_code) {
+    on_tracked += tracked.running_in_this_thread();
+  }));
+  BOOST_TEST(tracked.executions() == 1u);  // the first trigger, posted
+  ioc.poll();
+  BOOST_TEST(launched_on_tracked);
+  BOOST_TEST(ops.launched() == 1u);
+  BOOST_TEST(!ioc.stopped());  // the pending entry is outstanding work
+  ops.complete_next();
+  ioc.run();
+  BOOST_TEST(on_tracked == 2);
+
+  ioc.restart();
+  auto strand = asio::make_strand(ioc);
+  serq::serialized_queue on_strand(strand);
+  int launched = 0;
+  bool launched_in_strand = false;
+  on_strand.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        ++launched;
+        launched_in_strand = strand.running_in_this_thread();
+        asio::post(asio::append(std::move(handler), error_code()));
+      },
+      tr.wrap([&](error_code) { BOOST_TEST(strand.running_in_this_thread()); }));
+  BOOST_TEST(launched == 0);
+  ioc.run();
+  BOOST_TEST(launched_in_strand);
+  BOOST_TEST(tr.invoked() == 3u);
+}
+
 // ---- allocator and outstanding work -----------------------------------------
 
 // Every entry is allocated with its handler's associated allocator, and the

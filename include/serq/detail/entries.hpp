@@ -275,11 +275,16 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
 
   template <class... Args>
   void finish_op(Args&&... args) {
-    const bool inline_completion = launch_guard::inside(this);
-    if (!inline_completion) wait_launch_done(*this);
-    std::shared_ptr<queue_core> core = this->release_core();
-    core->finish();
-    base::complete(this, inline_completion, std::forward<Args>(args)...);
+    if (launch_guard* guard = launch_guard::current(this)) {
+      // A non-conforming operation completed inside its own launch: keep
+      // the results; do_launch completes (posted) once the launch returns.
+      inline_result_.emplace(std::forward<Args>(args)...);
+      guard->set_completed_inline();
+      return;
+    }
+    wait_launch_done(*this);
+    this->release_core()->finish();
+    base::complete(this, false, std::forward<Args>(args)...);
   }
 
  private:
@@ -315,16 +320,18 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
         op_slot_ = guard.slot();
         Launcher l(std::move(launcher_));
         std::move(l)(launched_handler<op_entry>(this));
-        return;  // the entry may already be gone
+        if (!guard.completed_inline()) return;  // the entry may already be gone
       }
     }
-    // Cancelled after it was triggered but before it started: it never runs.
+    // Cancelled after it was triggered but before it started (it never ran),
+    // or completed inside its launch: complete now, posted, with no guard held.
     this->release_core()->finish();
     std::apply([this](auto&&... args) { base::complete(this, true, std::move(args)...); },
-               queueable_signature<Signature>::aborted());
+               cancelled ? queueable_signature<Signature>::aborted() : std::move(*inline_result_));
   }
 
   Launcher launcher_;
+  std::optional<decltype(queueable_signature<Signature>::aborted())> inline_result_;
   boost::asio::cancellation_slot op_slot_;
 };
 

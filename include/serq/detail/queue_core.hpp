@@ -141,14 +141,21 @@ class launch_guard {
   bool cancelled() const noexcept { return cancelled_; }
   boost::asio::cancellation_slot slot() noexcept;
 
-  // True while the calling thread is inside e's launch.
-  static bool inside(const entry_base* e) noexcept;
+  // The guard of e's launch, if the calling thread is inside it.
+  static launch_guard* current(const entry_base* e) noexcept;
+
+  // The operation completed inside its own launch: the entry defers its
+  // completion until the launch has returned and this guard is gone, since
+  // the final handler may destroy the signal that holds the canceller.
+  void set_completed_inline() noexcept { completed_inline_ = true; }
+  bool completed_inline() const noexcept { return completed_inline_; }
 
  private:
   entry_base& entry_;
-  const entry_base* outer_;
+  launch_guard* outer_;
   std::unique_lock<std::mutex> lock_;
   bool cancelled_ = false;
+  bool completed_inline_ = false;
 };
 
 // Waits until no thread is inside launch_guard for this entry's canceller:
