@@ -280,8 +280,7 @@ class queued_writer {
   void add_node(detail::writer_node* n);
 
   struct initiate_write;
-  struct initiate_flush;
-  struct initiate_wait_writable;
+  struct initiate_signal;
   template <class Signature>
   struct initiate_enqueue;
 

@@ -273,8 +273,8 @@ class basic_serialized_queue {
 
  private:
   struct initiate_enqueue;
-  struct initiate_acquire;
-  struct initiate_wait;
+  template <bool HandsOutTurn>
+  struct initiate_turn_entry;
 
   static serialized_queue_service& service_for(const executor_type& ex);
 

@@ -10,8 +10,8 @@
 namespace serq {
 namespace detail {
 class queue_core;
-template <class Handler, class QueueExecutor>
-class acquire_entry;
+template <class Handler, class QueueExecutor, bool HandsOutTurn>
+class turn_entry;
 }  // namespace detail
 
 /// A held turn of a serialized_queue, obtained from `async_acquire`.
@@ -63,8 +63,8 @@ class turn {
   void release() noexcept;
 
  private:
-  template <class Handler, class QueueExecutor>
-  friend class detail::acquire_entry;
+  template <class Handler, class QueueExecutor, bool HandsOutTurn>
+  friend class detail::turn_entry;
 
   explicit turn(std::shared_ptr<detail::queue_core> core) noexcept : core_(std::move(core)) {}
 

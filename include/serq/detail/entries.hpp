@@ -335,19 +335,22 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
   boost::asio::cancellation_slot op_slot_;
 };
 
-// An entry that hands out the queue's turn (async_acquire).
-template <class Handler, class QueueExecutor>
-class acquire_entry final : public handler_entry<Handler, QueueExecutor> {
+// An entry whose only work is its turn. An acquire (HandsOutTurn) gives the
+// turn itself to its handler, as a serq::turn that keeps the queue busy; a
+// barrier (async_wait) completes as soon as everything before it is done.
+template <class Handler, class QueueExecutor, bool HandsOutTurn>
+class turn_entry final : public handler_entry<Handler, QueueExecutor> {
   using base = handler_entry<Handler, QueueExecutor>;
 
  public:
   template <class H>
-  acquire_entry(std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
-      : base(&acquire_entry::do_action, std::move(core), std::forward<H>(h), qex) {}
+  turn_entry(std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
+      : base(&turn_entry::do_action, std::move(core), std::forward<H>(h), qex) {}
 
  private:
   static void do_action(entry_base* b, entry_base::action a) {
-    auto* self = static_cast<acquire_entry*>(b);
+    auto* self = static_cast<turn_entry*>(b);
+    const boost::system::error_code aborted(boost::asio::error::operation_aborted);
     switch (a) {
       case entry_base::action::trigger:
         self->post_trigger();
@@ -359,63 +362,30 @@ class acquire_entry final : public handler_entry<Handler, QueueExecutor> {
           cancelled = guard.cancelled();
         }
         std::shared_ptr<queue_core> core = self->release_core();
-        if (cancelled) {
+        if (cancelled || !HandsOutTurn) {
           core->finish();
-          base::complete(self, true, boost::system::error_code(boost::asio::error::operation_aborted),
-                         turn());
+          finish_with(self, cancelled, cancelled ? aborted : boost::system::error_code(), nullptr);
         } else {
-          base::complete(self, false, boost::system::error_code(), turn(std::move(core)));
+          finish_with(self, false, boost::system::error_code(), std::move(core));
         }
         break;
       }
       case entry_base::action::abort:
-        base::complete(self, true, boost::system::error_code(boost::asio::error::operation_aborted),
-                       turn());
+        finish_with(self, true, aborted, nullptr);
         break;
       case entry_base::action::destroy:
         base::deallocate(self);
         break;
     }
   }
-};
 
-// An entry that only marks a point in the queue (async_wait): it completes as
-// soon as everything before it has finished.
-template <class Handler, class QueueExecutor>
-class barrier_entry final : public handler_entry<Handler, QueueExecutor> {
-  using base = handler_entry<Handler, QueueExecutor>;
-
- public:
-  template <class H>
-  barrier_entry(std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
-      : base(&barrier_entry::do_action, std::move(core), std::forward<H>(h), qex) {}
-
- private:
-  static void do_action(entry_base* b, entry_base::action a) {
-    auto* self = static_cast<barrier_entry*>(b);
-    switch (a) {
-      case entry_base::action::trigger:
-        self->post_trigger();
-        break;
-      case entry_base::action::launch: {
-        bool cancelled = false;
-        {
-          launch_guard guard(*self);
-          cancelled = guard.cancelled();
-        }
-        self->release_core()->finish();
-        base::complete(self, cancelled,
-                       cancelled ? boost::system::error_code(boost::asio::error::operation_aborted)
-                                 : boost::system::error_code());
-        break;
-      }
-      case entry_base::action::abort:
-        base::complete(self, true, boost::system::error_code(boost::asio::error::operation_aborted));
-        break;
-      case entry_base::action::destroy:
-        base::deallocate(self);
-        break;
-    }
+  // Completes the handler; an acquire also gets the turn (empty unless held).
+  static void finish_with(turn_entry* self, bool must_post, boost::system::error_code ec,
+                          std::shared_ptr<queue_core> held) {
+    if constexpr (HandsOutTurn)
+      base::complete(self, must_post, ec, held ? turn(std::move(held)) : turn());
+    else
+      base::complete(self, must_post, ec);
   }
 };
 

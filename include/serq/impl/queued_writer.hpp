@@ -296,8 +296,9 @@ struct queued_writer<Stream>::initiate_write {
 };
 
 template <class Stream>
-struct queued_writer<Stream>::initiate_flush {
+struct queued_writer<Stream>::initiate_signal {
   queued_writer* self;
+  detail::writer_node::kind kind;  // flush or waiter
 
   using executor_type = typename queued_writer::executor_type;
   executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
@@ -306,28 +307,14 @@ struct queued_writer<Stream>::initiate_flush {
   void operator()(Handler&& handler) const {
     using node_type = detail::signal_node<std::decay_t<Handler>, executor_type>;
     detail::writer_node* n = detail::allocate_node<node_type>(
-        handler, detail::writer_node::kind::flush, std::forward<Handler>(handler), get_executor(),
-        self->state_);
-    self->add_node(n);
-  }
-};
-
-template <class Stream>
-struct queued_writer<Stream>::initiate_wait_writable {
-  queued_writer* self;
-
-  using executor_type = typename queued_writer::executor_type;
-  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
-
-  template <class Handler>
-  void operator()(Handler&& handler) const {
-    using node_type = detail::signal_node<std::decay_t<Handler>, executor_type>;
-    detail::writer_node* n = detail::allocate_node<node_type>(
-        handler, detail::writer_node::kind::waiter, std::forward<Handler>(handler), get_executor(),
-        self->state_);
-    detail::node_list ready;
-    self->state_->add_waiter(n, ready);
-    ready.complete_all(true);
+        handler, kind, std::forward<Handler>(handler), get_executor(), self->state_);
+    if (kind == detail::writer_node::kind::flush) {
+      self->add_node(n);
+    } else {
+      detail::node_list ready;
+      self->state_->add_waiter(n, ready);
+      ready.complete_all(true);
+    }
   }
 };
 
@@ -398,14 +385,14 @@ template <class Stream>
 template <class CompletionToken>
 auto queued_writer<Stream>::async_flush(CompletionToken&& token) {
   return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
-      initiate_flush{this}, token);
+      initiate_signal{this, detail::writer_node::kind::flush}, token);
 }
 
 template <class Stream>
 template <class CompletionToken>
 auto queued_writer<Stream>::async_wait_writable(CompletionToken&& token) {
   return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
-      initiate_wait_writable{this}, token);
+      initiate_signal{this, detail::writer_node::kind::waiter}, token);
 }
 
 template <class Stream>

@@ -103,7 +103,8 @@ struct basic_serialized_queue<Executor>::initiate_enqueue {
 };
 
 template <class Executor>
-struct basic_serialized_queue<Executor>::initiate_acquire {
+template <bool HandsOutTurn>
+struct basic_serialized_queue<Executor>::initiate_turn_entry {
   basic_serialized_queue* self;
 
   using executor_type = Executor;
@@ -111,23 +112,7 @@ struct basic_serialized_queue<Executor>::initiate_acquire {
 
   template <class Handler>
   void operator()(Handler&& handler) const {
-    using entry = detail::acquire_entry<std::decay_t<Handler>, Executor>;
-    detail::entry_base* e = detail::allocate_node<entry>(
-        handler, self->core_, std::forward<Handler>(handler), self->executor_);
-    detail::submit(*self->core_, e, false);
-  }
-};
-
-template <class Executor>
-struct basic_serialized_queue<Executor>::initiate_wait {
-  basic_serialized_queue* self;
-
-  using executor_type = Executor;
-  executor_type get_executor() const noexcept { return self->executor_; }
-
-  template <class Handler>
-  void operator()(Handler&& handler) const {
-    using entry = detail::barrier_entry<std::decay_t<Handler>, Executor>;
+    using entry = detail::turn_entry<std::decay_t<Handler>, Executor, HandsOutTurn>;
     detail::entry_base* e = detail::allocate_node<entry>(
         handler, self->core_, std::forward<Handler>(handler), self->executor_);
     detail::submit(*self->core_, e, false);
@@ -192,14 +177,14 @@ template <class Executor>
 template <class CompletionToken>
 auto basic_serialized_queue<Executor>::async_acquire(CompletionToken&& token) {
   return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, turn)>(
-      initiate_acquire{this}, token);
+      initiate_turn_entry<true>{this}, token);
 }
 
 template <class Executor>
 template <class CompletionToken>
 auto basic_serialized_queue<Executor>::async_wait(CompletionToken&& token) {
   return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
-      initiate_wait{this}, token);
+      initiate_turn_entry<false>{this}, token);
 }
 
 }  // namespace serq
