@@ -22,7 +22,8 @@ void entry_base::abandon() noexcept {
 }
 
 void entry_base::attach_canceller(boost::asio::cancellation_slot slot) {
-  if (slot.is_connected()) canceller_ = &slot.template emplace<canceller>(core_);
+  if (slot.is_connected())
+    canceller_ = &slot.template emplace<canceller>(core_);
 }
 
 // ---- entry_list ------------------------------------------------------------
@@ -39,7 +40,8 @@ void entry_list::push_back(entry_base* e) noexcept {
 
 entry_base* entry_list::pop_front() noexcept {
   entry_base* e = front_;
-  if (e) unlink(e);
+  if (e)
+    unlink(e);
   return e;
 }
 
@@ -56,7 +58,8 @@ void entry_list::unlink(entry_base* e) noexcept {
 }
 
 void entry_list::splice(entry_list& other) noexcept {
-  if (other.empty()) return;
+  if (other.empty())
+    return;
   if (back_) {
     back_->next_ = other.front_;
     other.front_->prev_ = back_;
@@ -85,7 +88,8 @@ void canceller::operator()(boost::asio::cancellation_type_t type) {
   {
     std::lock_guard<std::mutex> lock(core_->mutex_);
     e = waiting_;
-    if (e) core_->unlink_locked(e);
+    if (e)
+      core_->unlink_locked(e);
   }
   if (e) {
     // Still waiting: it leaves the queue and its operation never starts.
@@ -114,7 +118,9 @@ launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching) {
   launching = this;
 }
 
-launch_guard::~launch_guard() { launching = outer_; }
+launch_guard::~launch_guard() {
+  launching = outer_;
+}
 
 boost::asio::cancellation_slot launch_guard::slot() noexcept {
   canceller* c = entry_.cancel_state();
@@ -126,7 +132,8 @@ launch_guard* launch_guard::current(const entry_base* e) noexcept {
 }
 
 void wait_launch_done(entry_base& e) noexcept {
-  if (canceller* c = e.cancel_state()) std::lock_guard<std::mutex> lock(c->mutex_);
+  if (canceller* c = e.cancel_state())
+    std::lock_guard<std::mutex> lock(c->mutex_);
 }
 
 // ---- queue_core ------------------------------------------------------------
@@ -137,19 +144,22 @@ queue_core::~queue_core() = default;
 
 queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (closed_) return add_result::closed;
+  if (closed_)
+    return add_result::closed;
   if (running_ && !busy_ && waiting_.empty()) {
     busy_ = true;
     return allow_inline ? add_result::launch_inline : add_result::trigger;
   }
   waiting_.push_back(e);
   ++waiting_count_;
-  if (e->canceller_) e->canceller_->waiting_ = e;
+  if (e->canceller_)
+    e->canceller_->waiting_ = e;
   return add_result::queued;
 }
 
 entry_base* queue_core::take_next_locked() noexcept {
-  if (!running_ || closed_ || waiting_.empty()) return nullptr;
+  if (!running_ || closed_ || waiting_.empty())
+    return nullptr;
   entry_base* e = waiting_.front();
   unlink_locked(e);
   busy_ = true;
@@ -159,12 +169,14 @@ entry_base* queue_core::take_next_locked() noexcept {
 void queue_core::unlink_locked(entry_base* e) noexcept {
   waiting_.unlink(e);
   --waiting_count_;
-  if (e->canceller_) e->canceller_->waiting_ = nullptr;
+  if (e->canceller_)
+    e->canceller_->waiting_ = nullptr;
 }
 
 entry_list queue_core::take_all_locked() noexcept {
   for (entry_base* e = waiting_.front(); e; e = e->next_)
-    if (e->canceller_) e->canceller_->waiting_ = nullptr;
+    if (e->canceller_)
+      e->canceller_->waiting_ = nullptr;
   waiting_count_ = 0;
   return waiting_.take();
 }
@@ -176,7 +188,8 @@ void queue_core::finish() noexcept {
     busy_ = false;
     next = take_next_locked();
   }
-  if (next) next->trigger();
+  if (next)
+    next->trigger();
 }
 
 void queue_core::start() {
@@ -184,9 +197,11 @@ void queue_core::start() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     running_ = true;
-    if (!busy_) next = take_next_locked();
+    if (!busy_)
+      next = take_next_locked();
   }
-  if (next) next->trigger();
+  if (next)
+    next->trigger();
 }
 
 void queue_core::stop() noexcept {
@@ -245,7 +260,8 @@ void queue_core::shutdown() noexcept {
   }
   // Outside the lock: destroying a handler runs user destructors, which may
   // release a turn or destroy a queue and so call back in here.
-  while (entry_base* e = list.pop_front()) e->destroy();
+  while (entry_base* e = list.pop_front())
+    e->destroy();
 }
 
 void submit(queue_core& core, entry_base* e, bool allow_inline) {
@@ -269,7 +285,8 @@ void submit(queue_core& core, entry_base* e, bool allow_inline) {
 // ---- turn ------------------------------------------------------------------
 
 void turn::release() noexcept {
-  if (auto core = std::move(core_)) core->finish();
+  if (auto core = std::move(core_))
+    core->finish();
 }
 
 // ---- serialized_queue_service ----------------------------------------------
@@ -283,7 +300,8 @@ serialized_queue_service::~serialized_queue_service() = default;
 
 std::shared_ptr<detail::queue_core> serialized_queue_service::create(std::string_view name) {
   auto core = std::make_shared<detail::queue_core>(name);
-  if (!add(*core)) core->closed_ = true;
+  if (!add(*core))
+    core->closed_ = true;
   return core;
 }
 
@@ -294,10 +312,12 @@ void serialized_queue_service::destroy(const std::shared_ptr<detail::queue_core>
 
 bool serialized_queue_service::add(detail::service_member& m) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (shut_down_) return false;
+  if (shut_down_)
+    return false;
   m.svc_next_ = first_;
   m.svc_prev_ = nullptr;
-  if (first_) first_->svc_prev_ = &m;
+  if (first_)
+    first_->svc_prev_ = &m;
   first_ = &m;
   m.registered_ = true;
   return true;
@@ -305,12 +325,14 @@ bool serialized_queue_service::add(detail::service_member& m) {
 
 void serialized_queue_service::remove(detail::service_member& m) noexcept {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!m.registered_) return;
+  if (!m.registered_)
+    return;
   if (m.svc_prev_)
     m.svc_prev_->svc_next_ = m.svc_next_;
   else
     first_ = m.svc_next_;
-  if (m.svc_next_) m.svc_next_->svc_prev_ = m.svc_prev_;
+  if (m.svc_next_)
+    m.svc_next_->svc_prev_ = m.svc_prev_;
   m.svc_next_ = m.svc_prev_ = nullptr;
   m.registered_ = false;
 }
@@ -326,7 +348,8 @@ void serialized_queue_service::shutdown() {
     for (detail::service_member* m = first_; m; m = m->svc_next_)
       members.push_back(m->shared_from_this());
   }
-  for (auto& m : members) m->shutdown();
+  for (auto& m : members)
+    m->shutdown();
 }
 
 }  // namespace serq

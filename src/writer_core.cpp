@@ -16,7 +16,8 @@ namespace detail {
 // ---- window_builder ----------------------------------------------------------
 
 std::size_t window_builder::append(boost::asio::const_buffer b) noexcept {
-  if (full() || b.size() == 0) return 0;
+  if (full() || b.size() == 0)
+    return 0;
   const std::size_t take = std::min(b.size(), max_bytes_ - bytes_);
   storage_[count_++] = boost::asio::const_buffer(b.data(), take);
   bytes_ += take;
@@ -45,7 +46,8 @@ node_list& node_list::operator=(node_list&& o) noexcept {
 }
 
 node_list::~node_list() {
-  while (writer_node* n = pop_front()) n->destroy();
+  while (writer_node* n = pop_front())
+    n->destroy();
 }
 
 void node_list::push_back(writer_node* n) noexcept {
@@ -60,7 +62,8 @@ void node_list::push_back(writer_node* n) noexcept {
 
 writer_node* node_list::pop_front() noexcept {
   writer_node* n = front_;
-  if (n) unlink(n);
+  if (n)
+    unlink(n);
   return n;
 }
 
@@ -77,11 +80,13 @@ void node_list::unlink(writer_node* n) noexcept {
 }
 
 void node_list::splice(node_list& other) noexcept {
-  while (writer_node* n = other.pop_front()) push_back(n);
+  while (writer_node* n = other.pop_front())
+    push_back(n);
 }
 
 void node_list::complete_all(bool post) {
-  while (writer_node* n = pop_front()) n->complete(post);
+  while (writer_node* n = pop_front())
+    n->complete(post);
 }
 
 // ---- writer_node / node_canceller ------------------------------------------
@@ -97,7 +102,8 @@ void node_canceller::operator()(boost::asio::cancellation_type_t type) {
   {
     std::lock_guard<std::mutex> lock(core_->mutex_);
     writer_node* n = node_;
-    if (!n) return;  // completed already: a stale signal
+    if (!n)
+      return;  // completed already: a stale signal
     if (!n->started_) {
       core_->remove_queued_locked(n);
       n->result_ = boost::asio::error::operation_aborted;
@@ -128,20 +134,24 @@ writer_core::~writer_core() = default;
 
 bool writer_core::add_locked(writer_node* n, node_list& rejected) {
   if (closed_ || error_) {
-    n->result_ = closed_ ? boost::system::error_code(boost::asio::error::operation_aborted) : error_;
+    n->result_ =
+        closed_ ? boost::system::error_code(boost::asio::error::operation_aborted) : error_;
     rejected.push_back(n);
     return false;
   }
   n->segment_ = segment_;
   n->queued_ = true;
-  if (n->canceller_) n->canceller_->node_ = n;
+  if (n->canceller_)
+    n->canceller_->node_ = n;
   nodes_.push_back(n);
   if (n->kind_ == writer_node::kind::write) {
     pending_bytes_ += n->size_;
     ++pending_writes_;
-    if (writable_ && pending_bytes_ > high_) writable_ = false;
+    if (writable_ && pending_bytes_ > high_)
+      writable_ = false;
   }
-  if (segment_has_pump_) return false;
+  if (segment_has_pump_)
+    return false;
   segment_has_pump_ = true;
   return true;
 }
@@ -156,7 +166,8 @@ void writer_core::add_waiter(writer_node* n, node_list& ready) {
     return;
   }
   n->queued_ = true;
-  if (n->canceller_) n->canceller_->node_ = n;
+  if (n->canceller_)
+    n->canceller_->node_ = n;
   waiters_.push_back(n);
 }
 
@@ -181,7 +192,8 @@ void writer_core::remove_queued_locked(writer_node* n) {
     }
   }
   n->queued_ = false;
-  if (n->canceller_) n->canceller_->node_ = nullptr;
+  if (n->canceller_)
+    n->canceller_->node_ = nullptr;
 }
 
 void writer_core::finish_node_locked(writer_node* n, node_list& done) {
@@ -202,7 +214,8 @@ void writer_core::update_writable_locked(node_list& done) {
 }
 
 void writer_core::fail_locked(const boost::system::error_code& ec, node_list& done) {
-  if (!error_) error_ = ec;
+  if (!error_)
+    error_ = ec;
   // Each started message reports the bytes it actually wrote; the others 0.
   while (writer_node* n = nodes_.front()) {
     n->result_ = error_;
@@ -216,20 +229,24 @@ void writer_core::fail_locked(const boost::system::error_code& ec, node_list& do
 }
 
 bool writer_core::build_window_locked(std::uint64_t segment, node_list& done) {
-  if (terminal_requested_ && !error_) fail_locked(boost::asio::error::operation_aborted, done);
+  if (terminal_requested_ && !error_)
+    fail_locked(boost::asio::error::operation_aborted, done);
   if (closed_ && !nodes_.empty())
     fail_locked(boost::asio::error::operation_aborted, done);
-  if (error_ || closed_) return false;
+  if (error_ || closed_)
+    return false;
 
   // Whatever has nothing left to write at the head is done: a flush whose
   // predecessors are all written, a zero-length message.
   while (writer_node* n = nodes_.front()) {
-    if (n->segment_ != segment || n->written_ != n->size_) break;
+    if (n->segment_ != segment || n->written_ != n->size_)
+      break;
     n->result_ = {};
     finish_node_locked(n, done);
   }
 
-  if (window_storage_.size() < max_buffers_) window_storage_.resize(max_buffers_);
+  if (window_storage_.size() < max_buffers_)
+    window_storage_.resize(max_buffers_);
   window_builder builder(window_storage_, max_buffers_, max_bytes_);
   window_nodes_ = 0;
   for (writer_node* n = nodes_.front(); n && n->segment_ == segment && !builder.full();
@@ -240,7 +257,8 @@ bool writer_core::build_window_locked(std::uint64_t segment, node_list& done) {
       // flush or an empty message in the window stays cancellable.
       n->started_ = true;
       n->ops_->fill(n, n->written_, builder);
-      if (!gathering_) break;
+      if (!gathering_)
+        break;
     }
   }
   if (builder.bytes() == 0) {
@@ -249,15 +267,15 @@ bool writer_core::build_window_locked(std::uint64_t segment, node_list& done) {
     for (writer_node* n = nodes_.front(); n && window_nodes_ > 0; n = n->next_, --window_nodes_)
       n->started_ = false;
     window_nodes_ = 0;
-    if (segment == segment_) segment_has_pump_ = false;
+    if (segment == segment_)
+      segment_has_pump_ = false;
     return false;
   }
   window_ = builder.view();
   return true;
 }
 
-void writer_core::on_written(const boost::system::error_code& ec, std::size_t n,
-                             node_list& done) {
+void writer_core::on_written(const boost::system::error_code& ec, std::size_t n, node_list& done) {
   std::lock_guard<std::mutex> lock(mutex_);
   // Messages complete strictly in order: once one is left unfinished, the
   // rest of the window (even zero-length ones) waits for the next write.
@@ -287,8 +305,9 @@ void writer_core::on_written(const boost::system::error_code& ec, std::size_t n,
         node->result_ = boost::asio::error::operation_aborted;
         finish_node_locked(node, done);
       }
-    } else if (node->queued_ && (node->cancel_pending_ & boost::asio::cancellation_type::terminal) !=
-                                    boost::asio::cancellation_type::none) {
+    } else if (node->queued_ &&
+               (node->cancel_pending_ & boost::asio::cancellation_type::terminal) !=
+                   boost::asio::cancellation_type::none) {
       // Cancelled while gathered, and now partly written: as for any
       // started message, terminal cancellation fails the writer.
       terminal_requested_ = true;
@@ -296,7 +315,8 @@ void writer_core::on_written(const boost::system::error_code& ec, std::size_t n,
     node = next;
   }
   window_nodes_ = 0;
-  if (ec) fail_locked(ec, done);
+  if (ec)
+    fail_locked(ec, done);
   update_writable_locked(done);
 }
 
@@ -338,8 +358,10 @@ void writer_core::shutdown() noexcept {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     closed_ = true;
-    while (writer_node* n = nodes_.front()) finish_node_locked(n, doomed);
-    while (writer_node* w = waiters_.front()) finish_node_locked(w, doomed);
+    while (writer_node* n = nodes_.front())
+      finish_node_locked(n, doomed);
+    while (writer_node* w = waiters_.front())
+      finish_node_locked(w, doomed);
     window_nodes_ = 0;
   }
   // doomed's destructor destroys the handlers, outside the lock.
@@ -351,7 +373,8 @@ void writer_core::set_watermarks(std::size_t low, std::size_t high, node_list& d
   std::lock_guard<std::mutex> lock(mutex_);
   low_ = low;
   high_ = high;
-  if (pending_bytes_ > high_) writable_ = false;
+  if (pending_bytes_ > high_)
+    writable_ = false;
   update_writable_locked(done);
 }
 

@@ -148,8 +148,7 @@ class queued_writer {
    */
   template <class ConstBufferSequence,
             class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
-  auto async_write(const ConstBufferSequence& buffers,
-                   CompletionToken&& token = CompletionToken());
+  auto async_write(const ConstBufferSequence& buffers, CompletionToken&& token = CompletionToken());
 
   /// Queues one message that the writer owns until it is written.
   /**
@@ -185,7 +184,8 @@ class queued_writer {
    * writer's error (and value-initialised other arguments) and `op` is never
    * launched.
    */
-  template <class Op, class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  template <class Op,
+            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
   auto async_enqueue(Op&& op, CompletionToken&& token = CompletionToken());
 
   /// Raw-initiation form of `async_enqueue`, with an explicit `Signature`.

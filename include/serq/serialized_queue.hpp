@@ -92,9 +92,8 @@ class basic_serialized_queue {
 
   /// Constructs a running, empty queue using `ctx.get_executor()`.
   template <class ExecutionContext,
-            std::enable_if_t<std::is_convertible_v<ExecutionContext&,
-                                                   boost::asio::execution_context&>,
-                             int> = 0>
+            std::enable_if_t<
+                std::is_convertible_v<ExecutionContext&, boost::asio::execution_context&>, int> = 0>
   explicit basic_serialized_queue(ExecutionContext& ctx, std::string_view name = {})
       : basic_serialized_queue(executor_type(ctx.get_executor()), name) {}
 

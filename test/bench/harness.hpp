@@ -30,7 +30,8 @@ inline double seconds_since(bench_clock::time_point t0) {
 }
 
 inline double median(std::vector<double> v) {
-  if (v.empty()) return 0;
+  if (v.empty())
+    return 0;
   std::sort(v.begin(), v.end());
   const std::size_t m = v.size() / 2;
   return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
@@ -47,14 +48,15 @@ struct variant {
 struct bench_case {
   std::string id;
   std::string title;
-  double ops = 0;    // operations (or messages) per measurement
-  double bytes = 0;  // bytes per measurement, 0 when not a byte stream
+  double ops = 0;         // operations (or messages) per measurement
+  double bytes = 0;       // bytes per measurement, 0 when not a byte stream
   std::string reference;  // the serq variant the "speed" column compares every row with
   std::vector<variant> variants;
 
   const variant& find(const std::string& name) const {
     for (const auto& v : variants)
-      if (v.name == name) return v;
+      if (v.name == name)
+        return v;
     throw std::logic_error("serq_bench: no variant " + name + " in case " + id);
   }
 
@@ -63,7 +65,8 @@ struct bench_case {
   // another's frees) or last.
   void run(int warmups, int rounds) {
     for (int w = 0; w < warmups; ++w)
-      for (auto& v : variants) v.measure();
+      for (auto& v : variants)
+        v.measure();
     const std::size_t n = variants.size();
     for (int r = 0; r < rounds; ++r)
       for (std::size_t i = 0; i < n; ++i) {
@@ -114,8 +117,7 @@ inline std::string human_rate(double per_s, const char* unit) {
 }
 
 inline void print_case(std::FILE* out, const bench_case& c) {
-  std::fprintf(out, "\n%s  %s   [ref = %s]\n", c.id.c_str(), c.title.c_str(),
-               c.reference.c_str());
+  std::fprintf(out, "\n%s  %s   [ref = %s]\n", c.id.c_str(), c.title.c_str(), c.reference.c_str());
   const double ref = c.find(c.reference).median_s();
   std::fprintf(out, "  %-34s %10s %10s %12s %12s %8s %9s\n", "variant", "median ms", "ns/op",
                "ops/s", c.bytes > 0 ? "bytes/s" : "", "spread", "ref x");
@@ -135,7 +137,8 @@ inline void print_case(std::FILE* out, const bench_case& c) {
 inline std::string json_escape(const std::string& s) {
   std::string out;
   for (char ch : s) {
-    if (ch == '"' || ch == '\\') out += '\\';
+    if (ch == '"' || ch == '\\')
+      out += '\\';
     out += ch;
   }
   return out;
@@ -146,7 +149,8 @@ inline void write_json(const std::string& path, const std::string& config_json,
                        const std::vector<alloc_result>& allocs,
                        const std::vector<target>& targets) {
   std::ofstream os(path);
-  if (!os) throw std::runtime_error("serq_bench: cannot write " + path);
+  if (!os)
+    throw std::runtime_error("serq_bench: cannot write " + path);
   os << std::setprecision(9);
   os << "{\n  \"config\": " << config_json << ",\n  \"cases\": [";
   for (std::size_t i = 0; i < cases.size(); ++i) {
@@ -161,9 +165,11 @@ inline void write_json(const std::string& path, const std::string& config_json,
       os << (j ? ",\n" : "\n") << "      {\"name\": \"" << json_escape(v.name)
          << "\", \"median_s\": " << m << ", \"ns_per_op\": " << m * 1e9 / c.ops
          << ", \"ops_per_s\": " << c.ops / m;
-      if (c.bytes > 0) os << ", \"bytes_per_s\": " << c.bytes / m;
+      if (c.bytes > 0)
+        os << ", \"bytes_per_s\": " << c.bytes / m;
       os << ", \"serq_speed_ratio\": " << m / ref << ", \"seconds\": [";
-      for (std::size_t k = 0; k < v.seconds.size(); ++k) os << (k ? ", " : "") << v.seconds[k];
+      for (std::size_t k = 0; k < v.seconds.size(); ++k)
+        os << (k ? ", " : "") << v.seconds[k];
       os << "]}";
     }
     os << "]}";
@@ -179,9 +185,8 @@ inline void write_json(const std::string& path, const std::string& config_json,
   for (std::size_t i = 0; i < targets.size(); ++i) {
     const target& t = targets[i];
     os << (i ? ",\n" : "\n") << "    {\"label\": \"" << json_escape(t.label)
-       << "\", \"value\": " << t.value << ", \"threshold\": " << t.threshold
-       << ", \"kind\": \"" << (t.at_least ? "min" : "max") << "\", \"pass\": "
-       << (t.pass() ? "true" : "false") << "}";
+       << "\", \"value\": " << t.value << ", \"threshold\": " << t.threshold << ", \"kind\": \""
+       << (t.at_least ? "min" : "max") << "\", \"pass\": " << (t.pass() ? "true" : "false") << "}";
   }
   os << "\n  ]\n}\n";
 }

@@ -62,7 +62,8 @@ class hand_queue {
   auto async_enqueue(Token&& token) {
     return asio::async_initiate<Token, void(error_code)>(
         [this](auto handler) {
-          asio::post(ex_, [this, fn = Fn(std::move(handler))]() mutable { on_submit(std::move(fn)); });
+          asio::post(ex_,
+                     [this, fn = Fn(std::move(handler))]() mutable { on_submit(std::move(fn)); });
         },
         token);
   }
@@ -70,7 +71,8 @@ class hand_queue {
  private:
   void on_submit(Fn fn) {
     jobs_.push_back(std::move(fn));
-    if (!busy_) start();
+    if (!busy_)
+      start();
   }
 
   void start() {
@@ -82,7 +84,8 @@ class hand_queue {
     Fn fn = std::move(jobs_.front());
     jobs_.pop_front();
     busy_ = false;
-    if (!jobs_.empty()) start();
+    if (!jobs_.empty())
+      start();
     std::move(fn)(ec);
   }
 
@@ -104,7 +107,8 @@ class hand_writer {
     return asio::async_initiate<Token, void(error_code, std::size_t)>(
         [this](auto handler, asio::const_buffer b) {
           queue_.push_back(pending{b, std::move(handler)});
-          if (queue_.size() == 1) start();
+          if (queue_.size() == 1)
+            start();
         },
         token, buf);
   }
@@ -123,7 +127,8 @@ class hand_writer {
   void on_write(error_code ec, std::size_t n) {
     auto handler = std::move(queue_.front().handler);
     queue_.pop_front();
-    if (!queue_.empty()) start();
+    if (!queue_.empty())
+      start();
     std::move(handler)(ec, n);
   }
 
@@ -136,7 +141,8 @@ inline void blocking_write_all(int fd, const char* data, std::size_t size) {
   while (size > 0) {
     const ssize_t n = ::write(fd, data, size);
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR)
+        continue;
       throw std::system_error(errno, std::generic_category(), "write");
     }
     data += n;
@@ -151,7 +157,8 @@ inline void blocking_writev_all(int fd, std::vector<iovec> iov, std::size_t per_
     const int count = static_cast<int>(std::min(per_call, iov.size() - i));
     ssize_t n = ::writev(fd, iov.data() + i, count);
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR)
+        continue;
       throw std::system_error(errno, std::generic_category(), "writev");
     }
     while (n > 0) {

@@ -48,22 +48,32 @@ thread_local std::size_t thread_allocations = 0;
 
 void* counted_alloc(std::size_t n) {
   ++thread_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
+  if (void* p = std::malloc(n ? n : 1))
+    return p;
   throw std::bad_alloc();
 }
 
 void* counted_aligned_alloc(std::size_t n, std::align_val_t a) {
   ++thread_allocations;
   const auto al = static_cast<std::size_t>(a);
-  if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
+  if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al))
+    return p;
   throw std::bad_alloc();
 }
 }  // namespace
 
-void* operator new(std::size_t n) { return counted_alloc(n); }
-void* operator new[](std::size_t n) { return counted_alloc(n); }
-void* operator new(std::size_t n, std::align_val_t a) { return counted_aligned_alloc(n, a); }
-void* operator new[](std::size_t n, std::align_val_t a) { return counted_aligned_alloc(n, a); }
+void* operator new(std::size_t n) {
+  return counted_alloc(n);
+}
+void* operator new[](std::size_t n) {
+  return counted_alloc(n);
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+  return counted_aligned_alloc(n, a);
+}
+void* operator new[](std::size_t n, std::align_val_t a) {
+  return counted_aligned_alloc(n, a);
+}
 void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
   ++thread_allocations;
   return std::malloc(n ? n : 1);
@@ -72,26 +82,45 @@ void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
   ++thread_allocations;
   return std::malloc(n ? n : 1);
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
+  std::free(p);
+}
 
 namespace serq_bench {
 namespace {
 
 using stream_socket = asio::local::stream_protocol::socket;
 
-std::size_t allocations_so_far() noexcept { return thread_allocations; }
+std::size_t allocations_so_far() noexcept {
+  return thread_allocations;
+}
 
 // Rethrows a coroutine's exception out of io_context::run.
 struct rethrow {
   void operator()(std::exception_ptr e) const {
-    if (e) std::rethrow_exception(e);
+    if (e)
+      std::rethrow_exception(e);
   }
 };
 
@@ -100,7 +129,8 @@ auto async_one_step(asio::any_io_executor ex, Token&& token) {
   return asio::async_initiate<Token, void(error_code)>(one_step_op{std::move(ex)}, token);
 }
 
-// ---- a window of callback operations (cases 1, 4 with callbacks, 5) ------------------------------
+// ---- a window of callback operations (cases 1, 4 with callbacks, 5)
+// ------------------------------
 //
 // Keeps `window` operations in flight: every completion submits the next until n were submitted.
 // Optionally notes the allocation count when `mark_at` operations have completed, so a run can
@@ -121,7 +151,8 @@ class op_window {
   };
 
   void start() {
-    while (issued_ < window_ && issued_ < n_) submit_one();
+    while (issued_ < window_ && issued_ < n_)
+      submit_one();
   }
 
   std::size_t completed() const noexcept { return done_; }
@@ -134,9 +165,12 @@ class op_window {
   }
 
   void on_done(error_code ec) {
-    if (ec) throw boost::system::system_error(ec, "serq_bench: operation failed");
-    if (++done_ == mark_at_) mark_ = allocations_so_far();
-    if (issued_ < n_) submit_one();
+    if (ec)
+      throw boost::system::system_error(ec, "serq_bench: operation failed");
+    if (++done_ == mark_at_)
+      mark_ = allocations_so_far();
+    if (issued_ < n_)
+      submit_one();
   }
 
   Submit submit_;
@@ -155,18 +189,20 @@ double time_window(asio::io_context& ioc, std::size_t n, std::size_t window, Sub
   w.start();
   ioc.run();
   const double s = seconds_since(t0);
-  if (w.completed() != n) throw std::logic_error("serq_bench: lost operations");
+  if (w.completed() != n)
+    throw std::logic_error("serq_bench: lost operations");
   return s;
 }
 
 // Steady-state allocations per operation: n operations, counting only those after the first warm.
 template <class Submit>
-alloc_result count_window(asio::io_context& ioc, std::size_t n, std::size_t warm, std::size_t window,
-                          Submit submit) {
+alloc_result count_window(asio::io_context& ioc, std::size_t n, std::size_t warm,
+                          std::size_t window, Submit submit) {
   op_window<Submit> w(std::move(submit), n, window, warm);
   w.start();
   ioc.run();
-  if (w.completed() != n) throw std::logic_error("serq_bench: lost operations");
+  if (w.completed() != n)
+    throw std::logic_error("serq_bench: lost operations");
   alloc_result r;
   r.allocations = w.allocations_after_mark();
   r.ops = n - warm;
@@ -174,7 +210,8 @@ alloc_result count_window(asio::io_context& ioc, std::size_t n, std::size_t warm
   return r;
 }
 
-// ---- case 1: queue throughput, one thread --------------------------------------------------------
+// ---- case 1: queue throughput, one thread
+// --------------------------------------------------------
 
 enum class queue_kind { serq_default, serq_inline, hand, bare };
 
@@ -228,7 +265,8 @@ bench_case queue_case(const std::string& id, std::size_t n, std::size_t window) 
   return c;
 }
 
-// ---- case 2: queue under contention --------------------------------------------------------------
+// ---- case 2: queue under contention
+// --------------------------------------------------------------
 
 // Two producer threads submit n operations in all, each keeping at most 64 in flight (a semaphore,
 // the usual backpressure); two threads run the io_context.
@@ -261,9 +299,11 @@ double time_contended(asio::io_context& ioc, std::size_t n, Submit submit) {
   go.count_down();
   done.wait();
   const double s = seconds_since(t0);
-  for (auto& t : producers) t.join();
+  for (auto& t : producers)
+    t.join();
   work.reset();
-  for (auto& t : io) t.join();
+  for (auto& t : io)
+    t.join();
   return s;
 }
 
@@ -288,27 +328,27 @@ bench_case contention_case(std::size_t n) {
       });
     };
   };
-  c.variants = {
-      {"serq default", serq_variant(false), {}},
-      {"serq trigger_inline", serq_variant(true), {}},
-      {"hand-rolled queue (strand)",
-       [n] {
-         asio::io_context ioc(2);
-         hand_queue<std::function<void(error_code)>> q(asio::make_strand(ioc));
-         return time_contended(ioc, n, [&q](auto h) { q.async_enqueue(std::move(h)); });
-       },
-       {}},
-      {"bare post",
-       [n] {
-         asio::io_context ioc(2);
-         asio::any_io_executor ex = ioc.get_executor();
-         return time_contended(ioc, n, [ex](auto h) { one_step_op{ex}(std::move(h)); });
-       },
-       {}}};
+  c.variants = {{"serq default", serq_variant(false), {}},
+                {"serq trigger_inline", serq_variant(true), {}},
+                {"hand-rolled queue (strand)",
+                 [n] {
+                   asio::io_context ioc(2);
+                   hand_queue<std::function<void(error_code)>> q(asio::make_strand(ioc));
+                   return time_contended(ioc, n, [&q](auto h) { q.async_enqueue(std::move(h)); });
+                 },
+                 {}},
+                {"bare post",
+                 [n] {
+                   asio::io_context ioc(2);
+                   asio::any_io_executor ex = ioc.get_executor();
+                   return time_contended(ioc, n, [ex](auto h) { one_step_op{ex}(std::move(h)); });
+                 },
+                 {}}};
   return c;
 }
 
-// ---- case 3: acquire / turn throughput from coroutines --------------------------------------------
+// ---- case 3: acquire / turn throughput from coroutines
+// --------------------------------------------
 
 constexpr std::size_t coroutines = 8;
 
@@ -328,19 +368,22 @@ asio::awaitable<void> enqueue_worker(serq::serialized_queue& q, std::size_t step
 
 asio::awaitable<void> hand_worker(hand_queue<asio::any_completion_handler<void(error_code)>>& q,
                                   std::size_t steps) {
-  for (std::size_t i = 0; i < steps; ++i) co_await q.async_enqueue(asio::use_awaitable);
+  for (std::size_t i = 0; i < steps; ++i)
+    co_await q.async_enqueue(asio::use_awaitable);
 }
 
 asio::awaitable<void> bare_worker(std::size_t steps) {
   auto ex = co_await asio::this_coro::executor;
-  for (std::size_t i = 0; i < steps; ++i) co_await async_one_step(ex, asio::use_awaitable);
+  for (std::size_t i = 0; i < steps; ++i)
+    co_await async_one_step(ex, asio::use_awaitable);
 }
 
 template <class Spawn>
 double time_coroutines(Spawn spawn) {
   asio::io_context ioc(1);
   const auto t0 = bench_clock::now();
-  for (std::size_t i = 0; i < coroutines; ++i) spawn(ioc);
+  for (std::size_t i = 0; i < coroutines; ++i)
+    spawn(ioc);
   ioc.run();
   return seconds_since(t0);
 }
@@ -348,8 +391,8 @@ double time_coroutines(Spawn spawn) {
 bench_case coroutine_case(std::size_t n) {
   bench_case c;
   c.id = "3";
-  c.title = "turns from coroutines, 1 thread, " + std::to_string(coroutines) +
-            " coroutines, " + std::to_string(n) + " one-step ops in all";
+  c.title = "turns from coroutines, 1 thread, " + std::to_string(coroutines) + " coroutines, " +
+            std::to_string(n) + " one-step ops in all";
   c.ops = static_cast<double>(n);
   c.reference = "serq acquire + step + release";
   const std::size_t per = n / coroutines;
@@ -358,7 +401,8 @@ bench_case coroutine_case(std::size_t n) {
        [per] {
          std::unique_ptr<serq::serialized_queue> q;
          return time_coroutines([&](asio::io_context& ioc) {
-           if (!q) q = std::make_unique<serq::serialized_queue>(ioc);
+           if (!q)
+             q = std::make_unique<serq::serialized_queue>(ioc);
            asio::co_spawn(ioc, acquire_worker(*q, per), rethrow{});
          });
        },
@@ -367,7 +411,8 @@ bench_case coroutine_case(std::size_t n) {
        [per] {
          std::unique_ptr<serq::serialized_queue> q;
          return time_coroutines([&](asio::io_context& ioc) {
-           if (!q) q = std::make_unique<serq::serialized_queue>(ioc);
+           if (!q)
+             q = std::make_unique<serq::serialized_queue>(ioc);
            asio::co_spawn(ioc, enqueue_worker(*q, per), rethrow{});
          });
        },
@@ -392,7 +437,8 @@ bench_case coroutine_case(std::size_t n) {
   return c;
 }
 
-// ---- case 4: writer throughput ----------------------------------------------------------------------
+// ---- case 4: writer throughput
+// ----------------------------------------------------------------------
 
 constexpr std::size_t producers = 64;
 
@@ -417,7 +463,8 @@ class wire {
   wire(const wire&) = delete;
   wire& operator=(const wire&) = delete;
   ~wire() {
-    if (reader_.joinable()) reader_.join();
+    if (reader_.joinable())
+      reader_.join();
   }
 
   asio::io_context& ioc() noexcept { return ioc_; }
@@ -445,14 +492,16 @@ struct payload {
     for (std::size_t p = 0; p < producers; ++p)
       messages[p].assign(sz, static_cast<char>('a' + p % 26));
     contiguous.reserve(sz * producers);
-    for (const auto& m : messages) contiguous.insert(contiguous.end(), m.begin(), m.end());
+    for (const auto& m : messages)
+      contiguous.insert(contiguous.end(), m.begin(), m.end());
   }
   std::size_t bytes() const noexcept { return size * count; }
 };
 
 template <class Writer>
 asio::awaitable<void> write_producer(Writer& w, asio::const_buffer msg, std::size_t count) {
-  for (std::size_t i = 0; i < count; ++i) co_await w.async_write(msg, asio::use_awaitable);
+  for (std::size_t i = 0; i < count; ++i)
+    co_await w.async_write(msg, asio::use_awaitable);
 }
 
 double time_serq_writer(const payload& p, bool gathering) {
@@ -461,8 +510,7 @@ double time_serq_writer(const payload& p, bool gathering) {
   w.set_gathering(gathering);
   const auto t0 = bench_clock::now();
   for (std::size_t i = 0; i < producers; ++i)
-    asio::co_spawn(net.ioc(),
-                   write_producer(w, asio::buffer(p.messages[i]), p.count / producers),
+    asio::co_spawn(net.ioc(), write_producer(w, asio::buffer(p.messages[i]), p.count / producers),
                    rethrow{});
   net.ioc().run();
   net.wait_drained();
@@ -474,8 +522,7 @@ double time_hand_writer(const payload& p) {
   hand_writer<stream_socket> w(net.tx());
   const auto t0 = bench_clock::now();
   for (std::size_t i = 0; i < producers; ++i)
-    asio::co_spawn(net.ioc(),
-                   write_producer(w, asio::buffer(p.messages[i]), p.count / producers),
+    asio::co_spawn(net.ioc(), write_producer(w, asio::buffer(p.messages[i]), p.count / producers),
                    rethrow{});
   net.ioc().run();
   net.wait_drained();
@@ -523,7 +570,8 @@ bench_case writer_case(const std::string& id, std::size_t size, std::size_t coun
   return c;
 }
 
-// ---- case 5: steady-state allocations ---------------------------------------------------------------
+// ---- case 5: steady-state allocations
+// ---------------------------------------------------------------
 
 alloc_result queue_allocations(queue_kind kind, std::size_t n, std::size_t window) {
   return with_queue(kind, [&](asio::io_context& ioc, auto submit) {
@@ -542,10 +590,12 @@ alloc_result awaitable_allocations(std::size_t n, std::size_t coros) {
     auto ex = co_await asio::this_coro::executor;
     for (std::size_t i = 0; i < steps; ++i) {
       co_await q.async_enqueue<void(error_code)>(one_step_op{ex}, asio::use_awaitable);
-      if (++done == warm) mark = allocations_so_far();
+      if (++done == warm)
+        mark = allocations_so_far();
     }
   };
-  for (std::size_t i = 0; i < coros; ++i) asio::co_spawn(ioc, worker(n / coros), rethrow{});
+  for (std::size_t i = 0; i < coros; ++i)
+    asio::co_spawn(ioc, worker(n / coros), rethrow{});
   ioc.run();
   alloc_result r;
   r.allocations = allocations_so_far() - mark;
@@ -573,14 +623,15 @@ alloc_result writer_allocations(std::size_t n, std::size_t window, bool serq_wri
   return r;
 }
 
-// ---- main ---------------------------------------------------------------------------------------------
+// ---- main
+// ---------------------------------------------------------------------------------------------
 
 struct options {
   bool smoke = false;
   int rounds = 9;
   double scale = 1.0;
   std::string json;
-  std::string only_case;     // --only ID or ID:VARIANT (profiling)
+  std::string only_case;  // --only ID or ID:VARIANT (profiling)
   std::string only_variant;
 };
 
@@ -589,7 +640,8 @@ options parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
+      if (i + 1 >= argc)
+        throw std::invalid_argument(a + " needs a value");
       return argv[++i];
     };
     if (a == "--smoke")
@@ -604,11 +656,12 @@ options parse(int argc, char** argv) {
       const std::string v = value();
       const auto colon = v.find(':');
       o.only_case = v.substr(0, colon);
-      if (colon != std::string::npos) o.only_variant = v.substr(colon + 1);
-    }
-    else if (a == "--help" || a == "-h") {
+      if (colon != std::string::npos)
+        o.only_variant = v.substr(colon + 1);
+    } else if (a == "--help" || a == "-h") {
       std::printf(
-          "usage: serq_bench [--smoke] [--rounds R] [--scale F] [--json FILE] [--only ID[:VARIANT]]\n"
+          "usage: serq_bench [--smoke] [--rounds R] [--scale F] [--json FILE] [--only "
+          "ID[:VARIANT]]\n"
           "  --smoke      1 round, no warm-up, tiny sizes (CI: checks that every case runs)\n"
           "  --rounds R   measured rounds after the warm-up (default 9, at least 5 advised)\n"
           "  --scale F    multiply every operation count by F (default 1)\n"
@@ -620,19 +673,23 @@ options parse(int argc, char** argv) {
       throw std::invalid_argument("unknown argument " + a);
     }
   }
-  if (o.smoke) o.rounds = 1;
-  if (o.rounds < 1) throw std::invalid_argument("--rounds must be >= 1");
+  if (o.smoke)
+    o.rounds = 1;
+  if (o.rounds < 1)
+    throw std::invalid_argument("--rounds must be >= 1");
   return o;
 }
 
 std::string load_average() {
   std::FILE* f = std::fopen("/proc/loadavg", "r");
-  if (!f) return "?";
+  if (!f)
+    return "?";
   char buf[128] = {};
   const bool ok = std::fgets(buf, sizeof buf, f) != nullptr;
   std::fclose(f);
   std::string s = ok ? buf : "?";
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+    s.pop_back();
   return s;
 }
 
@@ -657,10 +714,12 @@ int run(const options& o) {
 
   if (!o.only_case.empty()) {
     for (auto& c : cases) {
-      if (c.id != o.only_case) continue;
+      if (c.id != o.only_case)
+        continue;
       if (!o.only_variant.empty()) {
         std::erase_if(c.variants, [&](const variant& v) { return v.name != o.only_variant; });
-        if (c.variants.empty()) throw std::invalid_argument("no such variant: " + o.only_variant);
+        if (c.variants.empty())
+          throw std::invalid_argument("no such variant: " + o.only_variant);
         c.reference = c.variants.front().name;
       }
       c.run(warmups, o.rounds);
@@ -719,12 +778,14 @@ int run(const options& o) {
   // Targets: speed ratios are peer median / serq median from this run.
   auto speed = [&](const std::string& id, const std::string& serq_v, const std::string& peer_v) {
     for (const auto& c : cases)
-      if (c.id == id) return c.find(peer_v).median_s() / c.find(serq_v).median_s();
+      if (c.id == id)
+        return c.find(peer_v).median_s() / c.find(serq_v).median_s();
     throw std::logic_error("no case " + id);
   };
   auto alloc = [&](const std::string& id) {
     for (const auto& a : allocs)
-      if (a.id == id) return a.per_op;
+      if (a.id == id)
+        return a.per_op;
     throw std::logic_error("no allocation result " + id);
   };
   std::vector<target> targets;
@@ -745,18 +806,17 @@ int run(const options& o) {
                      speed("4b", "serq gathering on", "limit: writev x64"), 0.5, true});
   targets.push_back({"4 (64 KiB): serq vs contiguous limit",
                      speed("4c", "serq gathering on", "limit: contiguous write"), 0.9, true});
-  targets.push_back({"5: allocations per queue op, callback (1 in flight)", alloc("5q1"), 0.05,
-                     false});
-  targets.push_back({"5: allocations per queue op, callback (64 in flight)", alloc("5q64"), 0.05,
-                     false});
-  targets.push_back({"5: allocations per writer message, callback (1 in flight)", alloc("5w1"),
-                     0.05, false});
-  targets.push_back({"5: allocations per writer message, callback (64 in flight)", alloc("5w64"),
-                     0.05, false});
+  targets.push_back(
+      {"5: allocations per queue op, callback (1 in flight)", alloc("5q1"), 0.05, false});
+  targets.push_back(
+      {"5: allocations per queue op, callback (64 in flight)", alloc("5q64"), 0.05, false});
+  targets.push_back(
+      {"5: allocations per writer message, callback (1 in flight)", alloc("5w1"), 0.05, false});
+  targets.push_back(
+      {"5: allocations per writer message, callback (64 in flight)", alloc("5w64"), 0.05, false});
 
   const std::string load_after = load_average();
-  std::printf("\ntargets (%s)%s\n", o.smoke ? "smoke run: not judged" : "ratios of medians",
-              "");
+  std::printf("\ntargets (%s)%s\n", o.smoke ? "smoke run: not judged" : "ratios of medians", "");
   for (const auto& t : targets)
     std::printf("  %-62s %8s  %s %-5s %s\n", t.label.c_str(), fmt(t.value, 3).c_str(),
                 t.at_least ? ">=" : "<=", fmt(t.threshold, 2).c_str(),
@@ -764,13 +824,12 @@ int run(const options& o) {
   std::printf("\nload average after: %s\n", load_after.c_str());
 
   if (!o.json.empty()) {
-    std::string config = std::string("{\"smoke\": ") + (o.smoke ? "true" : "false") +
-                         ", \"rounds\": " + std::to_string(o.rounds) +
-                         ", \"warmups\": " + std::to_string(warmups) + ", \"scale\": " +
-                         fmt(o.scale, 3) + ", \"hardware_threads\": " +
-                         std::to_string(std::thread::hardware_concurrency()) +
-                         ", \"load_before\": \"" + load_before + "\", \"load_after\": \"" +
-                         load_after + "\"}";
+    std::string config =
+        std::string("{\"smoke\": ") + (o.smoke ? "true" : "false") +
+        ", \"rounds\": " + std::to_string(o.rounds) + ", \"warmups\": " + std::to_string(warmups) +
+        ", \"scale\": " + fmt(o.scale, 3) +
+        ", \"hardware_threads\": " + std::to_string(std::thread::hardware_concurrency()) +
+        ", \"load_before\": \"" + load_before + "\", \"load_after\": \"" + load_after + "\"}";
     write_json(o.json, config, cases, allocs, targets);
     std::printf("JSON written to %s\n", o.json.c_str());
   }

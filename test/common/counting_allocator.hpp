@@ -55,7 +55,8 @@ class counting_allocator {
   void deallocate(T* p, std::size_t n) noexcept {
     ++counter_->deallocations;
     counter_->bytes_deallocated += n * sizeof(T);
-    ::operator delete(p, std::align_val_t(alignof(T)));  // unsized: clang has no sized delete by default
+    ::operator delete(
+        p, std::align_val_t(alignof(T)));  // unsized: clang has no sized delete by default
   }
 
   const std::shared_ptr<allocation_counter>& counter() const noexcept { return counter_; }

@@ -65,8 +65,7 @@ class tracked_handler {
   tracked_handler(H&& h, std::shared_ptr<detail::handler_record> rec)
       : inner_(std::forward<H>(h)), rec_(std::move(rec)) {}
 
-  tracked_handler(tracked_handler&& other) noexcept(
-      std::is_nothrow_move_constructible_v<Handler>)
+  tracked_handler(tracked_handler&& other) noexcept(std::is_nothrow_move_constructible_v<Handler>)
       : inner_(std::move(other.inner_)), rec_(std::move(other.rec_)) {}
 
   tracked_handler& operator=(tracked_handler&&) = delete;
@@ -76,7 +75,8 @@ class tracked_handler {
   ~tracked_handler() {
     // Only the object that still owns the record (not a moved-from shell)
     // decides whether the handler was lost.
-    if (rec_ && rec_->calls.load() == 0) ++rec_->state->destroyed_uninvoked;
+    if (rec_ && rec_->calls.load() == 0)
+      ++rec_->state->destroyed_uninvoked;
   }
 
   template <class... Args>

@@ -101,7 +101,8 @@ class tracking_executor {
   /// family of executors (directly or nested).
   bool running_in_this_thread() const noexcept {
     for (auto* f = detail::tracking_top; f; f = f->outer)
-      if (f->state == state_.get()) return true;
+      if (f->state == state_.get())
+        return true;
     return false;
   }
 
@@ -113,15 +114,15 @@ class tracking_executor {
   }
 
   template <class Property>
-    requires boost::asio::can_query<const Inner&, const Property&>::value
-  decltype(auto) query(const Property& p) const
+  requires boost::asio::can_query<const Inner&, const Property&>::value decltype(auto) query(
+      const Property& p) const
       noexcept(boost::asio::is_nothrow_query<const Inner&, const Property&>::value) {
     return boost::asio::query(inner_, p);
   }
 
   template <class Property>
-    requires boost::asio::can_require<const Inner&, const Property&>::value
-  auto require(const Property& p) const {
+  requires boost::asio::can_require<const Inner&, const Property&>::value auto require(
+      const Property& p) const {
     using other = std::decay_t<decltype(boost::asio::require(inner_, p))>;
     return tracking_executor<other>(boost::asio::require(inner_, p), state_);
   }

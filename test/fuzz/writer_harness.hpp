@@ -64,7 +64,8 @@ class script_node final : public d::writer_node {
   static void do_complete(d::writer_node* b, error_code ec, std::size_t n, bool) {
     auto* self = static_cast<script_node*>(b);
     record& r = *self->rec_;
-    if (r.completions++ != 0) r.sum->completed_twice = true;
+    if (r.completions++ != 0)
+      r.sum->completed_twice = true;
     if (r.kind == kind::write) {
       r.sum->uncompleted_write_bytes -= r.size;
       r.sum->reported_bytes += n;
@@ -88,8 +89,10 @@ class script_node final : public d::writer_node {
     const std::size_t cuts[] = {0, n / 3, (2 * n) / 3, n};
     for (int i = 0; i < 3 && !w.full(); ++i) {
       std::size_t lo = cuts[i], hi = cuts[i + 1];
-      if (offset >= hi) continue;
-      if (offset > lo) lo = offset;
+      if (offset >= hi)
+        continue;
+      if (offset > lo)
+        lo = offset;
       w.append(boost::asio::const_buffer(self->data_.data() + lo, hi - lo));
     }
   }
@@ -134,13 +137,15 @@ class script {
   };
 
   std::uint8_t next() {
-    if (left_ == 0) return 0;
+    if (left_ == 0)
+      return 0;
     --left_;
     return *in_++;
   }
 
   void check(bool ok, const std::string& what) {
-    if (!ok) fail_(what);
+    if (!ok)
+      fail_(what);
   }
 
   void add_message(d::writer_node::kind kind) {
@@ -153,17 +158,21 @@ class script {
       // Each message's own byte, with its offsets stamped in every 61 bytes: an
       // interleaving, reordering or repeat changes the wire.
       m.data.assign(len, static_cast<char>(id * 31));
-      for (std::size_t i = 0; i < len; i += 61) m.data[i] = static_cast<char>(i / 61);
+      for (std::size_t i = 0; i < len; i += 61)
+        m.data[i] = static_cast<char>(i / 61);
     }
     m.signal = std::make_unique<boost::asio::cancellation_signal>();
     m.rec->sum = &sum_;
     m.rec->kind = kind;
     m.rec->size = m.data.size();
-    if (kind == d::writer_node::kind::write) sum_.uncompleted_write_bytes += m.data.size();
-    if (kind == d::writer_node::kind::waiter) ++sum_.waiting_waiters;
+    if (kind == d::writer_node::kind::write)
+      sum_.uncompleted_write_bytes += m.data.size();
+    if (kind == d::writer_node::kind::waiter)
+      ++sum_.waiting_waiters;
     m.ops_before = ops_added_;
     auto* n = new script_node(kind, m.data, m.rec.get(), &clock_);
-    if (next() % 4 != 0) n->attach_canceller(m.signal->slot(), core_);
+    if (next() % 4 != 0)
+      n->attach_canceller(m.signal->slot(), core_);
     d::node_list done;
     if (kind == d::writer_node::kind::waiter) {
       core_->add_waiter(n, done);
@@ -230,7 +239,8 @@ class script {
   // Advances the simulated queue and stream by one move.
   void progress(d::node_list& done) {
     if (!active_) {
-      if (queue_.empty()) return;
+      if (queue_.empty())
+        return;
       item it = queue_.front();
       queue_.pop_front();
       if (it.is_op) {
@@ -244,9 +254,11 @@ class script {
     if (!in_flight_) {
       const bool writing = core_->next_write(*active_, done, [&](const d::buffer_window& w) {
         window_.clear();
-        for (const auto& b : w) window_.append(static_cast<const char*>(b.data()), b.size());
+        for (const auto& b : w)
+          window_.append(static_cast<const char*>(b.data()), b.size());
         stream_cancelled_ = false;
-        core_->write_slot().assign([this](boost::asio::cancellation_type_t) { stream_cancelled_ = true; });
+        core_->write_slot().assign(
+            [this](boost::asio::cancellation_type_t) { stream_cancelled_ = true; });
       });
       if (writing) {
         check(!window_.empty(), "next_write started an empty write");
@@ -280,8 +292,10 @@ class script {
           "pending_bytes() is off");
     const std::size_t pending = core_->pending_bytes();
     if (!core_->error()) {
-      if (pending > high_) check(!core_->writable(), "writable() above the high watermark");
-      if (pending <= low_) check(core_->writable(), "not writable() at or below the low watermark");
+      if (pending > high_)
+        check(!core_->writable(), "writable() above the high watermark");
+      if (pending <= low_)
+        check(core_->writable(), "not writable() at or below the low watermark");
     }
     if (core_->writable())
       check(sum_.waiting_waiters == 0, "a wait_writable request still waits while writable()");
@@ -312,7 +326,8 @@ class script {
     for (const msg& m : msgs_) {
       const record& r = *m.rec;
       check(r.completions == 1 && r.destroys == 0, "a handler was not completed exactly once");
-      if (m.kind != d::writer_node::kind::write) continue;
+      if (m.kind != d::writer_node::kind::write)
+        continue;
       check(r.bytes <= m.data.size(), "a message reported more bytes than it has");
       if (!r.ec) {
         check(r.bytes == m.data.size(), "a successful message reported a short count");
@@ -320,20 +335,25 @@ class script {
         last_success = r.seq;
       }
       // Once the stream stopped inside a message, nothing after it was written.
-      if (r.bytes != 0) check(!stopped_mid_message, "bytes written after a message cut short");
-      if (r.bytes != 0 && r.bytes < m.data.size()) stopped_mid_message = true;
+      if (r.bytes != 0)
+        check(!stopped_mid_message, "bytes written after a message cut short");
+      if (r.bytes != 0 && r.bytes < m.data.size())
+        stopped_mid_message = true;
       expected.append(m.data, 0, r.bytes);
     }
     check(wire_ == expected, "the wire is not the concatenation of the reported bytes in order");
     for (std::size_t i = 0; i < msgs_.size(); ++i) {
       const msg& f = msgs_[i];
-      if (f.kind != d::writer_node::kind::flush || f.rec->ec) continue;
+      if (f.kind != d::writer_node::kind::flush || f.rec->ec)
+        continue;
       for (std::size_t j = 0; j < i; ++j)
         if (msgs_[j].kind == d::writer_node::kind::write)
-          check(msgs_[j].rec->seq < f.rec->seq, "a flush completed before a write queued ahead of it");
+          check(msgs_[j].rec->seq < f.rec->seq,
+                "a flush completed before a write queued ahead of it");
     }
     msgs_.clear();  // drops the cancellers, and with them the last references to the core
-    check(core_.use_count() == 1, "the writer state is still referenced after everything completed");
+    check(core_.use_count() == 1,
+          "the writer state is still referenced after everything completed");
   }
 
   const std::uint8_t* in_;

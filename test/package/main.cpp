@@ -13,10 +13,12 @@ int main() {
   asio::steady_timer t(ioc, std::chrono::seconds(0));
   int done = 0;
   q.async_enqueue(t.async_wait(asio::deferred), [&](boost::system::error_code ec) {
-    if (!ec) ++done;
+    if (!ec)
+      ++done;
   });
   q.async_wait([&](boost::system::error_code ec) {
-    if (!ec) ++done;
+    if (!ec)
+      ++done;
   });
   ioc.run();
   return done == 2 ? 0 : 1;

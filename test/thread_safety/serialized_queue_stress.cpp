@@ -68,7 +68,8 @@ struct shared_state {
   // Launch bookkeeping of entry `seq` of `producer`, inside the operation.
   void launch(int producer, int seq) {
     enter();
-    if (seq <= last_launched[producer]) ++fifo_violations;
+    if (seq <= last_launched[producer])
+      ++fifo_violations;
     last_launched[producer] = seq;
     launched[producer * per_producer + seq] = 1;
   }
@@ -102,7 +103,8 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
   // Signals live until every thread has joined: a slot must outlive its
   // operation.
   std::vector<std::unique_ptr<asio::cancellation_signal>> signals(producers * per_producer);
-  for (auto& sig : signals) sig = std::make_unique<asio::cancellation_signal>();
+  for (auto& sig : signals)
+    sig = std::make_unique<asio::cancellation_signal>();
   std::vector<std::vector<std::future<std::tuple<error_code, int>>>> futures(producers);
   std::atomic<int> turns_held{0};
   std::atomic<int> acquires_done{0};
@@ -112,7 +114,8 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
     serq::serialized_queue q(ioc, "stress");
     auto work = asio::make_work_guard(ioc);
     std::vector<std::thread> runners;
-    for (int i = 0; i < runner_threads; ++i) runners.emplace_back([&] { ioc.run(); });
+    for (int i = 0; i < runner_threads; ++i)
+      runners.emplace_back([&] { ioc.run(); });
 
     std::vector<std::thread> threads;
     for (int p = 0; p < producers; ++p) {
@@ -122,19 +125,20 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
           auto check = [&s, id, seq](error_code ec, int v) {
             ++s.completions[id];
             const bool ran = s.launched[id] != 0;
-            const bool ok = ran ? (!ec && v == seq)
-                                : (ec == asio::error::operation_aborted && v == 0);
-            if (!ok) ++s.wrong_outcome;
+            const bool ok =
+                ran ? (!ec && v == seq) : (ec == asio::error::operation_aborted && v == 0);
+            if (!ok)
+              ++s.wrong_outcome;
           };
           switch (seq % 10) {
             case 3:  // a future, the rest callbacks
-              futures[p].push_back(q.async_enqueue<void(error_code, int)>(
-                  make_op(s, ioc, p, seq), use_future()));
+              futures[p].push_back(
+                  q.async_enqueue<void(error_code, int)>(make_op(s, ioc, p, seq), use_future()));
               ++s.completions[id];  // checked through the future
               break;
             case 6:  // launched inside the call when the queue happens to be idle
-              q.async_enqueue<void(error_code, int)>(serq::trigger_inline,
-                                                     make_op(s, ioc, p, seq), tr.wrap(check));
+              q.async_enqueue<void(error_code, int)>(serq::trigger_inline, make_op(s, ioc, p, seq),
+                                                     tr.wrap(check));
               break;
             case 8: {  // cancelled by its own slot, racing its trigger and launch
               q.async_enqueue<void(error_code, int)>(
@@ -149,7 +153,8 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
           if (seq % 100 == 50) {
             // A turn is an active entry too.
             q.async_acquire(tr.wrap([&](error_code ec, serq::turn t) {
-              if (ec) return;
+              if (ec)
+                return;
               s.enter();
               ++turns_held;
               asio::post(ioc, [&, t = std::move(t)]() mutable {
@@ -160,29 +165,34 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
               });
             }));
           }
-          if (seq == per_producer / 2) q.cancel();  // races the producers and the runners
+          if (seq == per_producer / 2)
+            q.cancel();  // races the producers and the runners
           if (seq % 64 == 63) {
             // A barrier keeps producers from running far ahead of the queue
             // (so cancel() aborts a few entries, not nearly all); another
             // producer's cancel() may abort it.
             auto [ec] = q.async_wait(use_future()).get();
-            if (ec && ec != asio::error::operation_aborted) ++s.wrong_outcome;
+            if (ec && ec != asio::error::operation_aborted)
+              ++s.wrong_outcome;
           }
         }
       });
     }
-    for (auto& t : threads) t.join();
+    for (auto& t : threads)
+      t.join();
     for (int p = 0; p < producers; ++p)
       for (std::size_t i = 0; i < futures[p].size(); ++i) {
         const int seq = static_cast<int>(i) * 10 + 3;
         auto [ec, v] = futures[p][i].get();
         const bool ran = s.launched[p * per_producer + seq] != 0;
         const bool ok = ran ? (!ec && v == seq) : (ec == asio::error::operation_aborted && v == 0);
-        if (!ok) ++s.wrong_outcome;
+        if (!ok)
+          ++s.wrong_outcome;
       }
 
     work.reset();
-    for (auto& t : runners) t.join();
+    for (auto& t : runners)
+      t.join();
     BOOST_TEST(q.empty());
   }
 
@@ -193,7 +203,8 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
   int not_once = 0;
   int ran = 0;
   for (int i = 0; i < producers * per_producer; ++i) {
-    if (s.completions[i].load() != 1) ++not_once;
+    if (s.completions[i].load() != 1)
+      ++not_once;
     ran += s.launched[i];
   }
   BOOST_TEST(not_once == 0);

@@ -103,7 +103,8 @@ void read_frames(writer_lane& wl, counters& c, int producers) {
   error_code ec;
   for (;;) {
     asio::read(wl.peer, asio::buffer(head), ec);
-    if (ec) return;
+    if (ec)
+      return;
     std::uint32_t len, producer, seq;
     std::memcpy(&len, &head[0], 4);
     std::memcpy(&producer, &head[4], 4);
@@ -114,10 +115,13 @@ void read_frames(writer_lane& wl, counters& c, int producers) {
     }
     body.resize(len);
     asio::read(wl.peer, asio::buffer(body), ec);
-    if (ec) return;
+    if (ec)
+      return;
     for (char ch : body)
-      if (ch != static_cast<char>(producer + seq)) wl.torn = true;
-    if (static_cast<std::int64_t>(seq) <= last[producer]) wl.reordered = true;
+      if (ch != static_cast<char>(producer + seq))
+        wl.torn = true;
+    if (static_cast<std::int64_t>(seq) <= last[producer])
+      wl.reordered = true;
     last[producer] = seq;
     ++c.frames_read;
   }
@@ -146,7 +150,8 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
     wl.reader = std::thread([&wl, &c] { read_frames(wl, c, producers); });
   }
   std::vector<std::thread> io;
-  for (int i = 0; i < io_threads; ++i) io.emplace_back([&] { ioc.run(); });
+  for (int i = 0; i < io_threads; ++i)
+    io.emplace_back([&] { ioc.run(); });
 
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   std::vector<std::thread> prod;
@@ -159,9 +164,9 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
         const unsigned action = rng() % 16;
         auto sig = std::make_shared<asio::cancellation_signal>();
         const bool cancel_it = rng() % 5 == 0;
-        const auto type = std::array{asio::cancellation_type::terminal,
-                                     asio::cancellation_type::partial,
-                                     asio::cancellation_type::total}[rng() % 3];
+        const auto type =
+            std::array{asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                       asio::cancellation_type::total}[rng() % 3];
         once o{&c};
         if (action < 8) {
           // A queued operation that completes after a couple of loop turns.
@@ -169,7 +174,8 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
           std::lock_guard<std::mutex> lock(l.mutex);
           ++c.issued;
           auto init = [&l, &c, ex = ioc.get_executor()](auto handler) {
-            if (++l.active > 1) ++c.overlaps;
+            if (++l.active > 1)
+              ++c.overlaps;
             asio::post(ex, [&l, ex, h = std::move(handler)]() mutable {
               asio::post(ex, [&l, h = std::move(h)]() mutable {
                 --l.active;
@@ -187,17 +193,17 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
             l.q->async_enqueue<void(error_code)>(init, [pr](error_code ec) { pr->set_value(ec); });
           } else {
             l.q->async_enqueue<void(error_code)>(
-                init, asio::bind_cancellation_slot(sig->slot(),
-                                                   [o, sig](error_code ec) { o.done(ec); }));
+                init,
+                asio::bind_cancellation_slot(sig->slot(), [o, sig](error_code ec) { o.done(ec); }));
           }
         } else if (action < 14) {
           writer_lane& wl = *ws[rng() % writers];
           ++c.issued;
           auto frame = std::make_shared<const std::string>(
               make_frame(static_cast<std::uint32_t>(p), seq++, rng() % 3000));
-          wl.writer->async_send(frame, asio::bind_cancellation_slot(
-                                           sig->slot(),
-                                           [o, sig](error_code ec, std::size_t) { o.done(ec); }));
+          wl.writer->async_send(
+              frame, asio::bind_cancellation_slot(
+                         sig->slot(), [o, sig](error_code ec, std::size_t) { o.done(ec); }));
         } else if (action == 14) {
           ws[rng() % writers]->writer->cancel();
           continue;
@@ -216,10 +222,12 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
           ++c.cancels_emitted;
         }
       }
-      for (auto& [f, o] : futures) o.done(f.get());
+      for (auto& [f, o] : futures)
+        o.done(f.get());
     });
   }
-  for (auto& t : prod) t.join();
+  for (auto& t : prod)
+    t.join();
 
   // Drain: writers are destroyed only after their last completions.
   const auto drain_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
@@ -229,10 +237,13 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
     asio::post(ioc, asio::use_future).get();  // a loop turn between the last completion and close
     wl->writer.reset();
   }
-  for (auto& wl : ws) wl->reader.join();
-  for (auto& l : qs) l->q.reset();
+  for (auto& wl : ws)
+    wl->reader.join();
+  for (auto& l : qs)
+    l->q.reset();
   work.reset();
-  for (auto& t : io) t.join();
+  for (auto& t : io)
+    t.join();
 
   BOOST_TEST_MESSAGE("soak " << seconds << " s: issued " << c.issued << ", completed "
                              << c.completed << ", aborted " << c.aborted << ", errors " << c.errors

@@ -46,8 +46,8 @@ BOOST_AUTO_TEST_CASE(empty_messages_complete_in_order_with_zero_bytes) {
   };
   w.async_write(asio::buffer(x), record(0));
   w.async_write(std::vector<asio::const_buffer>{}, record(1));  // empty sequence
-  w.async_write(asio::const_buffer(), record(2));                // zero-length buffer
-  w.async_send(std::string(), record(3));                        // empty owned message
+  w.async_write(asio::const_buffer(), record(2));               // zero-length buffer
+  w.async_send(std::string(), record(3));                       // empty owned message
   w.async_write(asio::buffer(y), record(4));
   BOOST_TEST(done.empty());  // never inside the call, even with nothing to write
   ioc.run();
@@ -69,7 +69,8 @@ BOOST_AUTO_TEST_CASE(buffer_sequences_of_many_pieces_are_written_exactly) {
     std::vector<std::string> storage;
     std::vector<asio::const_buffer> seq;
     std::string expected;
-    for (std::size_t i = 0; i < pieces; ++i) storage.push_back(std::to_string(i) + ",");
+    for (std::size_t i = 0; i < pieces; ++i)
+      storage.push_back(std::to_string(i) + ",");
     for (const auto& s : storage) {
       seq.push_back(asio::buffer(s));
       expected += s;
@@ -93,7 +94,8 @@ BOOST_AUTO_TEST_CASE(a_message_of_hundreds_of_mib_is_written_whole) {
   // 320 MiB through a socketpair, drained and checked by a reader thread.
   const std::size_t size = std::size_t(320) << 20;
   std::string big(size, '\0');
-  for (std::size_t i = 0; i < size; i += 4096) big[i] = static_cast<char>(i >> 12);
+  for (std::size_t i = 0; i < size; i += 4096)
+    big[i] = static_cast<char>(i >> 12);
   const std::string after = "after";
 
   asio::io_context ioc;
@@ -109,7 +111,8 @@ BOOST_AUTO_TEST_CASE(a_message_of_hundreds_of_mib_is_written_whole) {
     error_code ec;
     while (received < size + after.size()) {
       const std::size_t n = s2.read_some(asio::buffer(buf), ec);
-      if (ec) break;
+      if (ec)
+        break;
       for (std::size_t i = 0; i < n; ++i) {
         const std::size_t pos = received + i;
         if (pos >= size)
@@ -150,7 +153,7 @@ BOOST_AUTO_TEST_CASE(inverted_watermarks_and_zero_gather_limits_throw_and_change
   const std::string msg(21, 'm');
   w.async_write(asio::buffer(msg), [](error_code, std::size_t) {});
   BOOST_TEST(!w.writable());
-  w.set_watermarks(0, 100);  // low == 0 is allowed; high above pending
+  w.set_watermarks(0, 100);           // low == 0 is allowed; high above pending
   BOOST_TEST(w.writable() == false);  // not yet at or below low
   w.set_watermarks(21, 100);
   BOOST_TEST(w.writable());

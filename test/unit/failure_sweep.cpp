@@ -41,14 +41,16 @@ struct item {
 
 std::string pattern(std::size_t len, char tag) {
   std::string s(len, tag);
-  for (std::size_t i = 0; i < len; i += 7) s[i] = static_cast<char>('0' + (i / 7) % 10);
+  for (std::size_t i = 0; i < len; i += 7)
+    s[i] = static_cast<char>('0' + (i / 7) % 10);
   return s;
 }
 
 // The peer must hold exactly each item's reported prefix, in order.
 std::string expected_wire(const std::vector<item>& items) {
   std::string out;
-  for (const item& it : items) out.append(it.data, 0, it.bytes);
+  for (const item& it : items)
+    out.append(it.data, 0, it.bytes);
   return out;
 }
 
@@ -67,9 +69,11 @@ sweep_result run_writer_scenario(std::size_t fail_at, bool gathering) {
   writer.set_gathering(gathering);
 
   std::vector<item> items;
-  for (std::size_t len : {11u, 0u, 23u, 1u, 40u}) items.emplace_back(pattern(len, 'a'));
+  for (std::size_t len : {11u, 0u, 23u, 1u, 40u})
+    items.emplace_back(pattern(len, 'a'));
   items.emplace_back(pattern(17, 'o'));  // written by a composed operation, index 5
-  for (std::size_t len : {9u, 31u}) items.emplace_back(pattern(len, 'z'));
+  for (std::size_t len : {9u, 31u})
+    items.emplace_back(pattern(len, 'z'));
   int flushes = 0;
   error_code flush_ec;
 
@@ -103,8 +107,10 @@ sweep_result run_writer_scenario(std::size_t fail_at, bool gathering) {
     BOOST_TEST_CONTEXT("fail_at=" << fail_at << " gathering=" << gathering << " item=" << i) {
       BOOST_TEST(items[i].completions == 1);
       BOOST_TEST(items[i].bytes <= items[i].data.size());
-      if (!items[i].ec) BOOST_TEST(items[i].bytes == items[i].data.size());
-      if (items[i].ec) r.any_failed = true;
+      if (!items[i].ec)
+        BOOST_TEST(items[i].bytes == items[i].data.size());
+      if (items[i].ec)
+        r.any_failed = true;
     }
   }
   BOOST_TEST_CONTEXT("fail_at=" << fail_at << " gathering=" << gathering) {
@@ -145,7 +151,8 @@ BOOST_AUTO_TEST_CASE(writer_accounts_for_every_byte_at_every_failure_point) {
   for (bool gathering : {true, false}) {
     std::size_t points = 0;
     for (std::size_t n = 1; n < 500; ++n) {
-      if (!run_writer_scenario(n, gathering).any_failed) break;
+      if (!run_writer_scenario(n, gathering).any_failed)
+        break;
       ++points;
     }
     BOOST_TEST_MESSAGE("writer failure points swept (gathering=" << gathering << "): " << points);
@@ -166,7 +173,8 @@ BOOST_AUTO_TEST_CASE(queue_of_composed_writes_accounts_for_every_byte_at_every_f
     serq::serialized_queue q(ioc.get_executor());
 
     std::vector<item> items;
-    for (std::size_t len : {13u, 2u, 29u, 7u}) items.emplace_back(pattern(len, 'q'));
+    for (std::size_t len : {13u, 2u, 29u, 7u})
+      items.emplace_back(pattern(len, 'q'));
     for (std::size_t i = 0; i < items.size(); ++i) {
       q.async_enqueue(asio::async_write(a, asio::buffer(items[i].data), asio::deferred),
                       [&items, i](error_code ec, std::size_t n) {
@@ -193,7 +201,8 @@ BOOST_AUTO_TEST_CASE(queue_of_composed_writes_accounts_for_every_byte_at_every_f
       BOOST_TEST(b.str() == expected_wire(items));
       BOOST_TEST(q.empty());
     }
-    if (!any_failed) break;
+    if (!any_failed)
+      break;
     ++points;
   }
   BOOST_TEST_MESSAGE("queue failure points swept: " << points);

@@ -60,12 +60,14 @@ BOOST_AUTO_TEST_CASE(queue_destroyed_inside_its_own_completion_handler_aborts_th
     q->async_enqueue<void(error_code)>(one_step(ioc.get_executor()),
                                        [&results, i](error_code ec) { results[i] = ec; });
   ioc.run();
-  for (const auto& r : results) BOOST_TEST_REQUIRE(r.has_value());
+  for (const auto& r : results)
+    BOOST_TEST_REQUIRE(r.has_value());
   BOOST_TEST(!*results[0]);
   // The next entry was triggered before the first one's handler ran (the
   // turn is handed on first): it was active, so it finishes normally.
   BOOST_TEST(!*results[1]);
-  for (int i = 2; i < 4; ++i) BOOST_TEST(*results[i] == asio::error::operation_aborted);
+  for (int i = 2; i < 4; ++i)
+    BOOST_TEST(*results[i] == asio::error::operation_aborted);
 }
 
 BOOST_AUTO_TEST_CASE(writer_destroyed_inside_its_own_completion_handler_aborts_the_rest) {
@@ -81,8 +83,10 @@ BOOST_AUTO_TEST_CASE(writer_destroyed_inside_its_own_completion_handler_aborts_t
     results.emplace_back(ec, n);
     w.reset();
   });
-  w->async_write(asio::buffer(m2), [&](error_code ec, std::size_t n) { results.emplace_back(ec, n); });
-  w->async_write(asio::buffer(m3), [&](error_code ec, std::size_t n) { results.emplace_back(ec, n); });
+  w->async_write(asio::buffer(m2),
+                 [&](error_code ec, std::size_t n) { results.emplace_back(ec, n); });
+  w->async_write(asio::buffer(m3),
+                 [&](error_code ec, std::size_t n) { results.emplace_back(ec, n); });
   ioc.run();
   BOOST_TEST_REQUIRE(results.size() == 3u);
   BOOST_TEST(!results[0].first);
@@ -90,11 +94,13 @@ BOOST_AUTO_TEST_CASE(writer_destroyed_inside_its_own_completion_handler_aborts_t
   // m2 may have started before the writer went away (it is gathered or
   // pumped right after m1): if it started it reports what it wrote.
   for (int i = 1; i < 3; ++i) {
-    if (results[i].first == asio::error::operation_aborted) continue;
+    if (results[i].first == asio::error::operation_aborted)
+      continue;
     BOOST_TEST(!results[i].first);
   }
   std::string expected = m1;
-  for (int i = 1; i < 3; ++i) expected += (i == 1 ? m2 : m3).substr(0, results[i].second);
+  for (int i = 1; i < 3; ++i)
+    expected += (i == 1 ? m2 : m3).substr(0, results[i].second);
   BOOST_TEST(b.str() == expected);
 }
 
@@ -111,9 +117,9 @@ BOOST_AUTO_TEST_CASE(context_destroyed_with_entries_waiting_triggered_and_active
                     tr.wrap([captured](error_code) { BOOST_ERROR("invoked at shutdown"); }));
     // Waiting behind it.
     for (int i = 0; i < 3; ++i)
-      q.async_enqueue<void(error_code)>(one_step(ioc.get_executor()), tr.wrap([captured](error_code) {
-                                          BOOST_ERROR("invoked at shutdown");
-                                        }));
+      q.async_enqueue<void(error_code)>(
+          one_step(ioc.get_executor()),
+          tr.wrap([captured](error_code) { BOOST_ERROR("invoked at shutdown"); }));
     q.async_acquire(tr.wrap([captured](error_code, serq::turn) { BOOST_ERROR("invoked"); }));
     ioc.poll();  // launches the timer wait; the rest wait
     BOOST_TEST(q.size() == 5u);
@@ -160,7 +166,8 @@ BOOST_AUTO_TEST_CASE(context_destroyed_while_the_writer_gathers_releases_all) {
         w.async_write(asio::buffer(msg),
                       tr.wrap([captured](error_code, std::size_t) { BOOST_ERROR("invoked"); }));
       // Let the pump start: a gathered write_some is in flight or about to be.
-      for (int i = 0; i < 3; ++i) ioc.run_one();
+      for (int i = 0; i < 3; ++i)
+        ioc.run_one();
       BOOST_TEST(w.pending_bytes() > 0u);
       captured.reset();
       ioc.stop();
@@ -179,12 +186,12 @@ BOOST_AUTO_TEST_CASE(stop_and_restart_mid_stream_loses_nothing_and_keeps_order) 
   serq::serialized_queue q(ioc.get_executor());
   std::vector<int> order;
   for (int i = 0; i < 20; ++i)
-    q.async_enqueue<void(error_code)>(one_step(ioc.get_executor()),
-                                      [&order, i](error_code ec) {
-                                        BOOST_TEST(!ec);
-                                        order.push_back(i);
-                                      });
-  for (int i = 0; i < 7; ++i) ioc.run_one();
+    q.async_enqueue<void(error_code)>(one_step(ioc.get_executor()), [&order, i](error_code ec) {
+      BOOST_TEST(!ec);
+      order.push_back(i);
+    });
+  for (int i = 0; i < 7; ++i)
+    ioc.run_one();
   ioc.stop();
   const std::size_t mid = order.size();
   BOOST_TEST(mid < 20u);
@@ -193,7 +200,8 @@ BOOST_AUTO_TEST_CASE(stop_and_restart_mid_stream_loses_nothing_and_keeps_order) 
   ioc.restart();
   ioc.run();
   BOOST_TEST_REQUIRE(order.size() == 20u);
-  for (int i = 0; i < 20; ++i) BOOST_TEST(order[i] == i);
+  for (int i = 0; i < 20; ++i)
+    BOOST_TEST(order[i] == i);
 }
 
 BOOST_AUTO_TEST_CASE(queue_on_a_strand_triggers_on_the_strand_with_two_threads) {
@@ -204,8 +212,10 @@ BOOST_AUTO_TEST_CASE(queue_on_a_strand_triggers_on_the_strand_with_two_threads) 
   for (int i = 0; i < 200; ++i) {
     q.async_enqueue<void(error_code)>(
         [&, strand](auto handler) {
-          if (!strand.running_in_this_thread()) ++off_strand;
-          if (++active > 1) ++overlaps;
+          if (!strand.running_in_this_thread())
+            ++off_strand;
+          if (++active > 1)
+            ++overlaps;
           asio::post(ioc, [&, h = std::move(handler)]() mutable {
             --active;
             std::move(h)(error_code{});
@@ -213,7 +223,8 @@ BOOST_AUTO_TEST_CASE(queue_on_a_strand_triggers_on_the_strand_with_two_threads) 
         },
         [&, strand](error_code ec) {
           BOOST_CHECK(!ec);
-          if (!strand.running_in_this_thread()) ++off_strand;
+          if (!strand.running_in_this_thread())
+            ++off_strand;
           ++done;
         });
   }
@@ -241,7 +252,8 @@ BOOST_AUTO_TEST_CASE(throwing_handler_propagates_out_of_run_and_the_queue_goes_o
   ioc.restart();
   ioc.run();
   BOOST_TEST_REQUIRE(order.size() == 4u);
-  for (int i = 0; i < 4; ++i) BOOST_TEST(order[i] == i);
+  for (int i = 0; i < 4; ++i)
+    BOOST_TEST(order[i] == i);
   BOOST_TEST(q.empty());
 }
 

@@ -1211,9 +1211,9 @@ BOOST_AUTO_TEST_CASE(gathered_message_cancelled_before_any_byte_is_accepted_is_r
     net::cancellation_signal sig;
     std::optional<std::pair<error_code, std::size_t>> r1, r2, r3;
     w.async_write(net::buffer(m1), [&](error_code ec, std::size_t n) { r1.emplace(ec, n); });
-    w.async_write(net::buffer(m2), net::bind_cancellation_slot(sig.slot(), [&](error_code ec, std::size_t n) {
-                    r2.emplace(ec, n);
-                  }));
+    w.async_write(net::buffer(m2),
+                  net::bind_cancellation_slot(
+                      sig.slot(), [&](error_code ec, std::size_t n) { r2.emplace(ec, n); }));
     w.async_write(net::buffer(m3), [&](error_code ec, std::size_t n) { r3.emplace(ec, n); });
     // Run until the first gathered write_some (m1, m2, m3 in one window) is in flight.
     while (b.str().empty() && a.nwrite() == 0 && ioc.run_one() != 0) {
@@ -1245,9 +1245,9 @@ BOOST_AUTO_TEST_CASE(gathered_message_cancelled_terminally_after_some_bytes_fail
   net::cancellation_signal sig;
   std::optional<std::pair<error_code, std::size_t>> r2;
   w.async_write(net::buffer(m1), [](error_code, std::size_t) {});
-  w.async_write(net::buffer(m2), net::bind_cancellation_slot(sig.slot(), [&](error_code ec, std::size_t n) {
-                  r2.emplace(ec, n);
-                }));
+  w.async_write(net::buffer(m2),
+                net::bind_cancellation_slot(
+                    sig.slot(), [&](error_code ec, std::size_t n) { r2.emplace(ec, n); }));
   while (a.nwrite() == 0 && ioc.run_one() != 0) {
   }
   sig.emit(net::cancellation_type::terminal);

@@ -57,9 +57,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr asio::cancellation_type_t all_cancellation_types[] = {
-    asio::cancellation_type::terminal, asio::cancellation_type::partial,
-    asio::cancellation_type::total};
+constexpr asio::cancellation_type_t all_cancellation_types[] = {asio::cancellation_type::terminal,
+                                                                asio::cancellation_type::partial,
+                                                                asio::cancellation_type::total};
 
 // A raw initiation that counts its launch and completes with `results`,
 // posted to the handler's associated executor as a conforming Asio
@@ -111,7 +111,8 @@ struct shutdownable_io_context : asio::io_context {
 };
 
 void rethrow(std::exception_ptr e) {
-  if (e) std::rethrow_exception(e);
+  if (e)
+    std::rethrow_exception(e);
 }
 
 }  // namespace
@@ -134,9 +135,9 @@ BOOST_AUTO_TEST_CASE(constructed_running_and_empty_with_copied_name) {
   serq::serialized_queue unnamed(ioc.get_executor());
   BOOST_TEST(unnamed.name().empty());
 
-  static_assert(std::is_same_v<serq::serialized_queue::rebind_executor<
-                                   asio::io_context::executor_type>::other,
-                               serq::basic_serialized_queue<asio::io_context::executor_type>>);
+  static_assert(std::is_same_v<
+                serq::serialized_queue::rebind_executor<asio::io_context::executor_type>::other,
+                serq::basic_serialized_queue<asio::io_context::executor_type>>);
 }
 
 BOOST_AUTO_TEST_CASE(size_counts_waiting_entries_plus_the_active_one) {
@@ -230,8 +231,7 @@ BOOST_AUTO_TEST_CASE(fifo_order_of_deferred_timer_waits_of_random_length) {
   std::vector<std::unique_ptr<asio::steady_timer>> timers;
   std::vector<int> completed;
   for (int i = 0; i < n; ++i) {
-    timers.push_back(
-        std::make_unique<asio::steady_timer>(ioc, std::chrono::milliseconds(ms(rng))));
+    timers.push_back(std::make_unique<asio::steady_timer>(ioc, std::chrono::milliseconds(ms(rng))));
     q.async_enqueue(timers.back()->async_wait(asio::deferred), tr.wrap([&, i](error_code ec) {
       BOOST_TEST(!ec);
       completed.push_back(i);
@@ -276,7 +276,8 @@ BOOST_AUTO_TEST_CASE(trigger_inline_launches_inside_the_call_when_running_and_id
 
   int launched = 0;
   int completed = 0;
-  q.async_enqueue<void(error_code, int)>(serq::trigger_inline, posting_op(launched, error_code(), 5),
+  q.async_enqueue<void(error_code, int)>(serq::trigger_inline,
+                                         posting_op(launched, error_code(), 5),
                                          tr.wrap([&](error_code ec, int v) {
                                            BOOST_TEST(!ec);
                                            BOOST_TEST(v == 5);
@@ -469,9 +470,8 @@ BOOST_AUTO_TEST_CASE(use_awaitable_returns_results_to_the_coroutine) {
   asio::co_spawn(
       ioc,
       [&]() -> asio::awaitable<void> {
-        std::size_t n =
-            co_await q.async_enqueue(asio::async_write(local, asio::buffer(data), asio::deferred),
-                                     asio::use_awaitable);
+        std::size_t n = co_await q.async_enqueue(
+            asio::async_write(local, asio::buffer(data), asio::deferred), asio::use_awaitable);
         BOOST_TEST(n == data.size());
         co_await q.async_wait(asio::use_awaitable);
         int launched = 0;
@@ -497,8 +497,8 @@ BOOST_AUTO_TEST_CASE(deferred_token_queues_nothing_until_the_deferred_op_is_laun
   serq::serialized_queue q(ioc);
   int launched = 0;
 
-  auto op = q.async_enqueue<void(error_code, int)>(posting_op(launched, error_code(), 3),
-                                                   asio::deferred);
+  auto op =
+      q.async_enqueue<void(error_code, int)>(posting_op(launched, error_code(), 3), asio::deferred);
   ioc.poll();
   BOOST_TEST(q.size() == 0u);
   BOOST_TEST(launched == 0);
@@ -538,11 +538,9 @@ BOOST_AUTO_TEST_CASE(redirect_error_token_stores_the_error) {
   serq::serialized_queue q(ioc);
   int launched = 0;
   error_code ec;
-  q.async_enqueue<void(error_code, int)>(posting_op(launched, error_code(asio::error::eof), 8),
-                                         asio::redirect_error(tr.wrap([](int v) {
-                                                                BOOST_TEST(v == 8);
-                                                              }),
-                                                              ec));
+  q.async_enqueue<void(error_code, int)>(
+      posting_op(launched, error_code(asio::error::eof), 8),
+      asio::redirect_error(tr.wrap([](int v) { BOOST_TEST(v == 8); }), ec));
   ioc.run();
   BOOST_TEST(ec == asio::error::eof);
   BOOST_TEST(tr.invoked() == 1u);
@@ -597,7 +595,8 @@ BOOST_AUTO_TEST_CASE(acquire_excludes_other_holders_across_co_await_points) {
   BOOST_TEST(max_inside == 1);
   BOOST_TEST(log.size() == 9u);
   for (std::size_t i = 0; i + 1 < log.size(); ++i)
-    if (i % 3 != 2) BOOST_TEST(log[i] == log[i + 1]);  // each holder's steps stay together
+    if (i % 3 != 2)
+      BOOST_TEST(log[i] == log[i + 1]);  // each holder's steps stay together
   BOOST_TEST(op_done);
   BOOST_TEST(launched == 1);
 }
@@ -614,8 +613,7 @@ BOOST_AUTO_TEST_CASE(turn_keeps_queue_busy_until_release_which_posts_next_trigge
     held = std::move(t);
   }));
   int launched = 0;
-  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
-                                    tr.wrap([](error_code) {}));
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code) {}));
   ioc.poll();
   BOOST_TEST(static_cast<bool>(held));
   BOOST_TEST(launched == 0);
@@ -639,8 +637,7 @@ BOOST_AUTO_TEST_CASE(destroying_turn_ends_it) {
   std::optional<serq::turn> held;
   q.async_acquire(tr.wrap([&](error_code, serq::turn t) { held.emplace(std::move(t)); }));
   int launched = 0;
-  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
-                                    tr.wrap([](error_code) {}));
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code) {}));
   ioc.poll();
   BOOST_TEST(launched == 0);
   held.reset();
@@ -719,16 +716,17 @@ BOOST_AUTO_TEST_CASE(cancellation_after_the_turn_is_handed_out_is_ignored) {
   asio::cancellation_signal sig;
 
   serq::turn held;
-  q.async_acquire(asio::bind_cancellation_slot(sig.slot(), tr.wrap([&](error_code ec, serq::turn t) {
-    BOOST_TEST(!ec);
-    held = std::move(t);
-  })));
+  q.async_acquire(
+      asio::bind_cancellation_slot(sig.slot(), tr.wrap([&](error_code ec, serq::turn t) {
+        BOOST_TEST(!ec);
+        held = std::move(t);
+      })));
   ioc.poll();
   BOOST_TEST(static_cast<bool>(held));
-  for (auto type : all_cancellation_types) sig.emit(type);
+  for (auto type : all_cancellation_types)
+    sig.emit(type);
   int launched = 0;
-  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
-                                    tr.wrap([](error_code) {}));
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code) {}));
   ioc.restart();  // a held turn is no outstanding work: the context may have stopped
   ioc.poll();
   BOOST_TEST(static_cast<bool>(held));
@@ -767,10 +765,8 @@ BOOST_AUTO_TEST_CASE(stopped_queue_triggers_nothing_and_start_posts_the_first_tr
   q.stop();
   BOOST_TEST(!q.running());
   int launched = 0;
-  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
-                                    tr.wrap([](error_code) {}));
-  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
-                                    tr.wrap([](error_code) {}));
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code) {}));
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code) {}));
   ioc.poll();
   BOOST_TEST(launched == 0);
   BOOST_TEST(q.size() == 2u);
@@ -933,8 +929,8 @@ BOOST_AUTO_TEST_CASE(cancel_aborts_entries_waiting_on_a_stopped_queue) {
   q.stop();
   int launched = 0;
   q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code ec) {
-                                      BOOST_TEST(ec == asio::error::operation_aborted);
-                                    }));
+    BOOST_TEST(ec == asio::error::operation_aborted);
+  }));
   BOOST_TEST(q.cancel() == 1u);
   q.start();
   ioc.run();
@@ -958,9 +954,9 @@ BOOST_AUTO_TEST_CASE(cancel_before_trigger_never_launches_op) {
       q.async_enqueue<void(error_code, int)>(
           posting_op(launched, error_code(), 1),
           asio::bind_cancellation_slot(sig.slot(), tr.wrap([](error_code ec, int v) {
-                                         BOOST_TEST(ec == asio::error::operation_aborted);
-                                         BOOST_TEST(v == 0);
-                                       })));
+            BOOST_TEST(ec == asio::error::operation_aborted);
+            BOOST_TEST(v == 0);
+          })));
       int launched_c = 0;
       q.async_enqueue<void(error_code)>(posting_op(launched_c, error_code()),
                                         tr.wrap([](error_code ec) { BOOST_TEST(!ec); }));
@@ -995,8 +991,8 @@ BOOST_AUTO_TEST_CASE(cancel_wait_and_acquire_before_their_turn) {
       q.async_wait(asio::bind_cancellation_slot(sig_wait.slot(), tr.wrap([](error_code ec) {
         BOOST_TEST(ec == asio::error::operation_aborted);
       })));
-      q.async_acquire(asio::bind_cancellation_slot(
-          sig_acquire.slot(), tr.wrap([](error_code ec, serq::turn t) {
+      q.async_acquire(
+          asio::bind_cancellation_slot(sig_acquire.slot(), tr.wrap([](error_code ec, serq::turn t) {
             BOOST_TEST(ec == asio::error::operation_aborted);
             BOOST_TEST(!t);
           })));
@@ -1024,9 +1020,8 @@ BOOST_AUTO_TEST_CASE(cancellation_after_launch_is_forwarded_to_the_running_op) {
 
       q.async_enqueue(timer.async_wait(asio::deferred),
                       asio::bind_cancellation_slot(sig.slot(), tr.wrap([](error_code ec) {
-                                                     BOOST_TEST(ec ==
-                                                                asio::error::operation_aborted);
-                                                   })));
+                        BOOST_TEST(ec == asio::error::operation_aborted);
+                      })));
       int launched = 0;
       q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
                                         tr.wrap([](error_code ec) { BOOST_TEST(!ec); }));
@@ -1065,8 +1060,8 @@ BOOST_AUTO_TEST_CASE(op_completing_inside_its_cancellation_handler_does_not_dead
         });
       },
       asio::bind_cancellation_slot(sig.slot(), tr.wrap([](error_code ec) {
-                                     BOOST_TEST(ec == asio::error::operation_aborted);
-                                   })));
+        BOOST_TEST(ec == asio::error::operation_aborted);
+      })));
   int launched = 0;
   q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
                                     tr.wrap([](error_code ec) { BOOST_TEST(!ec); }));
@@ -1136,12 +1131,12 @@ BOOST_AUTO_TEST_CASE(emitting_after_completion_has_no_effect) {
   serq::serialized_queue q(ioc);
   asio::cancellation_signal sig;
   int launched = 0;
-  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
-                                    asio::bind_cancellation_slot(sig.slot(), tr.wrap([](error_code ec) {
-                                                                   BOOST_TEST(!ec);
-                                                                 })));
+  q.async_enqueue<void(error_code)>(
+      posting_op(launched, error_code()),
+      asio::bind_cancellation_slot(sig.slot(), tr.wrap([](error_code ec) { BOOST_TEST(!ec); })));
   ioc.run();
-  for (auto type : all_cancellation_types) sig.emit(type);
+  for (auto type : all_cancellation_types)
+    sig.emit(type);
   ioc.restart();
   int launched2 = 0;
   q.async_enqueue<void(error_code)>(posting_op(launched2, error_code()),
@@ -1169,8 +1164,8 @@ BOOST_AUTO_TEST_CASE(launched_op_gets_the_final_handlers_associated_executor_all
         asio::post(asio::append(std::move(handler), error_code()));
       },
       asio::bind_cancellation_slot(
-          sig.slot(), asio::bind_allocator(alloc, asio::bind_executor(strand, tr.wrap([](error_code) {
-                                                                      })))));
+          sig.slot(),
+          asio::bind_allocator(alloc, asio::bind_executor(strand, tr.wrap([](error_code) {})))));
   ioc.run();
   BOOST_TEST(executor_ok);
   BOOST_TEST(allocator_ok);
@@ -1189,12 +1184,14 @@ BOOST_AUTO_TEST_CASE(completions_run_on_a_bound_strand) {
   manual_ops ops(ioc.get_executor());
 
   auto on_strand = [&](auto&&...) { BOOST_TEST(strand.running_in_this_thread()); };
-  q.async_enqueue(timer.async_wait(asio::deferred), tr.wrap(asio::bind_executor(strand, on_strand)));
+  q.async_enqueue(timer.async_wait(asio::deferred),
+                  tr.wrap(asio::bind_executor(strand, on_strand)));
   q.async_enqueue<void(error_code)>(ops.op(), tr.wrap(asio::bind_executor(strand, on_strand)));
   q.async_acquire(tr.wrap(asio::bind_executor(strand, on_strand)));
   q.async_wait(tr.wrap(asio::bind_executor(strand, on_strand)));
   ioc.poll();
-  while (ops.launched() == 0) ioc.run_one();
+  while (ops.launched() == 0)
+    ioc.run_one();
   BOOST_TEST(q.cancel() == 2u);  // aborted entries too
   ops.complete_next();
   ioc.run();
@@ -1211,7 +1208,8 @@ BOOST_AUTO_TEST_CASE(completions_run_on_the_queue_executor_by_default_never_inli
   int on_queue_executor = 0;
   auto check = [&](auto&&...) {
     BOOST_TEST(!in_call);
-    if (tracked.running_in_this_thread()) ++on_queue_executor;
+    if (tracked.running_in_this_thread())
+      ++on_queue_executor;
   };
   int launched = 0;
   asio::steady_timer timer(ioc, 1h);
@@ -1225,7 +1223,8 @@ BOOST_AUTO_TEST_CASE(completions_run_on_the_queue_executor_by_default_never_inli
   in_call = false;
 
   // Run until the timer wait is active, then cancel the two waiting behind it.
-  while (timer.cancel() == 0) ioc.run_one();
+  while (timer.cancel() == 0)
+    ioc.run_one();
   in_call = true;
   BOOST_TEST(q.cancel() == 3u);
   in_call = false;
@@ -1244,9 +1243,9 @@ BOOST_AUTO_TEST_CASE(completion_runs_on_a_bound_tracking_executor) {
   asio::steady_timer timer(ioc, 1ms);
   q.async_enqueue(timer.async_wait(asio::deferred),
                   asio::bind_executor(tracked, tr.wrap([&](error_code ec) {
-                                        BOOST_TEST(!ec);
-                                        on_tracked = tracked.running_in_this_thread();
-                                      })));
+                    BOOST_TEST(!ec);
+                    on_tracked = tracked.running_in_this_thread();
+                  })));
   ioc.run();
   BOOST_TEST(on_tracked);
   BOOST_TEST(tracked.executions() > 0u);
@@ -1270,9 +1269,8 @@ BOOST_AUTO_TEST_CASE(type_erased_queue_executor_other_than_io_context_is_honoure
         asio::post(asio::append(std::move(handler), error_code()));
       },
       tr.wrap([&](error_code) { on_tracked += tracked.running_in_this_thread(); }));
-  q.async_enqueue<void(error_code)>(ops.op(), tr.wrap([&](error_code) {
-    on_tracked += tracked.running_in_this_thread();
-  }));
+  q.async_enqueue<void(error_code)>(
+      ops.op(), tr.wrap([&](error_code) { on_tracked += tracked.running_in_this_thread(); }));
   BOOST_TEST(tracked.executions() == 1u);  // the first trigger, posted
   ioc.poll();
   BOOST_TEST(launched_on_tracked);
@@ -1337,7 +1335,8 @@ BOOST_AUTO_TEST_CASE(handler_allocator_is_used_and_everything_is_returned_before
     q.async_wait(asio::bind_allocator(alloc, tr.wrap([](error_code) {})));
     BOOST_TEST(counter->allocations == 3u);
 
-    while (ops.launched() == 0) ioc.run_one();
+    while (ops.launched() == 0)
+      ioc.run_one();
     BOOST_TEST(q.cancel() == 2u);
     ops.complete_next();
     ioc.run();
@@ -1392,8 +1391,7 @@ BOOST_AUTO_TEST_CASE(pending_entries_are_outstanding_work_on_the_queue_executor)
   // the context from running out of work.
   q.async_enqueue<void(error_code)>(ops.op(), tr.wrap([](error_code) {}));
   int launched = 0;
-  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
-                                    tr.wrap([](error_code) {}));
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code) {}));
   ioc.poll();
   BOOST_TEST(ops.launched() == 1u);
   BOOST_TEST(!ioc.stopped());
@@ -1583,10 +1581,9 @@ BOOST_AUTO_TEST_CASE(move_assignment_aborts_the_targets_waiting_entries_then_tak
   target.async_enqueue<void(error_code)>(ops.op(),
                                          tr.wrap([&](error_code ec) { target_active_ec = ec; }));
   int launched_target_waiting = 0;
-  target.async_enqueue<void(error_code)>(posting_op(launched_target_waiting, error_code()),
-                                         tr.wrap([](error_code ec) {
-                                           BOOST_TEST(ec == asio::error::operation_aborted);
-                                         }));
+  target.async_enqueue<void(error_code)>(
+      posting_op(launched_target_waiting, error_code()),
+      tr.wrap([](error_code ec) { BOOST_TEST(ec == asio::error::operation_aborted); }));
   source.async_enqueue<void(error_code)>(ops.op(), tr.wrap([](error_code ec) { BOOST_TEST(!ec); }));
   int launched_source_waiting = 0;
   source.async_enqueue<void(error_code)>(posting_op(launched_source_waiting, error_code()),
@@ -1639,8 +1636,7 @@ BOOST_AUTO_TEST_CASE(raw_initiation_completing_inline_still_completes_the_final_
   q.async_enqueue<void(error_code, int)>(serq::trigger_inline, completes_inline, tr.wrap(check));
   BOOST_TEST(tr.invoked() == 1u);
   int launched = 0;
-  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
-                                    tr.wrap([](error_code) {}));
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code) {}));
   ioc.run();
   BOOST_TEST(tr.invoked() == 3u);
   BOOST_TEST(launched == 1);  // the queue moved on
@@ -1654,8 +1650,7 @@ BOOST_AUTO_TEST_CASE(raw_initiation_dropping_its_handler_does_not_wedge_the_queu
   q.async_enqueue<void(error_code)>([](auto handler) { auto dropped = std::move(handler); },
                                     tr.wrap([](error_code) {}));
   int launched = 0;
-  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
-                                    tr.wrap([](error_code) {}));
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code) {}));
   ioc.run();
   BOOST_TEST(launched == 1);
   BOOST_TEST(tr.invoked() == 1u);

@@ -18,9 +18,8 @@
 namespace {
 
 void run_script(const std::vector<std::uint8_t>& bytes, const std::string& name) {
-  serq_fuzz::script s(bytes.data(), bytes.size(), [&](const std::string& what) {
-    BOOST_ERROR(name << ": " << what);
-  });
+  serq_fuzz::script s(bytes.data(), bytes.size(),
+                      [&](const std::string& what) { BOOST_ERROR(name << ": " << what); });
   s.run();
 }
 
@@ -32,7 +31,8 @@ BOOST_AUTO_TEST_CASE(random_scripts_keep_every_writer_invariant) {
   std::mt19937 rng(20261124);
   for (int i = 0; i < 3000; ++i) {
     std::vector<std::uint8_t> bytes(1 + rng() % 600);
-    for (auto& b : bytes) b = static_cast<std::uint8_t>(rng());
+    for (auto& b : bytes)
+      b = static_cast<std::uint8_t>(rng());
     run_script(bytes, "seed script " + std::to_string(i));
   }
 }

@@ -15,18 +15,18 @@
 #include <serq/detail/queue_core.hpp>
 #include <serq/turn.hpp>
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_allocator.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/error.hpp>
-#include <boost/asio/any_io_executor.hpp>
-#include <serq/detail/work.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/system/error_code.hpp>
+#include <serq/detail/work.hpp>
 
 #include <memory>
 #include <optional>
@@ -80,7 +80,7 @@ class bound_completion {
 
 template <class Handler, class... Args>
 bound_completion<std::decay_t<Handler>, std::decay_t<Args>...> bind_completion(Handler&& h,
-                                                                             Args&&... args) {
+                                                                               Args&&... args) {
   return bound_completion<std::decay_t<Handler>, std::decay_t<Args>...>(
       std::forward<Handler>(h), std::forward<Args>(args)...);
 }
@@ -89,7 +89,8 @@ template <class T, class = void>
 struct has_running_in_this_thread : std::false_type {};
 template <class T>
 struct has_running_in_this_thread<
-    T, std::void_t<decltype(std::declval<const T&>().running_in_this_thread())>> : std::true_type {};
+    T, std::void_t<decltype(std::declval<const T&>().running_in_this_thread())>> : std::true_type {
+};
 
 // True when the calling thread may run ex's functions inline, which is what
 // dispatch would find out, minus the type erasure and function wrapping it
@@ -100,7 +101,8 @@ bool running_in(const Executor& ex) noexcept {
     return ex.running_in_this_thread();
   } else if constexpr (std::is_same_v<Executor, boost::asio::any_io_executor>) {
     using io_executor = boost::asio::io_context::executor_type;
-    if (const auto* e = ex.template target<io_executor>()) return e->running_in_this_thread();
+    if (const auto* e = ex.template target<io_executor>())
+      return e->running_in_this_thread();
     if (const auto* s = ex.template target<boost::asio::strand<io_executor>>())
       return s->running_in_this_thread();
     return false;
@@ -127,8 +129,7 @@ void post_to(const Executor& ex, Function&& f) {
 // initiating function, or when the caller cannot tell); otherwise invoked
 // here when already running on that executor, else dispatched.
 template <class Executor, class Completion>
-void deliver(const work_guard<Executor>& work, Completion&& c,
-             bool must_post) {
+void deliver(const work_guard<Executor>& work, Completion&& c, bool must_post) {
   if (must_post) {
     post_to(work.get_executor(), std::forward<Completion>(c));
   } else if (running_in(work.get_executor())) {
@@ -158,7 +159,8 @@ class handler_entry : public entry_base {
     // One work guard when the handler runs on the queue's executor (the
     // usual case), two otherwise.
     if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
-      if (!(handler_work_.get_executor() == qex)) queue_work_.emplace(qex);
+      if (!(handler_work_.get_executor() == qex))
+        queue_work_.emplace(qex);
     } else {
       queue_work_.emplace(qex);
     }
@@ -205,7 +207,8 @@ class handler_entry : public entry_base {
         : e_(std::exchange(o.e_, nullptr)), alloc_(o.alloc_) {}
     trigger_function& operator=(trigger_function&&) = delete;
     ~trigger_function() {
-      if (e_) e_->abandon();
+      if (e_)
+        e_->abandon();
     }
     void operator()() { std::exchange(e_, nullptr)->launch(); }
 
@@ -233,7 +236,8 @@ class launched_handler {
   launched_handler(launched_handler&& o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
   launched_handler& operator=(launched_handler&&) = delete;
   ~launched_handler() {
-    if (e_) e_->abandon();
+    if (e_)
+      e_->abandon();
   }
 
   template <class... Args>
@@ -301,9 +305,8 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
         self->do_launch();
         break;
       case entry_base::action::abort:
-        std::apply(
-            [self](auto&&... args) { base::complete(self, true, std::move(args)...); },
-            queueable_signature<Signature>::aborted());
+        std::apply([self](auto&&... args) { base::complete(self, true, std::move(args)...); },
+                   queueable_signature<Signature>::aborted());
         break;
       case entry_base::action::destroy:
         base::deallocate(self);
@@ -320,7 +323,8 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
         op_slot_ = guard.slot();
         Launcher l(std::move(launcher_));
         std::move(l)(launched_handler<op_entry>(this));
-        if (!guard.completed_inline()) return;  // the entry may already be gone
+        if (!guard.completed_inline())
+          return;  // the entry may already be gone
       }
     }
     // Cancelled after it was triggered but before it started (it never ran),

@@ -28,14 +28,16 @@ template <class Handler>
 node_allocator_t<Handler> node_allocator(const Handler& h) noexcept {
   return boost::asio::detail::get_recycling_allocator<
       boost::asio::associated_allocator_t<Handler>,
-      boost::asio::detail::thread_info_base::default_tag>::get(boost::asio::get_associated_allocator(h));
+      boost::asio::detail::thread_info_base::default_tag>::
+      get(boost::asio::get_associated_allocator(h));
 }
 
 // Allocates and constructs a Node with h's allocator. h is read before any
 // of args is consumed, so it may be passed again (as an rvalue) in args.
 template <class Node, class Handler, class... Args>
 Node* allocate_node(const Handler& h, Args&&... args) {
-  using traits = typename std::allocator_traits<node_allocator_t<Handler>>::template rebind_traits<Node>;
+  using traits =
+      typename std::allocator_traits<node_allocator_t<Handler>>::template rebind_traits<Node>;
   typename traits::allocator_type alloc(node_allocator(h));
   Node* p = traits::allocate(alloc, 1);
   try {

@@ -178,7 +178,8 @@ class writer_core : public service_member {
   template <class StartPump>
   void add(writer_node* n, node_list& rejected, StartPump&& start_pump) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (add_locked(n, rejected)) start_pump(segment_);
+    if (add_locked(n, rejected))
+      start_pump(segment_);
   }
 
   // Orders a composed operation after every write added so far: calls
@@ -187,8 +188,10 @@ class writer_core : public service_member {
   template <class Enqueue>
   boost::system::error_code add_operation(Enqueue&& enqueue) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (error_) return error_;
-    if (closed_) return boost::asio::error::operation_aborted;
+    if (error_)
+      return error_;
+    if (closed_)
+      return boost::asio::error::operation_aborted;
     if (segment_has_pump_) {
       ++segment_;
       segment_has_pump_ = false;
@@ -208,7 +211,8 @@ class writer_core : public service_member {
   template <class StartWrite>
   bool next_write(std::uint64_t segment, node_list& done, StartWrite&& start_write) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!build_window_locked(segment, done)) return false;
+    if (!build_window_locked(segment, done))
+      return false;
     start_write(window_);
     return true;
   }

@@ -166,7 +166,8 @@ class writer_state final : public writer_core {
     std::uint64_t segment;
 
     void operator()(const boost::system::error_code& ec, turn t) {
-      if (ec) return;  // the writer is gone: its messages were aborted
+      if (ec)
+        return;  // the writer is gone: its messages were aborted
       self->turn_ = std::move(t);
       step(std::move(self), segment, node_list());
     }
@@ -181,7 +182,8 @@ class writer_state final : public writer_core {
     write_done(write_done&&) noexcept = default;
     write_done& operator=(write_done&&) = delete;
     ~write_done() {
-      if (self_) self_->shutdown();
+      if (self_)
+        self_->shutdown();
     }
 
     void operator()(const boost::system::error_code& ec, std::size_t n) {
@@ -203,11 +205,11 @@ class writer_state final : public writer_core {
     writer_state& s = *self;
     const std::shared_ptr<writer_state> keep = self;
     const bool writing = s.next_write(segment, done, [&](const buffer_window& window) {
-      s.stream_.async_write_some(
-          window, boost::asio::bind_cancellation_slot(s.write_slot(),
-                                                      write_done(std::move(self), segment)));
+      s.stream_.async_write_some(window, boost::asio::bind_cancellation_slot(
+                                             s.write_slot(), write_done(std::move(self), segment)));
     });
-    if (!writing) s.turn_.release();
+    if (!writing)
+      s.turn_.release();
     complete(keep, nullptr, done);
   }
 
@@ -241,11 +243,12 @@ class writer_state final : public writer_core {
 }  // namespace detail
 
 template <class Stream>
-template <class... Args,
-          std::enable_if_t<std::is_constructible_v<Stream, Args&&...> &&
-                               !(sizeof...(Args) == 1 &&
-                                 (std::is_same_v<std::decay_t<Args>, queued_writer<Stream>> || ...)),
-                           int>>
+template <
+    class... Args,
+    std::enable_if_t<std::is_constructible_v<Stream, Args&&...> &&
+                         !(sizeof...(Args) == 1 &&
+                           (std::is_same_v<std::decay_t<Args>, queued_writer<Stream>> || ...)),
+                     int>>
 queued_writer<Stream>::queued_writer(Args&&... args)
     : stream_(std::forward<Args>(args)...),
       queue_(stream_.get_executor(), "serq.queued_writer"),
@@ -287,10 +290,11 @@ struct queued_writer<Stream>::initiate_write {
 
   template <class Handler, class Buffers>
   void operator()(Handler&& handler, Buffers&& buffers) const {
-    using node_type = detail::write_node<std::decay_t<Buffers>, std::decay_t<Handler>, executor_type>;
-    detail::writer_node* n =
-        detail::allocate_node<node_type>(handler, std::forward<Buffers>(buffers),
-                                         std::forward<Handler>(handler), get_executor(), self->state_);
+    using node_type =
+        detail::write_node<std::decay_t<Buffers>, std::decay_t<Handler>, executor_type>;
+    detail::writer_node* n = detail::allocate_node<node_type>(
+        handler, std::forward<Buffers>(buffers), std::forward<Handler>(handler), get_executor(),
+        self->state_);
     self->add_node(n);
   }
 };
@@ -408,8 +412,8 @@ template <class Stream>
 template <class Signature, class Initiation, class CompletionToken>
 auto queued_writer<Stream>::async_enqueue(Initiation&& init, CompletionToken&& token) {
   detail::check_queueable<Signature>();
-  return boost::asio::async_initiate<CompletionToken, Signature>(initiate_enqueue<Signature>{this},
-                                                                 token, std::forward<Initiation>(init));
+  return boost::asio::async_initiate<CompletionToken, Signature>(
+      initiate_enqueue<Signature>{this}, token, std::forward<Initiation>(init));
 }
 
 template <class Stream>

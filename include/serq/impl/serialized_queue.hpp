@@ -93,11 +93,11 @@ struct basic_serialized_queue<Executor>::initiate_enqueue {
 
   template <class Handler, class Launcher, class Signature>
   void operator()(Handler&& handler, Launcher&& launcher, Signature*) const {
-    using entry = detail::op_entry<std::decay_t<Launcher>, std::decay_t<Handler>, Executor,
-                                   Signature>;
+    using entry =
+        detail::op_entry<std::decay_t<Launcher>, std::decay_t<Handler>, Executor, Signature>;
     detail::entry_base* e =
         detail::allocate_node<entry>(handler, self->core_, std::forward<Launcher>(launcher),
-                                      std::forward<Handler>(handler), self->executor_);
+                                     std::forward<Handler>(handler), self->executor_);
     detail::submit(*self->core_, e, allow_inline);
   }
 };
