@@ -12,9 +12,12 @@
 #include <serq/queued_writer.hpp>
 #include <serq/serialized_queue.hpp>
 
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/buffer.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/deferred.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -23,6 +26,8 @@
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
+#include <chrono>
+#include <future>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -286,6 +291,42 @@ BOOST_AUTO_TEST_CASE(throwing_write_handler_leaves_the_writer_consistent) {
   BOOST_TEST(b.str() == m1 + m2 + m3);
   BOOST_TEST(w.size() == 0u);
   BOOST_TEST(w.pending_bytes() == 0u);
+}
+
+// A raw initiation that (wrongly) completes its handler inside init: the
+// final handler must not be handed to the executor until init has returned,
+// since it may destroy the cancellation signal that holds serq's canceller,
+// whose lock the launch still holds. With two io threads, a final handler
+// posted early would run on the other thread while init still waits here.
+BOOST_AUTO_TEST_CASE(inline_completion_is_delivered_only_after_the_launch_returns) {
+  asio::io_context ioc(2);
+  serq::serialized_queue q(ioc.get_executor());
+  auto sig = std::make_unique<asio::cancellation_signal>();
+  std::atomic<bool> handler_ran{false};
+  bool ran_during_init = true;
+  std::promise<void> done;
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        std::move(handler)(error_code{});
+        // Bounded wait for something that must not happen.
+        for (int i = 0; i < 200 && !handler_ran; ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        ran_during_init = handler_ran;
+      },
+      asio::bind_cancellation_slot(sig->slot(), [&](error_code ec) {
+        BOOST_CHECK(!ec);
+        sig.reset();  // destroys the signal, and serq's canceller in it
+        handler_ran = true;
+        done.set_value();
+      }));
+  auto work = asio::make_work_guard(ioc);
+  std::thread t1([&] { ioc.run(); }), t2([&] { ioc.run(); });
+  done.get_future().wait();
+  work.reset();
+  t1.join();
+  t2.join();
+  BOOST_TEST(!ran_during_init);
+  BOOST_TEST(handler_ran);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
