@@ -158,7 +158,7 @@ class signal_node final : public writer_node {
 template <class NextLayer>
 class writer_state final : public writer_core {
  public:
-  explicit writer_state(NextLayer& stream) noexcept : stream_(stream) {}
+  explicit writer_state(NextLayer& stream) : stream_(stream), executor_(stream.get_executor()) {}
 
   // The pump's turn has come (async_acquire's handler).
   struct pump_start {
@@ -224,19 +224,21 @@ class writer_state final : public writer_core {
     } catch (...) {
       const bool go_on = resume != nullptr;
       const std::uint64_t segment = go_on ? *resume : 0;
-      boost::asio::post(self->stream_.get_executor(),
-                        [self, go_on, segment, rest = std::move(done)]() mutable {
-                          if (go_on)
-                            step(std::move(self), segment, std::move(rest));
-                          else
-                            complete(self, nullptr, rest);
-                        });
+      // Not through stream_: the handler that threw may have destroyed the
+      // writer, and the stream with it.
+      boost::asio::post(self->executor_, [self, go_on, segment, rest = std::move(done)]() mutable {
+        if (go_on)
+          step(std::move(self), segment, std::move(rest));
+        else
+          complete(self, nullptr, rest);
+      });
       throw;
     }
   }
 
  private:
   NextLayer& stream_;
+  const typename NextLayer::executor_type executor_;
   turn turn_;  // touched only by the active pump
 };
 
