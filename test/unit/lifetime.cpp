@@ -329,4 +329,40 @@ BOOST_AUTO_TEST_CASE(inline_completion_is_delivered_only_after_the_launch_return
   BOOST_TEST(handler_ran);
 }
 
+BOOST_AUTO_TEST_CASE(handler_that_destroys_its_writer_and_throws_loses_no_completion) {
+  asio::io_context ioc;
+  auto a = std::make_unique<test::stream>(ioc);
+  test::stream b(ioc);
+  a->connect(b);
+  auto w = std::make_unique<serq::queued_writer<test::stream&>>(*a);
+  const std::string m1 = "one", m2 = "two", m3 = "three";
+  std::vector<error_code> results(3);
+  int completed = 0;
+  w->async_write(asio::buffer(m1), [&](error_code ec, std::size_t) {
+    results[0] = ec;
+    ++completed;
+    w.reset();
+    a.reset();
+    throw std::runtime_error("after destroying the writer and its stream");
+  });
+  w->async_write(asio::buffer(m2), [&](error_code ec, std::size_t) {
+    results[1] = ec;
+    ++completed;
+  });
+  w->async_write(asio::buffer(m3), [&](error_code ec, std::size_t) {
+    results[2] = ec;
+    ++completed;
+  });
+  BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(completed == 3);
+  BOOST_TEST(!results[0]);
+  // m1, m2 and m3 were gathered into one write: all of it went out before
+  // m1's handler ran, so the others report success too.
+  BOOST_TEST(b.str() == m1 + m2 + m3);
+  for (const auto& ec : results)
+    BOOST_TEST(!ec);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
