@@ -26,57 +26,6 @@ void entry_base::attach_canceller(boost::asio::cancellation_slot slot) {
     canceller_ = &slot.template emplace<canceller>(core_);
 }
 
-// ---- entry_list ------------------------------------------------------------
-
-void entry_list::push_back(entry_base* e) noexcept {
-  e->next_ = nullptr;
-  e->prev_ = back_;
-  if (back_)
-    back_->next_ = e;
-  else
-    front_ = e;
-  back_ = e;
-}
-
-entry_base* entry_list::pop_front() noexcept {
-  entry_base* e = front_;
-  if (e)
-    unlink(e);
-  return e;
-}
-
-void entry_list::unlink(entry_base* e) noexcept {
-  if (e->prev_)
-    e->prev_->next_ = e->next_;
-  else
-    front_ = e->next_;
-  if (e->next_)
-    e->next_->prev_ = e->prev_;
-  else
-    back_ = e->prev_;
-  e->next_ = e->prev_ = nullptr;
-}
-
-void entry_list::splice(entry_list& other) noexcept {
-  if (other.empty())
-    return;
-  if (back_) {
-    back_->next_ = other.front_;
-    other.front_->prev_ = back_;
-  } else {
-    front_ = other.front_;
-  }
-  back_ = other.back_;
-  other.front_ = other.back_ = nullptr;
-}
-
-entry_list entry_list::take() noexcept {
-  entry_list out;
-  out.front_ = std::exchange(front_, nullptr);
-  out.back_ = std::exchange(back_, nullptr);
-  return out;
-}
-
 // ---- canceller / launch_guard ----------------------------------------------
 
 namespace {

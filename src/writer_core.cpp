@@ -33,55 +33,9 @@ buffer_window window_builder::view() const noexcept {
 
 // ---- node_list -----------------------------------------------------------------
 
-node_list::node_list(node_list&& o) noexcept
-    : front_(std::exchange(o.front_, nullptr)), back_(std::exchange(o.back_, nullptr)) {}
-
-node_list& node_list::operator=(node_list&& o) noexcept {
-  if (this != &o) {
-    node_list old(std::move(*this));
-    front_ = std::exchange(o.front_, nullptr);
-    back_ = std::exchange(o.back_, nullptr);
-  }
-  return *this;
-}
-
 node_list::~node_list() {
   while (writer_node* n = pop_front())
     n->destroy();
-}
-
-void node_list::push_back(writer_node* n) noexcept {
-  n->next_ = nullptr;
-  n->prev_ = back_;
-  if (back_)
-    back_->next_ = n;
-  else
-    front_ = n;
-  back_ = n;
-}
-
-writer_node* node_list::pop_front() noexcept {
-  writer_node* n = front_;
-  if (n)
-    unlink(n);
-  return n;
-}
-
-void node_list::unlink(writer_node* n) noexcept {
-  if (n->prev_)
-    n->prev_->next_ = n->next_;
-  else
-    front_ = n->next_;
-  if (n->next_)
-    n->next_->prev_ = n->prev_;
-  else
-    back_ = n->prev_;
-  n->next_ = n->prev_ = nullptr;
-}
-
-void node_list::splice(node_list& other) noexcept {
-  while (writer_node* n = other.pop_front())
-    push_back(n);
 }
 
 void node_list::complete_all(bool post) {

@@ -12,6 +12,7 @@
 
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/cancellation_type.hpp>
+#include <serq/detail/intrusive_list.hpp>
 #include <serq/serialized_queue_service.hpp>
 
 #include <cstddef>
@@ -69,7 +70,8 @@ class entry_base {
 
  private:
   friend class queue_core;
-  friend class entry_list;
+  template <class>
+  friend class intrusive_list;
 
   func_type func_;
   std::shared_ptr<queue_core> core_;
@@ -78,24 +80,8 @@ class entry_base {
   entry_base* prev_ = nullptr;
 };
 
-// Intrusive doubly linked FIFO: O(1) push, pop and unlink (for per-operation
-// cancellation of an entry in the middle of the queue).
-class entry_list {
- public:
-  bool empty() const noexcept { return front_ == nullptr; }
-  entry_base* front() const noexcept { return front_; }
-  void push_back(entry_base* e) noexcept;
-  entry_base* pop_front() noexcept;
-  void unlink(entry_base* e) noexcept;
-  // Moves every entry out, leaving this list empty.
-  entry_list take() noexcept;
-  // Appends every entry of other, leaving it empty.
-  void splice(entry_list& other) noexcept;
-
- private:
-  entry_base* front_ = nullptr;
-  entry_base* back_ = nullptr;
-};
+// The queue's FIFO of waiting entries.
+using entry_list = intrusive_list<entry_base>;
 
 // The handler serq installs into an operation's cancellation slot.
 //

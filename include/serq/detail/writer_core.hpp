@@ -11,6 +11,7 @@
 #ifndef SERQ_DETAIL_WRITER_CORE_HPP
 #define SERQ_DETAIL_WRITER_CORE_HPP
 
+#include <serq/detail/intrusive_list.hpp>
 #include <serq/serialized_queue_service.hpp>
 
 #include <boost/asio/buffer.hpp>
@@ -108,7 +109,8 @@ class writer_node {
 
  private:
   friend class writer_core;
-  friend class node_list;
+  template <class>
+  friend class intrusive_list;
   friend class node_canceller;
 
   const ops* ops_;
@@ -125,26 +127,21 @@ class writer_node {
   bool queued_ = false;
 };
 
-class node_list {
+// A list of writer nodes that owns them: nodes still in it when it is
+// destroyed are destroyed without their handlers being invoked.
+class node_list : public intrusive_list<writer_node> {
  public:
   node_list() = default;
-  node_list(node_list&& o) noexcept;
-  node_list& operator=(node_list&& o) noexcept;
-  ~node_list();  // destroys, without invoking, whatever is left
-
-  bool empty() const noexcept { return front_ == nullptr; }
-  writer_node* front() const noexcept { return front_; }
-  void push_back(writer_node* n) noexcept;
-  writer_node* pop_front() noexcept;
-  void unlink(writer_node* n) noexcept;
-  void splice(node_list& other) noexcept;
+  node_list(node_list&&) noexcept = default;
+  // The nodes this list held leave with o (and are destroyed with it).
+  node_list& operator=(node_list&& o) noexcept {
+    intrusive_list::operator=(std::move(o));
+    return *this;
+  }
+  ~node_list();
 
   // Completes every node with its stored result, in order.
   void complete_all(bool post);
-
- private:
-  writer_node* front_ = nullptr;
-  writer_node* back_ = nullptr;
 };
 
 // Lives in a write's cancellation slot: removes a queued write; forwards a
