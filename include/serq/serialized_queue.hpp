@@ -275,8 +275,6 @@ class basic_serialized_queue {
   template <bool HandsOutTurn>
   struct initiate_turn_entry;
 
-  static serialized_queue_service& service_for(const executor_type& ex);
-
   executor_type executor_;
   serialized_queue_service* service_;
   std::shared_ptr<detail::queue_core> core_;

@@ -13,6 +13,7 @@
 
 #include <serq/detail/handler_alloc.hpp>
 #include <serq/detail/queue_core.hpp>
+#include <serq/detail/work.hpp>
 #include <serq/turn.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -21,12 +22,10 @@
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/error.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/system/error_code.hpp>
-#include <serq/detail/work.hpp>
 
 #include <memory>
 #include <optional>
@@ -139,6 +138,19 @@ void deliver(const work_guard<Executor>& work, Completion&& c, bool must_post) {
   }
 }
 
+// Completes a node's handler with args and frees the node first, as Asio
+// requires (storage returned before the upcall). The handler and the work are
+// moved out, and args bound, before the node's memory goes.
+template <class Node, class Handler, class Executor, class... Args>
+void free_then_deliver(Node* node, Handler& handler, work_guard<Executor>& work, bool must_post,
+                       Args&&... args) {
+  const auto alloc = node_allocator(handler);
+  auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
+  work_guard<Executor> held(std::move(work));
+  deallocate_node(node, alloc);
+  deliver(held, std::move(completion), must_post);
+}
+
 // State shared by every typed entry: the user's handler and the outstanding
 // work it represents on the queue's and the handler's executors.
 template <class Handler, class QueueExecutor>
@@ -185,11 +197,8 @@ class handler_entry : public entry_base {
   // queue's turn must already be handed on by the caller, if it held one.
   template <class Derived, class... Args>
   static void complete(Derived* self, bool must_post, Args&&... args) {
-    const allocator_type alloc = self->get_allocator();
-    auto completion = bind_completion(std::move(self->handler_), std::forward<Args>(args)...);
-    work_guard<handler_executor_type> work(std::move(self->handler_work_));
-    deallocate_node(self, alloc);
-    deliver(work, std::move(completion), must_post);
+    free_then_deliver(self, self->handler_, self->handler_work_, must_post,
+                      std::forward<Args>(args)...);
   }
 
   template <class Derived>

@@ -60,13 +60,22 @@ struct owned_message {
   boost::asio::const_buffer sequence() const noexcept { return view(msg); }
 };
 
-// A queued message: owns the user's handler and (a view of) the bytes.
+// A flush or wait_writable request carries no bytes.
+struct no_bytes {
+  boost::asio::const_buffer sequence() const noexcept { return {}; }
+};
+
+// A queued request: owns the user's handler and, for a write, (a view of)
+// the bytes. Writes complete with (error_code, bytes); a flush or a
+// wait_writable (Buffers = no_bytes) with an error_code only.
 template <class Buffers, class Handler, class Executor>
-class write_node final : public writer_node {
+class handler_node final : public writer_node {
+  static constexpr bool carries_bytes = !std::is_same_v<Buffers, no_bytes>;
+
  public:
   template <class B, class H>
-  write_node(B&& b, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
-      : writer_node(&table, kind::write, 0),
+  handler_node(kind k, B&& b, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
+      : writer_node(&table, k, 0),
         buffers_(std::forward<B>(b)),
         handler_(std::forward<H>(h)),
         work_(boost::asio::get_associated_executor(handler_, ex)) {
@@ -78,21 +87,20 @@ class write_node final : public writer_node {
   using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
 
   static void do_complete(writer_node* b, boost::system::error_code ec, std::size_t n, bool post) {
-    auto* self = static_cast<write_node*>(b);
-    const auto alloc = node_allocator(self->handler_);
-    auto completion = bind_completion(std::move(self->handler_), ec, n);
-    work_guard<handler_executor> work(std::move(self->work_));
-    deallocate_node(self, alloc);
-    deliver(work, std::move(completion), post);
+    auto* self = static_cast<handler_node*>(b);
+    if constexpr (carries_bytes)
+      free_then_deliver(self, self->handler_, self->work_, post, ec, n);
+    else
+      free_then_deliver(self, self->handler_, self->work_, post, ec);
   }
 
   static void do_destroy(writer_node* b) noexcept {
-    auto* self = static_cast<write_node*>(b);
+    auto* self = static_cast<handler_node*>(b);
     deallocate_node(self, node_allocator(self->handler_));
   }
 
   static void do_fill(const writer_node* b, std::size_t offset, window_builder& w) noexcept {
-    const auto* self = static_cast<const write_node*>(b);
+    const auto* self = static_cast<const handler_node*>(b);
     const auto& seq = self->buffers_.sequence();
     auto it = boost::asio::buffer_sequence_begin(seq);
     const auto end = boost::asio::buffer_sequence_end(seq);
@@ -111,43 +119,6 @@ class write_node final : public writer_node {
   static constexpr ops table{&do_complete, &do_destroy, &do_fill};
 
   Buffers buffers_;
-  Handler handler_;
-  work_guard<handler_executor> work_;
-};
-
-// A flush or an async_wait_writable: completes with an error_code only.
-template <class Handler, class Executor>
-class signal_node final : public writer_node {
- public:
-  template <class H>
-  signal_node(kind k, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
-      : writer_node(&table, k, 0),
-        handler_(std::forward<H>(h)),
-        work_(boost::asio::get_associated_executor(handler_, ex)) {
-    attach_canceller(boost::asio::get_associated_cancellation_slot(handler_), core);
-  }
-
- private:
-  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
-
-  static void do_complete(writer_node* b, boost::system::error_code ec, std::size_t, bool post) {
-    auto* self = static_cast<signal_node*>(b);
-    const auto alloc = node_allocator(self->handler_);
-    auto completion = bind_completion(std::move(self->handler_), ec);
-    work_guard<handler_executor> work(std::move(self->work_));
-    deallocate_node(self, alloc);
-    deliver(work, std::move(completion), post);
-  }
-
-  static void do_destroy(writer_node* b) noexcept {
-    auto* self = static_cast<signal_node*>(b);
-    deallocate_node(self, node_allocator(self->handler_));
-  }
-
-  static void do_fill(const writer_node*, std::size_t, window_builder&) noexcept {}
-
-  static constexpr ops table{&do_complete, &do_destroy, &do_fill};
-
   Handler handler_;
   work_guard<handler_executor> work_;
 };
@@ -255,9 +226,7 @@ queued_writer<Stream>::queued_writer(Args&&... args)
     : stream_(std::forward<Args>(args)...),
       queue_(stream_.get_executor(), "serq.queued_writer"),
       state_(std::make_shared<detail::writer_state<next_layer_type>>(stream_)) {
-  if (!boost::asio::use_service<serialized_queue_service>(
-           boost::asio::query(queue_.get_executor(), boost::asio::execution::context))
-           .add(*state_)) {
+  if (!detail::queue_service(queue_.get_executor()).add(*state_)) {
     detail::node_list none;
     state_->close(none);
   }
@@ -265,9 +234,7 @@ queued_writer<Stream>::queued_writer(Args&&... args)
 
 template <class Stream>
 queued_writer<Stream>::~queued_writer() {
-  boost::asio::use_service<serialized_queue_service>(
-      boost::asio::query(queue_.get_executor(), boost::asio::execution::context))
-      .remove(*state_);
+  detail::queue_service(queue_.get_executor()).remove(*state_);
   detail::node_list done;
   state_->close(done);
   done.complete_all(true);
@@ -293,10 +260,10 @@ struct queued_writer<Stream>::initiate_write {
   template <class Handler, class Buffers>
   void operator()(Handler&& handler, Buffers&& buffers) const {
     using node_type =
-        detail::write_node<std::decay_t<Buffers>, std::decay_t<Handler>, executor_type>;
+        detail::handler_node<std::decay_t<Buffers>, std::decay_t<Handler>, executor_type>;
     detail::writer_node* n = detail::allocate_node<node_type>(
-        handler, std::forward<Buffers>(buffers), std::forward<Handler>(handler), get_executor(),
-        self->state_);
+        handler, detail::writer_node::kind::write, std::forward<Buffers>(buffers),
+        std::forward<Handler>(handler), get_executor(), self->state_);
     self->add_node(n);
   }
 };
@@ -311,9 +278,10 @@ struct queued_writer<Stream>::initiate_signal {
 
   template <class Handler>
   void operator()(Handler&& handler) const {
-    using node_type = detail::signal_node<std::decay_t<Handler>, executor_type>;
-    detail::writer_node* n = detail::allocate_node<node_type>(
-        handler, kind, std::forward<Handler>(handler), get_executor(), self->state_);
+    using node_type = detail::handler_node<detail::no_bytes, std::decay_t<Handler>, executor_type>;
+    detail::writer_node* n = detail::allocate_node<node_type>(handler, kind, detail::no_bytes(),
+                                                              std::forward<Handler>(handler),
+                                                              get_executor(), self->state_);
     if (kind == detail::writer_node::kind::flush) {
       self->add_node(n);
     } else {

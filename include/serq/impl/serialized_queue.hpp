@@ -15,8 +15,11 @@
 
 namespace serq {
 
+namespace detail {
+
+// The serialized_queue_service of ex's execution context.
 template <class Executor>
-serialized_queue_service& basic_serialized_queue<Executor>::service_for(const executor_type& ex) {
+serialized_queue_service& queue_service(const Executor& ex) {
   if constexpr (boost::asio::execution::is_executor<Executor>::value) {
     return boost::asio::use_service<serialized_queue_service>(
         boost::asio::query(ex, boost::asio::execution::context));
@@ -25,10 +28,12 @@ serialized_queue_service& basic_serialized_queue<Executor>::service_for(const ex
   }
 }
 
+}  // namespace detail
+
 template <class Executor>
 basic_serialized_queue<Executor>::basic_serialized_queue(const executor_type& ex,
                                                          std::string_view name)
-    : executor_(ex), service_(&service_for(ex)), core_(service_->create(name)) {}
+    : executor_(ex), service_(&detail::queue_service(ex)), core_(service_->create(name)) {}
 
 template <class Executor>
 basic_serialized_queue<Executor>::basic_serialized_queue(basic_serialized_queue&& other)
