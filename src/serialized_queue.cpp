@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 
 // ---- entry_base ------------------------------------------------------------
@@ -21,7 +21,7 @@ void entry_base::abandon() noexcept {
   core->finish();
 }
 
-void entry_base::attach_canceller(boost::asio::cancellation_slot slot) {
+void entry_base::attach_canceller(net::cancellation_slot slot) {
   if (slot.is_connected())
     canceller_ = &slot.template emplace<canceller>(core_);
 }
@@ -32,7 +32,7 @@ namespace {
 thread_local launch_guard* launching = nullptr;
 }
 
-void canceller::operator()(boost::asio::cancellation_type_t type) {
+void canceller::operator()(net::cancellation_type_t type) {
   entry_base* e = nullptr;
   {
     std::lock_guard<std::mutex> lock(core_->mutex_);
@@ -61,7 +61,7 @@ void canceller::operator()(boost::asio::cancellation_type_t type) {
 launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching) {
   if (canceller* c = e.cancel_state()) {
     lock_ = std::unique_lock<std::mutex>(c->mutex_);
-    cancelled_ = c->pending_ != boost::asio::cancellation_type::none;
+    cancelled_ = c->pending_ != net::cancellation_type::none;
     c->launched_ = !cancelled_;
   }
   launching = this;
@@ -71,9 +71,9 @@ launch_guard::~launch_guard() {
   launching = outer_;
 }
 
-boost::asio::cancellation_slot launch_guard::slot() noexcept {
+net::cancellation_slot launch_guard::slot() noexcept {
   canceller* c = entry_.cancel_state();
-  return c ? c->inner_.slot() : boost::asio::cancellation_slot();
+  return c ? c->inner_.slot() : net::cancellation_slot();
 }
 
 launch_guard* launch_guard::current(const entry_base* e) noexcept {
@@ -240,10 +240,10 @@ void turn::release() noexcept {
 
 // ---- serialized_queue_service ----------------------------------------------
 
-boost::asio::execution_context::id serialized_queue_service::id;
+net::execution_context::id serialized_queue_service::id;
 
-serialized_queue_service::serialized_queue_service(boost::asio::execution_context& ctx)
-    : boost::asio::execution_context::service(ctx) {}
+serialized_queue_service::serialized_queue_service(net::execution_context& ctx)
+    : net::execution_context::service(ctx) {}
 
 serialized_queue_service::~serialized_queue_service() = default;
 
@@ -301,4 +301,4 @@ void serialized_queue_service::shutdown() {
     m->shutdown();
 }
 
-}  // namespace serq
+SERQ_NAMESPACE_END

@@ -2,24 +2,24 @@
 // src/writer_core.cpp: queued_writer's state machine.
 //
 
+#include <serq/config.hpp>
 #include <serq/detail/writer_core.hpp>
 
-#include <boost/asio/error.hpp>
 
 #include <algorithm>
 #include <stdexcept>
 #include <utility>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 
 // ---- window_builder ----------------------------------------------------------
 
-std::size_t window_builder::append(boost::asio::const_buffer b) noexcept {
+std::size_t window_builder::append(net::const_buffer b) noexcept {
   if (full() || b.size() == 0)
     return 0;
   const std::size_t take = std::min(b.size(), max_bytes_ - bytes_);
-  storage_[count_++] = boost::asio::const_buffer(b.data(), take);
+  storage_[count_++] = net::const_buffer(b.data(), take);
   bytes_ += take;
   return take;
 }
@@ -45,13 +45,13 @@ void node_list::complete_all(bool post) {
 
 // ---- writer_node / node_canceller ------------------------------------------
 
-void writer_node::attach_canceller(boost::asio::cancellation_slot slot,
+void writer_node::attach_canceller(net::cancellation_slot slot,
                                    std::shared_ptr<writer_core> core) {
   if (slot.is_connected())
     canceller_ = &slot.template emplace<node_canceller>(std::move(core), nullptr);
 }
 
-void node_canceller::operator()(boost::asio::cancellation_type_t type) {
+void node_canceller::operator()(net::cancellation_type_t type) {
   node_list done;
   {
     std::lock_guard<std::mutex> lock(core_->mutex_);
@@ -60,7 +60,7 @@ void node_canceller::operator()(boost::asio::cancellation_type_t type) {
       return;  // completed already: a stale signal
     if (!n->started_) {
       core_->remove_queued_locked(n);
-      n->result_ = boost::asio::error::operation_aborted;
+      n->result_ = net::error::operation_aborted;
       done.push_back(n);
       core_->update_writable_locked(done);
     } else if (n->written_ == 0) {
@@ -68,13 +68,13 @@ void node_canceller::operator()(boost::asio::cancellation_type_t type) {
       // yet: decided when that write returns. If the stream took none of
       // them, the message is removed; if it took some, it has started.
       n->cancel_pending_ = n->cancel_pending_ | type;
-    } else if ((type & boost::asio::cancellation_type::terminal) !=
-               boost::asio::cancellation_type::none) {
+    } else if ((type & net::cancellation_type::terminal) !=
+               net::cancellation_type::none) {
       // A started message cannot be taken back: the stream's framing would
       // be lost. Terminal cancellation stops the stream operation instead,
       // which fails the writer.
       core_->terminal_requested_ = true;
-      core_->write_signal_.emit(boost::asio::cancellation_type::terminal);
+      core_->write_signal_.emit(net::cancellation_type::terminal);
     }
   }
   done.complete_all(true);
@@ -89,7 +89,7 @@ writer_core::~writer_core() = default;
 bool writer_core::add_locked(writer_node* n, node_list& rejected) {
   if (closed_ || error_) {
     n->result_ =
-        closed_ ? boost::system::error_code(boost::asio::error::operation_aborted) : error_;
+        closed_ ? error_code(net::error::operation_aborted) : error_;
     rejected.push_back(n);
     return false;
   }
@@ -113,9 +113,9 @@ bool writer_core::add_locked(writer_node* n, node_list& rejected) {
 void writer_core::add_waiter(writer_node* n, node_list& ready) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (closed_ || error_ || writable_) {
-    n->result_ = closed_  ? boost::system::error_code(boost::asio::error::operation_aborted)
+    n->result_ = closed_  ? error_code(net::error::operation_aborted)
                  : error_ ? error_
-                          : boost::system::error_code();
+                          : error_code();
     ready.push_back(n);
     return;
   }
@@ -167,7 +167,7 @@ void writer_core::update_writable_locked(node_list& done) {
   }
 }
 
-void writer_core::fail_locked(const boost::system::error_code& ec, node_list& done) {
+void writer_core::fail_locked(const error_code& ec, node_list& done) {
   if (!error_)
     error_ = ec;
   // Each started message reports the bytes it actually wrote; the others 0.
@@ -184,9 +184,9 @@ void writer_core::fail_locked(const boost::system::error_code& ec, node_list& do
 
 bool writer_core::build_window_locked(std::uint64_t segment, node_list& done) {
   if (terminal_requested_ && !error_)
-    fail_locked(boost::asio::error::operation_aborted, done);
+    fail_locked(net::error::operation_aborted, done);
   if (closed_ && !nodes_.empty())
-    fail_locked(boost::asio::error::operation_aborted, done);
+    fail_locked(net::error::operation_aborted, done);
   if (error_ || closed_)
     return false;
 
@@ -229,7 +229,7 @@ bool writer_core::build_window_locked(std::uint64_t segment, node_list& done) {
   return true;
 }
 
-void writer_core::on_written(const boost::system::error_code& ec, std::size_t n, node_list& done) {
+void writer_core::on_written(const error_code& ec, std::size_t n, node_list& done) {
   std::lock_guard<std::mutex> lock(mutex_);
   // Messages complete strictly in order: once one is left unfinished, the
   // rest of the window (even zero-length ones) waits for the next write.
@@ -255,13 +255,13 @@ void writer_core::on_written(const boost::system::error_code& ec, std::size_t n,
     }
     if (blocked && node->written_ == 0) {
       node->started_ = false;  // none of it reached the stream: still cancellable
-      if (node->cancel_pending_ != boost::asio::cancellation_type::none) {
-        node->result_ = boost::asio::error::operation_aborted;
+      if (node->cancel_pending_ != net::cancellation_type::none) {
+        node->result_ = net::error::operation_aborted;
         finish_node_locked(node, done);
       }
     } else if (node->queued_ &&
-               (node->cancel_pending_ & boost::asio::cancellation_type::terminal) !=
-                   boost::asio::cancellation_type::none) {
+               (node->cancel_pending_ & net::cancellation_type::terminal) !=
+                   net::cancellation_type::none) {
       // Cancelled while gathered, and now partly written: as for any
       // started message, terminal cancellation fails the writer.
       terminal_requested_ = true;
@@ -280,7 +280,7 @@ std::size_t writer_core::cancel(node_list& done) {
   for (writer_node* n = nodes_.front(); n;) {
     writer_node* next = n->next_;
     if (!n->started_ && n->kind_ == writer_node::kind::write) {
-      n->result_ = boost::asio::error::operation_aborted;
+      n->result_ = net::error::operation_aborted;
       finish_node_locked(n, done);
       ++count;
     }
@@ -296,13 +296,13 @@ void writer_core::close(node_list& done) {
   for (writer_node* n = nodes_.front(); n;) {
     writer_node* next = n->next_;
     if (!n->started_) {
-      n->result_ = boost::asio::error::operation_aborted;
+      n->result_ = net::error::operation_aborted;
       finish_node_locked(n, done);
     }
     n = next;
   }
   while (writer_node* w = waiters_.front()) {
-    w->result_ = boost::asio::error::operation_aborted;
+    w->result_ = net::error::operation_aborted;
     finish_node_locked(w, done);
   }
 }
@@ -362,10 +362,10 @@ bool writer_core::writable() const noexcept {
   return writable_ && !error_ && !closed_;
 }
 
-boost::system::error_code writer_core::error() const noexcept {
+error_code writer_core::error() const noexcept {
   std::lock_guard<std::mutex> lock(mutex_);
   return error_;
 }
 
 }  // namespace detail
-}  // namespace serq
+SERQ_NAMESPACE_END

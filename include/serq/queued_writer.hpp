@@ -5,18 +5,17 @@
 #ifndef SERQ_QUEUED_WRITER_HPP
 #define SERQ_QUEUED_WRITER_HPP
 
+#include <serq/config.hpp>
 #include <serq/detail/writer_core.hpp>
 #include <serq/serialized_queue.hpp>
 
-#include <boost/asio/async_result.hpp>
-#include <boost/system/error_code.hpp>
 
 #include <cstddef>
 #include <memory>
 #include <type_traits>
 #include <utility>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 template <class NextLayer>
 class writer_state;
@@ -33,7 +32,7 @@ class writer_state;
  * turn between messages through `async_enqueue`.
  *
  * The writer models AsyncWriteStream and AsyncReadStream, so it can stand in
- * for the stream: `boost::asio::async_write(writer, ...)` is one whole queued
+ * for the stream: `net::async_write(writer, ...)` is one whole queued
  * write, and reads go straight to the next layer.
  *
  * @par Error policy
@@ -126,12 +125,12 @@ class queued_writer {
   /// Queues one message; completes when all its bytes are written.
   /**
    * @param buffers The message. The caller keeps the memory valid until the
-   * handler runs, as with `boost::asio::async_write`. Copied (the sequence,
+   * handler runs, as with `net::async_write`. Copied (the sequence,
    * not the bytes).
    * @param token The completion token.
    *
    * @par Handler signature
-   * `void(boost::system::error_code, std::size_t bytes_written)`.
+   * `void(error_code, std::size_t bytes_written)`.
    *
    * @par Executor
    * The handler's associated executor (default: the writer's), never inside
@@ -147,7 +146,7 @@ class queued_writer {
    * success and 0 bytes in its turn.
    */
   template <class ConstBufferSequence,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_write(const ConstBufferSequence& buffers, CompletionToken&& token = CompletionToken());
 
   /// Queues one message that the writer owns until it is written.
@@ -158,13 +157,13 @@ class queued_writer {
    * be shared by many writers without a copy. Otherwise as `async_write`.
    */
   template <class Message,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_send(Message msg, CompletionToken&& token = CompletionToken());
 
   /// Completes when everything queued before it has been written.
   /**
    * @par Handler signature
-   * `void(boost::system::error_code)`.
+   * `void(error_code)`.
    *
    * @par Per-operation cancellation
    * All types until the writes before it are done: `operation_aborted`.
@@ -173,7 +172,7 @@ class queued_writer {
    * The writer's error if it fails first; `operation_aborted` if the writer
    * is destroyed first.
    */
-  template <class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  template <class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_flush(CompletionToken&& token = CompletionToken());
 
   /// Runs a composed operation on the stream in turn with the writes.
@@ -185,24 +184,24 @@ class queued_writer {
    * launched.
    */
   template <class Op,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_enqueue(Op&& op, CompletionToken&& token = CompletionToken());
 
   /// Raw-initiation form of `async_enqueue`, with an explicit `Signature`.
   template <class Signature, class Initiation,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_enqueue(Initiation&& init, CompletionToken&& token = CompletionToken());
 
   /// AsyncWriteStream: one whole queued write of `buffers`.
   /**
    * Completes only when all of `buffers` is written (or on error). Note that
-   * `boost::asio::async_write(writer, ...)` hands at most 64 KiB (and 16
+   * `net::async_write(writer, ...)` hands at most 64 KiB (and 16
    * buffers) to each `async_write_some`, so a larger message goes out as
    * several queued writes, between which other callers' messages may land.
    * Use `async_write` or `async_send` for messages that must stay whole.
    */
   template <class ConstBufferSequence,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_write_some(const ConstBufferSequence& buffers,
                         CompletionToken&& token = CompletionToken()) {
     return async_write(buffers, std::forward<CompletionToken>(token));
@@ -213,7 +212,7 @@ class queued_writer {
    * The next layer's rules for reads apply (one read at a time).
    */
   template <class MutableBufferSequence,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_read_some(const MutableBufferSequence& buffers,
                        CompletionToken&& token = CompletionToken()) {
     return stream_.async_read_some(buffers, std::forward<CompletionToken>(token));
@@ -239,7 +238,7 @@ class queued_writer {
   /// call) if it already is.
   /**
    * @par Handler signature
-   * `void(boost::system::error_code)`.
+   * `void(error_code)`.
    *
    * @par Per-operation cancellation
    * All types: `operation_aborted`.
@@ -248,7 +247,7 @@ class queued_writer {
    * The writer's error if it has failed; `operation_aborted` if the writer
    * is destroyed first.
    */
-  template <class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  template <class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_wait_writable(CompletionToken&& token = CompletionToken());
 
   /// Turns gathering of several queued messages into one `write_some` on or
@@ -265,7 +264,7 @@ class queued_writer {
   }
 
   /// The sticky error, once the writer has failed; empty before.
-  boost::system::error_code error() const noexcept { return state_->error(); }
+  error_code error() const noexcept { return state_->error(); }
 
   /// Aborts every message not yet handed to the stream
   /// (`operation_aborted`, 0 bytes).
@@ -289,7 +288,7 @@ class queued_writer {
   std::shared_ptr<detail::writer_state<next_layer_type>> state_;
 };
 
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #include <serq/impl/queued_writer.hpp>
 

@@ -5,21 +5,17 @@
 #ifndef SERQ_SERIALIZED_QUEUE_HPP
 #define SERQ_SERIALIZED_QUEUE_HPP
 
+#include <serq/config.hpp>
 #include <serq/serialized_queue_service.hpp>
 #include <serq/turn.hpp>
 
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/execution_context.hpp>
-#include <boost/system/error_code.hpp>
 
 #include <cstddef>
 #include <memory>
 #include <string_view>
 #include <type_traits>
 
-/// serq: serialized asynchronous operations for Boost.Asio.
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 class queue_core;
 }
@@ -53,7 +49,7 @@ inline constexpr trigger_inline_t trigger_inline{};
  * Queued operations must have a completion signature
  * `void(error_code, Ts...)`. An entry that never started (aborted by
  * `cancel()`, by its cancellation slot, or by the queue's destruction)
- * completes with `boost::asio::error::operation_aborted` and value-initialised
+ * completes with `net::error::operation_aborted` and value-initialised
  * `Ts...`.
  *
  * @par Executor
@@ -70,7 +66,7 @@ inline constexpr trigger_inline_t trigger_inline{};
  * @tparam Executor The executor on which triggers are posted and which is
  * the default for completion handlers.
  */
-template <class Executor = boost::asio::any_io_executor>
+template <class Executor = net::any_io_executor>
 class basic_serialized_queue {
  public:
   /// The type of the executor associated with the object.
@@ -93,7 +89,7 @@ class basic_serialized_queue {
   /// Constructs a running, empty queue using `ctx.get_executor()`.
   template <class ExecutionContext,
             std::enable_if_t<
-                std::is_convertible_v<ExecutionContext&, boost::asio::execution_context&>, int> = 0>
+                std::is_convertible_v<ExecutionContext&, net::execution_context&>, int> = 0>
   explicit basic_serialized_queue(ExecutionContext& ctx, std::string_view name = {})
       : basic_serialized_queue(executor_type(ctx.get_executor()), name) {}
 
@@ -130,8 +126,8 @@ class basic_serialized_queue {
    * unchanged.
    *
    * @param op A deferred asynchronous operation, for example
-   * `boost::asio::async_write(sock, buf, boost::asio::deferred)` or
-   * `timer.async_wait(boost::asio::deferred)`. It is moved into the queue and
+   * `net::async_write(sock, buf, net::deferred)` or
+   * `timer.async_wait(net::deferred)`. It is moved into the queue and
    * launched at most once.
    * @param token The completion token.
    *
@@ -159,7 +155,7 @@ class basic_serialized_queue {
    * buffers) must stay valid until the handler runs.
    */
   template <class Op,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>,
+            class CompletionToken = net::default_completion_token_t<executor_type>,
             std::enable_if_t<!std::is_same_v<std::decay_t<Op>, trigger_inline_t>, int> = 0>
   auto async_enqueue(Op&& op, CompletionToken&& token = CompletionToken());
 
@@ -174,7 +170,7 @@ class basic_serialized_queue {
    * executor, the final handler is dispatched to that executor.
    */
   template <class Signature, class Initiation,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>,
+            class CompletionToken = net::default_completion_token_t<executor_type>,
             std::enable_if_t<!std::is_same_v<std::decay_t<Initiation>, trigger_inline_t>, int> = 0>
   auto async_enqueue(Initiation&& init, CompletionToken&& token = CompletionToken());
 
@@ -186,12 +182,12 @@ class basic_serialized_queue {
    * is launched in it.
    */
   template <class Op,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_enqueue(trigger_inline_t, Op&& op, CompletionToken&& token = CompletionToken());
 
   /// Raw-initiation form of the inline-trigger overload.
   template <class Signature, class Initiation,
-            class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_enqueue(trigger_inline_t, Initiation&& init,
                      CompletionToken&& token = CompletionToken());
 
@@ -202,7 +198,7 @@ class basic_serialized_queue {
    * triggers nothing else, so a coroutine can run several steps as one unit.
    *
    * @par Handler signature
-   * `void(boost::system::error_code, serq::turn)`.
+   * `void(error_code, serq::turn)`.
    *
    * @par Executor
    * The handler's associated executor (default: the queue's), never inside
@@ -219,7 +215,7 @@ class basic_serialized_queue {
    * @par Object lifetimes
    * A turn may outlive the queue object.
    */
-  template <class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  template <class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_acquire(CompletionToken&& token = CompletionToken());
 
   /// Waits until every entry added before this call has finished
@@ -229,7 +225,7 @@ class basic_serialized_queue {
    * place in FIFO order, and does not pass while the queue is stopped.
    *
    * @par Handler signature
-   * `void(boost::system::error_code)`.
+   * `void(error_code)`.
    *
    * @par Executor
    * The handler's associated executor (default: the queue's), never inside
@@ -241,7 +237,7 @@ class basic_serialized_queue {
    * @par Errors
    * `operation_aborted` if cancelled or if the queue was destroyed first.
    */
-  template <class CompletionToken = boost::asio::default_completion_token_t<executor_type>>
+  template <class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_wait(CompletionToken&& token = CompletionToken());
 
   /// Lets the queue trigger entries again (`tevent_queue_start`). If it is
@@ -280,10 +276,10 @@ class basic_serialized_queue {
   std::shared_ptr<detail::queue_core> core_;
 };
 
-/// A serialized queue using the type-erased `boost::asio::any_io_executor`.
+/// A serialized queue using the type-erased `net::any_io_executor`.
 using serialized_queue = basic_serialized_queue<>;
 
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #include <serq/impl/serialized_queue.hpp>
 

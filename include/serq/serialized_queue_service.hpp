@@ -5,13 +5,13 @@
 #ifndef SERQ_SERIALIZED_QUEUE_SERVICE_HPP
 #define SERQ_SERIALIZED_QUEUE_SERVICE_HPP
 
-#include <boost/asio/execution_context.hpp>
 
+#include <serq/config.hpp>
 #include <memory>
 #include <mutex>
 #include <string_view>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 class serialized_queue_service;
 namespace detail {
 class queue_core;
@@ -40,7 +40,7 @@ class service_member : public std::enable_shared_from_this<service_member> {
 
 /// The execution_context service behind every serq::basic_serialized_queue.
 /**
- * Obtained with `boost::asio::use_service<serialized_queue_service>(ctx)`,
+ * Obtained with `net::use_service<serialized_queue_service>(ctx)`,
  * like Asio's own services. It keeps the list of live queues of its context
  * so that, when the context shuts down, every waiting entry's handler is
  * destroyed without being invoked, as Asio does for all pending operations.
@@ -50,13 +50,13 @@ class service_member : public std::enable_shared_from_this<service_member> {
  * @par Thread safety
  * Distinct objects: safe. Shared objects: safe.
  */
-class serialized_queue_service final : public boost::asio::execution_context::service {
+class serialized_queue_service final : public net::execution_context::service {
  public:
   /// The service's identifier within its execution context.
-  static boost::asio::execution_context::id id;
+  static net::execution_context::id id;
 
   /// Constructs the service; called by `use_service`.
-  explicit serialized_queue_service(boost::asio::execution_context& ctx);
+  explicit serialized_queue_service(net::execution_context& ctx);
   ~serialized_queue_service() override;
 
   /// Creates the state of one queue and registers it with the service.
@@ -82,6 +82,6 @@ class serialized_queue_service final : public boost::asio::execution_context::se
   bool shut_down_ = false;
 };
 
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_SERIALIZED_QUEUE_SERVICE_HPP

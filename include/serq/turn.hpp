@@ -5,9 +5,10 @@
 #ifndef SERQ_TURN_HPP
 #define SERQ_TURN_HPP
 
+#include <serq/config.hpp>
 #include <memory>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 class queue_core;
 template <class Handler, class QueueExecutor, bool HandsOutTurn>
@@ -71,6 +72,6 @@ class turn {
   std::shared_ptr<detail::queue_core> core_;
 };
 
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_TURN_HPP

@@ -11,21 +11,12 @@
 #ifndef SERQ_DETAIL_ENTRIES_HPP
 #define SERQ_DETAIL_ENTRIES_HPP
 
+#include <serq/config.hpp>
 #include <serq/detail/handler_alloc.hpp>
 #include <serq/detail/queue_core.hpp>
 #include <serq/detail/work.hpp>
 #include <serq/turn.hpp>
 
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_allocator.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/dispatch.hpp>
-#include <boost/asio/error.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/system/error_code.hpp>
 
 #include <memory>
 #include <optional>
@@ -33,7 +24,7 @@
 #include <type_traits>
 #include <utility>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 
 // Completion signatures serq can queue: void(error_code, Ts...).
@@ -41,20 +32,20 @@ template <class Signature>
 struct queueable_signature : std::false_type {};
 
 template <class... Ts>
-struct queueable_signature<void(boost::system::error_code, Ts...)> : std::true_type {
+struct queueable_signature<void(error_code, Ts...)> : std::true_type {
   // What an operation that never ran completes with.
-  static std::tuple<boost::system::error_code, std::decay_t<Ts>...> failed(
-      boost::system::error_code ec) {
+  static std::tuple<error_code, std::decay_t<Ts>...> failed(
+      error_code ec) {
     return {ec, std::decay_t<Ts>{}...};
   }
-  static std::tuple<boost::system::error_code, std::decay_t<Ts>...> aborted() {
-    return failed(boost::asio::error::operation_aborted);
+  static std::tuple<error_code, std::decay_t<Ts>...> aborted() {
+    return failed(net::error::operation_aborted);
   }
 };
 
 template <class... Ts>
-struct queueable_signature<void(const boost::system::error_code&, Ts...)>
-    : queueable_signature<void(boost::system::error_code, Ts...)> {};
+struct queueable_signature<void(const error_code&, Ts...)>
+    : queueable_signature<void(error_code, Ts...)> {};
 
 // A handler bound to its arguments. Keeps the handler's associated allocator;
 // the executor is chosen by whoever posts or dispatches it.
@@ -67,9 +58,9 @@ class bound_completion {
 
   void operator()() { std::apply(std::move(handler_), std::move(args_)); }
 
-  using allocator_type = boost::asio::associated_allocator_t<Handler>;
+  using allocator_type = net::associated_allocator_t<Handler>;
   allocator_type get_allocator() const noexcept {
-    return boost::asio::get_associated_allocator(handler_);
+    return net::get_associated_allocator(handler_);
   }
 
  private:
@@ -98,11 +89,11 @@ template <class Executor>
 bool running_in(const Executor& ex) noexcept {
   if constexpr (has_running_in_this_thread<Executor>::value) {
     return ex.running_in_this_thread();
-  } else if constexpr (std::is_same_v<Executor, boost::asio::any_io_executor>) {
-    using io_executor = boost::asio::io_context::executor_type;
+  } else if constexpr (std::is_same_v<Executor, net::any_io_executor>) {
+    using io_executor = net::io_context::executor_type;
     if (const auto* e = ex.template target<io_executor>())
       return e->running_in_this_thread();
-    if (const auto* s = ex.template target<boost::asio::strand<io_executor>>())
+    if (const auto* s = ex.template target<net::strand<io_executor>>())
       return s->running_in_this_thread();
     return false;
   } else {
@@ -115,13 +106,13 @@ bool running_in(const Executor& ex) noexcept {
 // one-step operation's cost in the queue benchmark.
 template <class Executor, class Function>
 void post_to(const Executor& ex, Function&& f) {
-  if constexpr (std::is_same_v<Executor, boost::asio::any_io_executor>) {
-    if (const auto* e = ex.template target<boost::asio::io_context::executor_type>()) {
-      boost::asio::post(*e, std::forward<Function>(f));
+  if constexpr (std::is_same_v<Executor, net::any_io_executor>) {
+    if (const auto* e = ex.template target<net::io_context::executor_type>()) {
+      net::post(*e, std::forward<Function>(f));
       return;
     }
   }
-  boost::asio::post(ex, std::forward<Function>(f));
+  net::post(ex, std::forward<Function>(f));
 }
 
 // Hands a bound completion to its executor: posted when must_post (inside an
@@ -134,7 +125,7 @@ void deliver(const work_guard<Executor>& work, Completion&& c, bool must_post) {
   } else if (running_in(work.get_executor())) {
     c();
   } else {
-    boost::asio::dispatch(work.get_executor(), std::forward<Completion>(c));
+    net::dispatch(work.get_executor(), std::forward<Completion>(c));
   }
 }
 
@@ -156,7 +147,7 @@ void free_then_deliver(Node* node, Handler& handler, work_guard<Executor>& work,
 template <class Handler, class QueueExecutor>
 class handler_entry : public entry_base {
  public:
-  using handler_executor_type = boost::asio::associated_executor_t<Handler, QueueExecutor>;
+  using handler_executor_type = net::associated_executor_t<Handler, QueueExecutor>;
   using allocator_type = node_allocator_t<Handler>;
 
   handler_executor_type handler_executor() const noexcept { return handler_work_.get_executor(); }
@@ -167,7 +158,7 @@ class handler_entry : public entry_base {
   handler_entry(func_type f, std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
       : entry_base(f, std::move(core)),
         handler_(std::forward<H>(h)),
-        handler_work_(boost::asio::get_associated_executor(handler_, qex)) {
+        handler_work_(net::get_associated_executor(handler_, qex)) {
     // One work guard when the handler runs on the queue's executor (the
     // usual case), two otherwise.
     if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
@@ -176,7 +167,7 @@ class handler_entry : public entry_base {
     } else {
       queue_work_.emplace(qex);
     }
-    attach_canceller(boost::asio::get_associated_cancellation_slot(handler_));
+    attach_canceller(net::get_associated_cancellation_slot(handler_));
   }
 
   // Posts the queue's trigger for this entry. The posted function owns the
@@ -260,7 +251,7 @@ class launched_handler {
   using allocator_type = typename Entry::user_allocator_type;
   allocator_type get_allocator() const noexcept { return e_->user_allocator(); }
 
-  using cancellation_slot_type = boost::asio::cancellation_slot;
+  using cancellation_slot_type = net::cancellation_slot;
   cancellation_slot_type get_cancellation_slot() const noexcept { return e_->op_slot_; }
 
  private:
@@ -275,7 +266,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
   using base = handler_entry<Handler, QueueExecutor>;
 
  public:
-  using user_allocator_type = boost::asio::associated_allocator_t<Handler>;
+  using user_allocator_type = net::associated_allocator_t<Handler>;
 
   template <class L, class H>
   op_entry(std::shared_ptr<queue_core> core, L&& l, H&& h, const QueueExecutor& qex)
@@ -283,7 +274,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
         launcher_(std::forward<L>(l)) {}
 
   user_allocator_type user_allocator() const noexcept {
-    return boost::asio::get_associated_allocator(this->handler_);
+    return net::get_associated_allocator(this->handler_);
   }
 
   template <class... Args>
@@ -345,7 +336,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
 
   Launcher launcher_;
   std::optional<decltype(queueable_signature<Signature>::aborted())> inline_result_;
-  boost::asio::cancellation_slot op_slot_;
+  net::cancellation_slot op_slot_;
 };
 
 // An entry whose only work is its turn. An acquire (HandsOutTurn) gives the
@@ -363,7 +354,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
  private:
   static void do_action(entry_base* b, entry_base::action a) {
     auto* self = static_cast<turn_entry*>(b);
-    const boost::system::error_code aborted(boost::asio::error::operation_aborted);
+    const error_code aborted(net::error::operation_aborted);
     switch (a) {
       case entry_base::action::trigger:
         self->post_trigger();
@@ -377,9 +368,9 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
         std::shared_ptr<queue_core> core = self->release_core();
         if (cancelled || !HandsOutTurn) {
           core->finish();
-          finish_with(self, cancelled, cancelled ? aborted : boost::system::error_code(), nullptr);
+          finish_with(self, cancelled, cancelled ? aborted : error_code(), nullptr);
         } else {
-          finish_with(self, false, boost::system::error_code(), std::move(core));
+          finish_with(self, false, error_code(), std::move(core));
         }
         break;
       }
@@ -393,7 +384,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
   }
 
   // Completes the handler; an acquire also gets the turn (empty unless held).
-  static void finish_with(turn_entry* self, bool must_post, boost::system::error_code ec,
+  static void finish_with(turn_entry* self, bool must_post, error_code ec,
                           std::shared_ptr<queue_core> held) {
     if constexpr (HandsOutTurn)
       base::complete(self, must_post, ec, held ? turn(std::move(held)) : turn());
@@ -406,6 +397,6 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
 void submit(queue_core& core, entry_base* e, bool allow_inline);
 
 }  // namespace detail
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_DETAIL_ENTRIES_HPP

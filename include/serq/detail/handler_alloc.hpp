@@ -9,27 +9,25 @@
 #ifndef SERQ_DETAIL_HANDLER_ALLOC_HPP
 #define SERQ_DETAIL_HANDLER_ALLOC_HPP
 
-#include <boost/asio/associated_allocator.hpp>
-#include <boost/asio/detail/recycling_allocator.hpp>
-#include <boost/asio/detail/thread_info_base.hpp>
 
+#include <serq/config.hpp>
 #include <memory>
 #include <utility>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 
 template <class Handler>
-using node_allocator_t = typename boost::asio::detail::get_recycling_allocator<
-    boost::asio::associated_allocator_t<Handler>,
-    boost::asio::detail::thread_info_base::default_tag>::type;
+using node_allocator_t = typename net::detail::get_recycling_allocator<
+    net::associated_allocator_t<Handler>,
+    net::detail::thread_info_base::default_tag>::type;
 
 template <class Handler>
 node_allocator_t<Handler> node_allocator(const Handler& h) noexcept {
-  return boost::asio::detail::get_recycling_allocator<
-      boost::asio::associated_allocator_t<Handler>,
-      boost::asio::detail::thread_info_base::default_tag>::
-      get(boost::asio::get_associated_allocator(h));
+  return net::detail::get_recycling_allocator<
+      net::associated_allocator_t<Handler>,
+      net::detail::thread_info_base::default_tag>::
+      get(net::get_associated_allocator(h));
 }
 
 // Allocates and constructs a Node with h's allocator. h is read before any
@@ -57,6 +55,6 @@ void deallocate_node(Node* p, const Alloc& a) noexcept {
 }
 
 }  // namespace detail
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_DETAIL_HANDLER_ALLOC_HPP

@@ -5,9 +5,10 @@
 #ifndef SERQ_DETAIL_INTRUSIVE_LIST_HPP
 #define SERQ_DETAIL_INTRUSIVE_LIST_HPP
 
+#include <serq/config.hpp>
 #include <utility>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 
 // Intrusive doubly linked FIFO over nodes that carry next_/prev_ pointers
@@ -68,6 +69,6 @@ class intrusive_list {
 };
 
 }  // namespace detail
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_DETAIL_INTRUSIVE_LIST_HPP

@@ -10,8 +10,7 @@
 #ifndef SERQ_DETAIL_QUEUE_CORE_HPP
 #define SERQ_DETAIL_QUEUE_CORE_HPP
 
-#include <boost/asio/cancellation_signal.hpp>
-#include <boost/asio/cancellation_type.hpp>
+#include <serq/config.hpp>
 #include <serq/detail/intrusive_list.hpp>
 #include <serq/serialized_queue_service.hpp>
 
@@ -21,7 +20,7 @@
 #include <string>
 #include <string_view>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 class serialized_queue_service;
 namespace detail {
 
@@ -64,7 +63,7 @@ class entry_base {
 
   // Installs the forwarding cancellation handler into the user's slot. Called
   // from the initiating function, where emplacing into the slot is allowed.
-  void attach_canceller(boost::asio::cancellation_slot slot);
+  void attach_canceller(net::cancellation_slot slot);
 
   std::shared_ptr<queue_core> release_core() noexcept { return std::move(core_); }
 
@@ -97,7 +96,7 @@ class canceller {
   canceller(const canceller&) = delete;
   canceller& operator=(const canceller&) = delete;
 
-  void operator()(boost::asio::cancellation_type_t type);
+  void operator()(net::cancellation_type_t type);
 
  private:
   friend class queue_core;
@@ -108,8 +107,8 @@ class canceller {
   entry_base* waiting_ = nullptr;  // guarded by core_->mutex_
   std::mutex mutex_;               // guards everything below
   bool launched_ = false;
-  boost::asio::cancellation_type_t pending_ = boost::asio::cancellation_type::none;
-  boost::asio::cancellation_signal inner_;
+  net::cancellation_type_t pending_ = net::cancellation_type::none;
+  net::cancellation_signal inner_;
 };
 
 // Held by an entry while it starts its operation. It decides whether the
@@ -125,7 +124,7 @@ class launch_guard {
   launch_guard& operator=(const launch_guard&) = delete;
 
   bool cancelled() const noexcept { return cancelled_; }
-  boost::asio::cancellation_slot slot() noexcept;
+  net::cancellation_slot slot() noexcept;
 
   // The guard of e's launch, if the calling thread is inside it.
   static launch_guard* current(const entry_base* e) noexcept;
@@ -198,6 +197,6 @@ class queue_core final : public service_member {
 };
 
 }  // namespace detail
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_DETAIL_QUEUE_CORE_HPP

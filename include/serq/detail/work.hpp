@@ -2,7 +2,7 @@
 // serq/detail/work.hpp
 //
 // Outstanding work held by a pending operation on an executor, like
-// boost::asio::executor_work_guard, but without any_io_executor's
+// net::executor_work_guard, but without any_io_executor's
 // type-erased prefer() when it wraps a plain io_context executor (the usual
 // case): then the tracked executor is the concrete one.
 //
@@ -10,16 +10,12 @@
 #ifndef SERQ_DETAIL_WORK_HPP
 #define SERQ_DETAIL_WORK_HPP
 
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/prefer.hpp>
 
+#include <serq/config.hpp>
 #include <optional>
 #include <utility>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 
 template <class Executor>
@@ -29,31 +25,31 @@ class work_guard {
   Executor get_executor() const noexcept { return guard_.get_executor(); }
 
  private:
-  boost::asio::executor_work_guard<Executor> guard_;
+  net::executor_work_guard<Executor> guard_;
 };
 
 template <>
-class work_guard<boost::asio::any_io_executor> {
-  using io_executor = boost::asio::io_context::executor_type;
-  using tracked_io_executor = std::decay_t<typename boost::asio::prefer_result<
-      const io_executor&, boost::asio::execution::outstanding_work_t::tracked_t>::type>;
+class work_guard<net::any_io_executor> {
+  using io_executor = net::io_context::executor_type;
+  using tracked_io_executor = std::decay_t<typename net::prefer_result<
+      const io_executor&, net::execution::outstanding_work_t::tracked_t>::type>;
 
  public:
-  explicit work_guard(const boost::asio::any_io_executor& ex) : ex_(ex) {
+  explicit work_guard(const net::any_io_executor& ex) : ex_(ex) {
     if (const auto* e = ex.target<io_executor>())
-      io_work_.emplace(boost::asio::prefer(*e, boost::asio::execution::outstanding_work.tracked));
+      io_work_.emplace(net::prefer(*e, net::execution::outstanding_work.tracked));
     else
       other_work_.emplace(ex);
   }
-  const boost::asio::any_io_executor& get_executor() const noexcept { return ex_; }
+  const net::any_io_executor& get_executor() const noexcept { return ex_; }
 
  private:
-  boost::asio::any_io_executor ex_;
+  net::any_io_executor ex_;
   std::optional<tracked_io_executor> io_work_;
-  std::optional<boost::asio::executor_work_guard<boost::asio::any_io_executor>> other_work_;
+  std::optional<net::executor_work_guard<net::any_io_executor>> other_work_;
 };
 
 }  // namespace detail
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_DETAIL_WORK_HPP

@@ -11,13 +11,10 @@
 #ifndef SERQ_DETAIL_WRITER_CORE_HPP
 #define SERQ_DETAIL_WRITER_CORE_HPP
 
+#include <serq/config.hpp>
 #include <serq/detail/intrusive_list.hpp>
 #include <serq/serialized_queue_service.hpp>
 
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/cancellation_signal.hpp>
-#include <boost/asio/cancellation_type.hpp>
-#include <boost/system/error_code.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -25,7 +22,7 @@
 #include <mutex>
 #include <vector>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 
 class writer_core;
@@ -35,8 +32,8 @@ class node_canceller;
 // stream's operation copies two pointers, not a container.
 class buffer_window {
  public:
-  using value_type = boost::asio::const_buffer;
-  using const_iterator = const boost::asio::const_buffer*;
+  using value_type = net::const_buffer;
+  using const_iterator = const net::const_buffer*;
 
   const_iterator begin() const noexcept { return data_; }
   const_iterator end() const noexcept { return data_ + count_; }
@@ -44,14 +41,14 @@ class buffer_window {
  private:
   friend class writer_core;
   friend class window_builder;
-  const boost::asio::const_buffer* data_ = nullptr;
+  const net::const_buffer* data_ = nullptr;
   std::size_t count_ = 0;
 };
 
 // Appends buffers to the window under construction, within its limits.
 class window_builder {
  public:
-  window_builder(std::vector<boost::asio::const_buffer>& storage, std::size_t max_buffers,
+  window_builder(std::vector<net::const_buffer>& storage, std::size_t max_buffers,
                  std::size_t max_bytes) noexcept
       : storage_(storage), max_buffers_(max_buffers), max_bytes_(max_bytes) {}
 
@@ -60,12 +57,12 @@ class window_builder {
   std::size_t count() const noexcept { return count_; }
 
   // Appends up to the window's remaining room of b; returns what was taken.
-  std::size_t append(boost::asio::const_buffer b) noexcept;
+  std::size_t append(net::const_buffer b) noexcept;
 
   buffer_window view() const noexcept;
 
  private:
-  std::vector<boost::asio::const_buffer>& storage_;
+  std::vector<net::const_buffer>& storage_;
   std::size_t max_buffers_;
   std::size_t max_bytes_;
   std::size_t count_ = 0;
@@ -81,7 +78,7 @@ class writer_node {
   struct ops {
     // Invokes the handler with (ec, bytes) and frees the node: posted when
     // post is true, otherwise dispatched to the handler's executor.
-    void (*complete)(writer_node*, boost::system::error_code, std::size_t, bool post);
+    void (*complete)(writer_node*, error_code, std::size_t, bool post);
     // Frees the node without invoking its handler.
     void (*destroy)(writer_node*) noexcept;
     // Appends the not yet written bytes, starting offset bytes in.
@@ -96,7 +93,7 @@ class writer_node {
 
   // Installs the cancellation handler in the user's slot. Called from the
   // initiating function.
-  void attach_canceller(boost::asio::cancellation_slot slot, std::shared_ptr<writer_core> core);
+  void attach_canceller(net::cancellation_slot slot, std::shared_ptr<writer_core> core);
 
   void complete(bool post) { ops_->complete(this, result_, written_, post); }
   void destroy() noexcept { ops_->destroy(this); }
@@ -117,8 +114,8 @@ class writer_node {
   std::size_t size_;
   std::size_t written_ = 0;
   std::uint64_t segment_ = 0;
-  boost::system::error_code result_;
-  boost::asio::cancellation_type_t cancel_pending_ = boost::asio::cancellation_type::none;
+  error_code result_;
+  net::cancellation_type_t cancel_pending_ = net::cancellation_type::none;
   node_canceller* canceller_ = nullptr;
   writer_node* next_ = nullptr;
   writer_node* prev_ = nullptr;
@@ -150,7 +147,7 @@ class node_canceller {
  public:
   node_canceller(std::shared_ptr<writer_core> core, writer_node* n) noexcept
       : core_(std::move(core)), node_(n) {}
-  void operator()(boost::asio::cancellation_type_t type);
+  void operator()(net::cancellation_type_t type);
 
  private:
   friend class writer_core;
@@ -183,12 +180,12 @@ class writer_core : public service_member {
   // enqueue() under the lock unless the writer has failed, in which case it
   // returns the error.
   template <class Enqueue>
-  boost::system::error_code add_operation(Enqueue&& enqueue) {
+  error_code add_operation(Enqueue&& enqueue) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (error_)
       return error_;
     if (closed_)
-      return boost::asio::error::operation_aborted;
+      return net::error::operation_aborted;
     if (segment_has_pump_) {
       ++segment_;
       segment_has_pump_ = false;
@@ -215,11 +212,11 @@ class writer_core : public service_member {
   }
 
   // Attributes the result of one write_some to the messages in order.
-  void on_written(const boost::system::error_code& ec, std::size_t n, node_list& done);
+  void on_written(const error_code& ec, std::size_t n, node_list& done);
 
   // The stream operation's cancellation signal; emitted (under the lock)
   // by a terminal cancellation of a started write.
-  boost::asio::cancellation_slot write_slot() noexcept { return write_signal_.slot(); }
+  net::cancellation_slot write_slot() noexcept { return write_signal_.slot(); }
 
   std::size_t cancel(node_list& done);
   // The writer object is going away: queued requests abort; started writes
@@ -234,23 +231,23 @@ class writer_core : public service_member {
   std::size_t pending_bytes() const noexcept;
   std::size_t size() const noexcept;
   bool writable() const noexcept;
-  boost::system::error_code error() const noexcept;
+  error_code error() const noexcept;
 
  private:
   friend class node_canceller;
 
   bool add_locked(writer_node* n, node_list& rejected);
   bool build_window_locked(std::uint64_t segment, node_list& done);
-  void fail_locked(const boost::system::error_code& ec, node_list& done);
+  void fail_locked(const error_code& ec, node_list& done);
   void remove_queued_locked(writer_node* n);
   void finish_node_locked(writer_node* n, node_list& done);
   void update_writable_locked(node_list& done);
-  void cancel_node(writer_node* n, boost::asio::cancellation_type_t type);
+  void cancel_node(writer_node* n, net::cancellation_type_t type);
 
   mutable std::mutex mutex_;
   node_list nodes_;    // writes and flushes, in order
   node_list waiters_;  // async_wait_writable
-  std::vector<boost::asio::const_buffer> window_storage_;
+  std::vector<net::const_buffer> window_storage_;
   buffer_window window_;
   std::size_t window_nodes_ = 0;  // nodes (from the front) the window touches
   std::size_t pending_bytes_ = 0;
@@ -265,11 +262,11 @@ class writer_core : public service_member {
   bool writable_ = true;
   bool closed_ = false;
   bool terminal_requested_ = false;
-  boost::system::error_code error_;
-  boost::asio::cancellation_signal write_signal_;
+  error_code error_;
+  net::cancellation_signal write_signal_;
 };
 
 }  // namespace detail
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_DETAIL_WRITER_CORE_HPP

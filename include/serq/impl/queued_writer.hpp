@@ -5,19 +5,18 @@
 #ifndef SERQ_IMPL_QUEUED_WRITER_HPP
 #define SERQ_IMPL_QUEUED_WRITER_HPP
 
+#include <serq/config.hpp>
 #include <serq/detail/entries.hpp>
 #include <serq/detail/handler_alloc.hpp>
 #include <serq/detail/writer_core.hpp>
 
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/buffer.hpp>
 
 #include <cstddef>
 #include <memory>
 #include <string>
 #include <vector>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 namespace detail {
 
 // A buffer sequence the caller owns and keeps alive.
@@ -49,20 +48,20 @@ struct owned_message {
   Message msg;
 
   template <class T>
-  static boost::asio::const_buffer view(const T& body) noexcept {
-    return boost::asio::buffer(body);
+  static net::const_buffer view(const T& body) noexcept {
+    return net::buffer(body);
   }
   template <class T>
-  static boost::asio::const_buffer view(const std::shared_ptr<T>& p) noexcept {
-    return p ? boost::asio::buffer(*p) : boost::asio::const_buffer();
+  static net::const_buffer view(const std::shared_ptr<T>& p) noexcept {
+    return p ? net::buffer(*p) : net::const_buffer();
   }
   // Recomputed on use: moving a short std::string moves its bytes.
-  boost::asio::const_buffer sequence() const noexcept { return view(msg); }
+  net::const_buffer sequence() const noexcept { return view(msg); }
 };
 
 // A flush or wait_writable request carries no bytes.
 struct no_bytes {
-  boost::asio::const_buffer sequence() const noexcept { return {}; }
+  net::const_buffer sequence() const noexcept { return {}; }
 };
 
 // A queued request: owns the user's handler and, for a write, (a view of)
@@ -78,15 +77,15 @@ class handler_node final : public writer_node {
       : writer_node(&table, k, 0),
         buffers_(std::forward<B>(b)),
         handler_(std::forward<H>(h)),
-        work_(boost::asio::get_associated_executor(handler_, ex)) {
-    set_size(boost::asio::buffer_size(buffers_.sequence()));
-    attach_canceller(boost::asio::get_associated_cancellation_slot(handler_), core);
+        work_(net::get_associated_executor(handler_, ex)) {
+    set_size(net::buffer_size(buffers_.sequence()));
+    attach_canceller(net::get_associated_cancellation_slot(handler_), core);
   }
 
  private:
-  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
+  using handler_executor = net::associated_executor_t<Handler, Executor>;
 
-  static void do_complete(writer_node* b, boost::system::error_code ec, std::size_t n, bool post) {
+  static void do_complete(writer_node* b, error_code ec, std::size_t n, bool post) {
     auto* self = static_cast<handler_node*>(b);
     if constexpr (carries_bytes)
       free_then_deliver(self, self->handler_, self->work_, post, ec, n);
@@ -102,10 +101,10 @@ class handler_node final : public writer_node {
   static void do_fill(const writer_node* b, std::size_t offset, window_builder& w) noexcept {
     const auto* self = static_cast<const handler_node*>(b);
     const auto& seq = self->buffers_.sequence();
-    auto it = boost::asio::buffer_sequence_begin(seq);
-    const auto end = boost::asio::buffer_sequence_end(seq);
+    auto it = net::buffer_sequence_begin(seq);
+    const auto end = net::buffer_sequence_end(seq);
     for (; it != end && !w.full(); ++it) {
-      boost::asio::const_buffer buf(*it);
+      net::const_buffer buf(*it);
       if (offset >= buf.size()) {
         offset -= buf.size();
         continue;
@@ -136,7 +135,7 @@ class writer_state final : public writer_core {
     std::shared_ptr<writer_state> self;
     std::uint64_t segment;
 
-    void operator()(const boost::system::error_code& ec, turn t) {
+    void operator()(const error_code& ec, turn t) {
       if (ec)
         return;  // the writer is gone: its messages were aborted
       self->turn_ = std::move(t);
@@ -157,7 +156,7 @@ class writer_state final : public writer_core {
         self_->shutdown();
     }
 
-    void operator()(const boost::system::error_code& ec, std::size_t n) {
+    void operator()(const error_code& ec, std::size_t n) {
       std::shared_ptr<writer_state> self = std::move(self_);
       node_list done;
       self->on_written(ec, n, done);
@@ -176,7 +175,7 @@ class writer_state final : public writer_core {
     writer_state& s = *self;
     const std::shared_ptr<writer_state> keep = self;
     const bool writing = s.next_write(segment, done, [&](const buffer_window& window) {
-      s.stream_.async_write_some(window, boost::asio::bind_cancellation_slot(
+      s.stream_.async_write_some(window, net::bind_cancellation_slot(
                                              s.write_slot(), write_done(std::move(self), segment)));
     });
     if (!writing)
@@ -197,7 +196,7 @@ class writer_state final : public writer_core {
       const std::uint64_t segment = go_on ? *resume : 0;
       // Not through stream_: the handler that threw may have destroyed the
       // writer, and the stream with it.
-      boost::asio::post(self->executor_, [self, go_on, segment, rest = std::move(done)]() mutable {
+      net::post(self->executor_, [self, go_on, segment, rest = std::move(done)]() mutable {
         if (go_on)
           step(std::move(self), segment, std::move(rest));
         else
@@ -308,7 +307,7 @@ struct queued_writer<Stream>::initiate_enqueue {
 
     template <class Handler>
     void operator()(Handler&& handler) {
-      if (const boost::system::error_code ec = state->error()) {
+      if (const error_code ec = state->error()) {
         // Completed inside the launch: the queue detects it and posts.
         std::apply(std::forward<Handler>(handler),
                    detail::queueable_signature<Signature>::failed(ec));
@@ -320,14 +319,14 @@ struct queued_writer<Stream>::initiate_enqueue {
 
   template <class Handler, class Launcher>
   void operator()(Handler&& handler, Launcher&& launcher) const {
-    const boost::system::error_code ec = self->state_->add_operation([&] {
+    const error_code ec = self->state_->add_operation([&] {
       self->queue_.template async_enqueue<Signature>(
           guarded<std::decay_t<Launcher>>{std::forward<Launcher>(launcher), self->state_},
           std::forward<Handler>(handler));
     });
     if (ec) {
-      auto ex = boost::asio::get_associated_executor(handler, get_executor());
-      boost::asio::post(ex, std::apply(
+      auto ex = net::get_associated_executor(handler, get_executor());
+      net::post(ex, std::apply(
                                 [&](auto&&... args) {
                                   return detail::bind_completion(std::forward<Handler>(handler),
                                                                  std::move(args)...);
@@ -341,7 +340,7 @@ template <class Stream>
 template <class ConstBufferSequence, class CompletionToken>
 auto queued_writer<Stream>::async_write(const ConstBufferSequence& buffers,
                                         CompletionToken&& token) {
-  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, std::size_t)>(
+  return net::async_initiate<CompletionToken, void(error_code, std::size_t)>(
       initiate_write{this}, token, detail::borrowed_buffers<ConstBufferSequence>{buffers});
 }
 
@@ -351,21 +350,21 @@ auto queued_writer<Stream>::async_send(Message msg, CompletionToken&& token) {
   static_assert(detail::is_message<Message>::value,
                 "serq::queued_writer::async_send takes std::string, std::vector<char>, "
                 "std::vector<unsigned char>, std::vector<std::byte>, or a std::shared_ptr to one");
-  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, std::size_t)>(
+  return net::async_initiate<CompletionToken, void(error_code, std::size_t)>(
       initiate_write{this}, token, detail::owned_message<Message>{std::move(msg)});
 }
 
 template <class Stream>
 template <class CompletionToken>
 auto queued_writer<Stream>::async_flush(CompletionToken&& token) {
-  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+  return net::async_initiate<CompletionToken, void(error_code)>(
       initiate_signal{this, detail::writer_node::kind::flush}, token);
 }
 
 template <class Stream>
 template <class CompletionToken>
 auto queued_writer<Stream>::async_wait_writable(CompletionToken&& token) {
-  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+  return net::async_initiate<CompletionToken, void(error_code)>(
       initiate_signal{this, detail::writer_node::kind::waiter}, token);
 }
 
@@ -374,7 +373,7 @@ template <class Op, class CompletionToken>
 auto queued_writer<Stream>::async_enqueue(Op&& op, CompletionToken&& token) {
   using signature = detail::op_signature_t<Op>;
   detail::check_queueable<signature>();
-  return boost::asio::async_initiate<CompletionToken, signature>(initiate_enqueue<signature>{this},
+  return net::async_initiate<CompletionToken, signature>(initiate_enqueue<signature>{this},
                                                                  token, std::forward<Op>(op));
 }
 
@@ -382,7 +381,7 @@ template <class Stream>
 template <class Signature, class Initiation, class CompletionToken>
 auto queued_writer<Stream>::async_enqueue(Initiation&& init, CompletionToken&& token) {
   detail::check_queueable<Signature>();
-  return boost::asio::async_initiate<CompletionToken, Signature>(
+  return net::async_initiate<CompletionToken, Signature>(
       initiate_enqueue<Signature>{this}, token, std::forward<Initiation>(init));
 }
 
@@ -401,6 +400,6 @@ std::size_t queued_writer<Stream>::cancel() {
   return n;
 }
 
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_IMPL_QUEUED_WRITER_HPP

@@ -5,26 +5,23 @@
 #ifndef SERQ_IMPL_SERIALIZED_QUEUE_HPP
 #define SERQ_IMPL_SERIALIZED_QUEUE_HPP
 
+#include <serq/config.hpp>
 #include <serq/detail/entries.hpp>
 #include <serq/detail/queue_core.hpp>
 
-#include <boost/asio/execution/context.hpp>
-#include <boost/asio/execution/executor.hpp>
-#include <boost/asio/is_executor.hpp>
-#include <boost/asio/query.hpp>
 
-namespace serq {
+SERQ_NAMESPACE_BEGIN
 
 namespace detail {
 
 // The serialized_queue_service of ex's execution context.
 template <class Executor>
 serialized_queue_service& queue_service(const Executor& ex) {
-  if constexpr (boost::asio::execution::is_executor<Executor>::value) {
-    return boost::asio::use_service<serialized_queue_service>(
-        boost::asio::query(ex, boost::asio::execution::context));
+  if constexpr (net::execution::is_executor<Executor>::value) {
+    return net::use_service<serialized_queue_service>(
+        net::query(ex, net::execution::context));
   } else {
-    return boost::asio::use_service<serialized_queue_service>(ex.context());
+    return net::use_service<serialized_queue_service>(ex.context());
   }
 }
 
@@ -130,11 +127,11 @@ template <class Signature>
 constexpr void check_queueable() {
   static_assert(queueable_signature<Signature>::value,
                 "serq: a queued operation's completion signature must be "
-                "void(boost::system::error_code, Ts...)");
+                "void(error_code, Ts...)");
 }
 
 template <class Op>
-using op_signature_t = typename boost::asio::completion_signature_of<std::decay_t<Op>>::type;
+using op_signature_t = typename net::completion_signature_of<std::decay_t<Op>>::type;
 
 }  // namespace detail
 
@@ -144,7 +141,7 @@ template <class Op, class CompletionToken,
 auto basic_serialized_queue<Executor>::async_enqueue(Op&& op, CompletionToken&& token) {
   using signature = detail::op_signature_t<Op>;
   detail::check_queueable<signature>();
-  return boost::asio::async_initiate<CompletionToken, signature>(
+  return net::async_initiate<CompletionToken, signature>(
       initiate_enqueue{this, false}, token, std::forward<Op>(op), static_cast<signature*>(nullptr));
 }
 
@@ -153,7 +150,7 @@ template <class Signature, class Initiation, class CompletionToken,
           std::enable_if_t<!std::is_same_v<std::decay_t<Initiation>, trigger_inline_t>, int>>
 auto basic_serialized_queue<Executor>::async_enqueue(Initiation&& init, CompletionToken&& token) {
   detail::check_queueable<Signature>();
-  return boost::asio::async_initiate<CompletionToken, Signature>(
+  return net::async_initiate<CompletionToken, Signature>(
       initiate_enqueue{this, false}, token, std::forward<Initiation>(init),
       static_cast<Signature*>(nullptr));
 }
@@ -164,7 +161,7 @@ auto basic_serialized_queue<Executor>::async_enqueue(trigger_inline_t, Op&& op,
                                                      CompletionToken&& token) {
   using signature = detail::op_signature_t<Op>;
   detail::check_queueable<signature>();
-  return boost::asio::async_initiate<CompletionToken, signature>(
+  return net::async_initiate<CompletionToken, signature>(
       initiate_enqueue{this, true}, token, std::forward<Op>(op), static_cast<signature*>(nullptr));
 }
 
@@ -173,7 +170,7 @@ template <class Signature, class Initiation, class CompletionToken>
 auto basic_serialized_queue<Executor>::async_enqueue(trigger_inline_t, Initiation&& init,
                                                      CompletionToken&& token) {
   detail::check_queueable<Signature>();
-  return boost::asio::async_initiate<CompletionToken, Signature>(
+  return net::async_initiate<CompletionToken, Signature>(
       initiate_enqueue{this, true}, token, std::forward<Initiation>(init),
       static_cast<Signature*>(nullptr));
 }
@@ -181,17 +178,17 @@ auto basic_serialized_queue<Executor>::async_enqueue(trigger_inline_t, Initiatio
 template <class Executor>
 template <class CompletionToken>
 auto basic_serialized_queue<Executor>::async_acquire(CompletionToken&& token) {
-  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, turn)>(
+  return net::async_initiate<CompletionToken, void(error_code, turn)>(
       initiate_turn_entry<true>{this}, token);
 }
 
 template <class Executor>
 template <class CompletionToken>
 auto basic_serialized_queue<Executor>::async_wait(CompletionToken&& token) {
-  return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+  return net::async_initiate<CompletionToken, void(error_code)>(
       initiate_turn_entry<false>{this}, token);
 }
 
-}  // namespace serq
+SERQ_NAMESPACE_END
 
 #endif  // SERQ_IMPL_SERIALIZED_QUEUE_HPP
