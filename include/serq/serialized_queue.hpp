@@ -9,7 +9,6 @@
 #include <serq/serialized_queue_service.hpp>
 #include <serq/turn.hpp>
 
-
 #include <cstddef>
 #include <memory>
 #include <string_view>
@@ -26,9 +25,10 @@ struct trigger_inline_t {
 };
 
 /// Asks `async_enqueue` to launch the operation inside the call when the
-/// queue is running and idle (tevent's `tevent_queue_add_optimize_empty`).
-/// Otherwise the entry waits as usual. The completion handler is still never
-/// invoked from inside the call.
+/// queue is running and idle (tevent's `tevent_queue_add_optimize_empty`),
+/// and the call is made where the queue's operations may run: for a queue on
+/// a strand, only from inside that strand. Otherwise the entry waits as
+/// usual. The completion handler is still never invoked from inside the call.
 inline constexpr trigger_inline_t trigger_inline{};
 
 /// A FIFO that serializes whole asynchronous operations.
@@ -53,10 +53,17 @@ inline constexpr trigger_inline_t trigger_inline{};
  * `Ts...`.
  *
  * @par Executor
- * Every completion handler runs on its associated executor, which defaults to
- * the queue's. No handler is ever invoked from inside an initiating function.
- * While an entry is pending the queue counts as outstanding work on both the
- * queue's executor and the handler's.
+ * Queued operations run on the queue's executor: each is launched there, and
+ * the handler serq gives it has the queue's executor as its associated
+ * executor, so every intermediate step of a composed operation runs there
+ * too. A queue on a strand therefore keeps a strand-protected object (a
+ * websocket, an SSL stream) safe however many threads add to it, as a strand
+ * would. Every completion handler then runs on its own associated executor,
+ * which defaults to the queue's: invoked directly when the completing thread
+ * already runs that executor, dispatched to it otherwise. No handler is ever
+ * invoked from inside an initiating function. While an entry is pending the
+ * queue counts as outstanding work on both the queue's executor and the
+ * handler's.
  *
  * @par Thread safety
  * Distinct objects: safe. Shared objects: every member function except the
@@ -87,9 +94,9 @@ class basic_serialized_queue {
   explicit basic_serialized_queue(const executor_type& ex, std::string_view name = {});
 
   /// Constructs a running, empty queue using `ctx.get_executor()`.
-  template <class ExecutionContext,
-            std::enable_if_t<
-                std::is_convertible_v<ExecutionContext&, net::execution_context&>, int> = 0>
+  template <
+      class ExecutionContext,
+      std::enable_if_t<std::is_convertible_v<ExecutionContext&, net::execution_context&>, int> = 0>
   explicit basic_serialized_queue(ExecutionContext& ctx, std::string_view name = {})
       : basic_serialized_queue(executor_type(ctx.get_executor()), name) {}
 
@@ -136,9 +143,13 @@ class basic_serialized_queue {
    *
    * @par Executor
    * The operation is launched from a function posted to the queue's executor.
-   * It is given an intermediate handler whose associated executor, allocator
-   * and cancellation slot are those of the final handler. The final handler
-   * runs on its associated executor (default: the queue's), never inside this
+   * It is given an intermediate handler whose associated executor is the
+   * queue's, so its intermediate steps run there as well; the intermediate
+   * handler's associated allocator, cancellation slot and (Asio 1.28 and
+   * later) immediate executor are those of the final handler. When the
+   * operation completes, the final handler runs on its own associated
+   * executor (default: the queue's): directly if the completing thread
+   * already runs that executor, otherwise dispatched to it; never inside this
    * call.
    *
    * @par Per-operation cancellation
@@ -154,8 +165,7 @@ class basic_serialized_queue {
    * The queue must outlive the call. Whatever `op` refers to (a socket, the
    * buffers) must stay valid until the handler runs.
    */
-  template <class Op,
-            class CompletionToken = net::default_completion_token_t<executor_type>,
+  template <class Op, class CompletionToken = net::default_completion_token_t<executor_type>,
             std::enable_if_t<!std::is_same_v<std::decay_t<Op>, trigger_inline_t>, int> = 0>
   auto async_enqueue(Op&& op, CompletionToken&& token = CompletionToken());
 
@@ -177,12 +187,13 @@ class basic_serialized_queue {
   /// Queues an operation, launching it inside this call if the queue is
   /// running and idle (`tevent_queue_add_optimize_empty`).
   /**
+   * A queue on a strand launches inside the call only when the caller runs
+   * inside that strand; other calls trigger the entry as usual (posted).
    * Otherwise identical to `async_enqueue(op, token)`. The completion
    * handler is never invoked from inside this call, even when the operation
    * is launched in it.
    */
-  template <class Op,
-            class CompletionToken = net::default_completion_token_t<executor_type>>
+  template <class Op, class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_enqueue(trigger_inline_t, Op&& op, CompletionToken&& token = CompletionToken());
 
   /// Raw-initiation form of the inline-trigger overload.

@@ -1146,7 +1146,7 @@ BOOST_AUTO_TEST_CASE(emitting_after_completion_has_no_effect) {
   BOOST_TEST(tr.invoked() == 2u);
 }
 
-BOOST_AUTO_TEST_CASE(launched_op_gets_the_final_handlers_associated_executor_allocator_and_slot) {
+BOOST_AUTO_TEST_CASE(launched_op_gets_the_queues_executor_and_the_final_handlers_allocator_and_slot) {
   serq_test::handler_tracker tr;
   asio::io_context ioc;
   serq::serialized_queue q(ioc);
@@ -1158,7 +1158,9 @@ BOOST_AUTO_TEST_CASE(launched_op_gets_the_final_handlers_associated_executor_all
   bool executor_ok = false, allocator_ok = false, slot_connected = false;
   q.async_enqueue<void(error_code)>(
       [&](auto handler) {
-        executor_ok = asio::get_associated_executor(handler) == strand;
+        // The queue's executor, not the handler's: the op's steps run where the
+        // queue runs them.
+        executor_ok = asio::get_associated_executor(handler) == q.get_executor();
         allocator_ok = asio::get_associated_allocator(handler) == alloc;
         slot_connected = asio::get_associated_cancellation_slot(handler).is_connected();
         asio::post(asio::append(std::move(handler), error_code()));

@@ -17,7 +17,6 @@
 #include <serq/detail/work.hpp>
 #include <serq/turn.hpp>
 
-
 #include <memory>
 #include <optional>
 #include <tuple>
@@ -34,8 +33,7 @@ struct queueable_signature : std::false_type {};
 template <class... Ts>
 struct queueable_signature<void(error_code, Ts...)> : std::true_type {
   // What an operation that never ran completes with.
-  static std::tuple<error_code, std::decay_t<Ts>...> failed(
-      error_code ec) {
+  static std::tuple<error_code, std::decay_t<Ts>...> failed(error_code ec) {
     return {ec, std::decay_t<Ts>{}...};
   }
   static std::tuple<error_code, std::decay_t<Ts>...> aborted() {
@@ -59,9 +57,7 @@ class bound_completion {
   void operator()() { std::apply(std::move(handler_), std::move(args_)); }
 
   using allocator_type = net::associated_allocator_t<Handler>;
-  allocator_type get_allocator() const noexcept {
-    return net::get_associated_allocator(handler_);
-  }
+  allocator_type get_allocator() const noexcept { return net::get_associated_allocator(handler_); }
 
  private:
   Handler handler_;
@@ -98,6 +94,28 @@ bool running_in(const Executor& ex) noexcept {
     return false;
   } else {
     return false;
+  }
+}
+
+template <class T>
+struct is_strand : std::false_type {};
+template <class Executor>
+struct is_strand<net::strand<Executor>> : std::true_type {};
+
+// Whether trigger_inline may launch an operation on this thread: not when
+// that would start it outside a strand that must serialize its steps.
+template <class Executor>
+bool may_launch_here(const Executor& ex) noexcept {
+  if constexpr (is_strand<Executor>::value) {
+    return ex.running_in_this_thread();
+  } else if constexpr (std::is_same_v<Executor, net::any_io_executor>) {
+    if (const auto* s = ex.template target<net::strand<net::io_context::executor_type>>())
+      return s->running_in_this_thread();
+    if (const auto* s = ex.template target<net::strand<net::any_io_executor>>())
+      return s->running_in_this_thread();
+    return true;
+  } else {
+    return true;
   }
 }
 
@@ -151,6 +169,15 @@ class handler_entry : public entry_base {
   using allocator_type = node_allocator_t<Handler>;
 
   handler_executor_type handler_executor() const noexcept { return handler_work_.get_executor(); }
+
+  // The executor the queue runs its entries' operations on.
+  QueueExecutor queue_executor() const noexcept {
+    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
+      if (!queue_work_)
+        return handler_work_.get_executor();
+    }
+    return queue_work_->get_executor();
+  }
   allocator_type get_allocator() const noexcept { return node_allocator(handler_); }
 
  protected:
@@ -226,9 +253,10 @@ class handler_entry : public entry_base {
 
 // The handler serq gives the queued operation. It owns its entry: destroyed
 // without being invoked (its context shut down), it abandons the entry so the
-// queue moves on and nothing leaks. Its associated executor, allocator and
-// cancellation slot are those of the user's handler, like any intermediate
-// handler of an Asio composed operation.
+// queue moves on and nothing leaks. Its associated executor is the queue's,
+// so every step of a composed operation runs where the queue runs it (on a
+// strand, inside the strand), as a strand-protected object needs; its
+// allocator, cancellation slot and immediate executor are the user handler's.
 template <class Entry>
 class launched_handler {
  public:
@@ -245,14 +273,21 @@ class launched_handler {
     std::exchange(e_, nullptr)->finish_op(std::forward<Args>(args)...);
   }
 
-  using executor_type = typename Entry::handler_executor_type;
-  executor_type get_executor() const noexcept { return e_->handler_executor(); }
+  using executor_type = typename Entry::queue_executor_type;
+  executor_type get_executor() const noexcept { return e_->queue_executor(); }
 
   using allocator_type = typename Entry::user_allocator_type;
   allocator_type get_allocator() const noexcept { return e_->user_allocator(); }
 
   using cancellation_slot_type = net::cancellation_slot;
   cancellation_slot_type get_cancellation_slot() const noexcept { return e_->op_slot_; }
+
+#if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
+  using immediate_executor_type = typename Entry::immediate_executor_type;
+  immediate_executor_type get_immediate_executor() const noexcept {
+    return e_->immediate_executor();
+  }
+#endif
 
  private:
   Entry* e_;
@@ -267,6 +302,13 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
 
  public:
   using user_allocator_type = net::associated_allocator_t<Handler>;
+  using queue_executor_type = QueueExecutor;
+#if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
+  using immediate_executor_type = net::associated_immediate_executor_t<Handler, QueueExecutor>;
+  immediate_executor_type immediate_executor() const noexcept {
+    return net::get_associated_immediate_executor(this->handler_, this->queue_executor());
+  }
+#endif
 
   template <class L, class H>
   op_entry(std::shared_ptr<queue_core> core, L&& l, H&& h, const QueueExecutor& qex)

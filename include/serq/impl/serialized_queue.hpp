@@ -9,7 +9,6 @@
 #include <serq/detail/entries.hpp>
 #include <serq/detail/queue_core.hpp>
 
-
 SERQ_NAMESPACE_BEGIN
 
 namespace detail {
@@ -18,8 +17,7 @@ namespace detail {
 template <class Executor>
 serialized_queue_service& queue_service(const Executor& ex) {
   if constexpr (net::execution::is_executor<Executor>::value) {
-    return net::use_service<serialized_queue_service>(
-        net::query(ex, net::execution::context));
+    return net::use_service<serialized_queue_service>(net::query(ex, net::execution::context));
   } else {
     return net::use_service<serialized_queue_service>(ex.context());
   }
@@ -100,7 +98,7 @@ struct basic_serialized_queue<Executor>::initiate_enqueue {
     detail::entry_base* e =
         detail::allocate_node<entry>(handler, self->core_, std::forward<Launcher>(launcher),
                                      std::forward<Handler>(handler), self->executor_);
-    detail::submit(*self->core_, e, allow_inline);
+    detail::submit(*self->core_, e, allow_inline && detail::may_launch_here(self->executor_));
   }
 };
 
@@ -150,9 +148,9 @@ template <class Signature, class Initiation, class CompletionToken,
           std::enable_if_t<!std::is_same_v<std::decay_t<Initiation>, trigger_inline_t>, int>>
 auto basic_serialized_queue<Executor>::async_enqueue(Initiation&& init, CompletionToken&& token) {
   detail::check_queueable<Signature>();
-  return net::async_initiate<CompletionToken, Signature>(
-      initiate_enqueue{this, false}, token, std::forward<Initiation>(init),
-      static_cast<Signature*>(nullptr));
+  return net::async_initiate<CompletionToken, Signature>(initiate_enqueue{this, false}, token,
+                                                         std::forward<Initiation>(init),
+                                                         static_cast<Signature*>(nullptr));
 }
 
 template <class Executor>
@@ -170,9 +168,9 @@ template <class Signature, class Initiation, class CompletionToken>
 auto basic_serialized_queue<Executor>::async_enqueue(trigger_inline_t, Initiation&& init,
                                                      CompletionToken&& token) {
   detail::check_queueable<Signature>();
-  return net::async_initiate<CompletionToken, Signature>(
-      initiate_enqueue{this, true}, token, std::forward<Initiation>(init),
-      static_cast<Signature*>(nullptr));
+  return net::async_initiate<CompletionToken, Signature>(initiate_enqueue{this, true}, token,
+                                                         std::forward<Initiation>(init),
+                                                         static_cast<Signature*>(nullptr));
 }
 
 template <class Executor>
@@ -185,8 +183,8 @@ auto basic_serialized_queue<Executor>::async_acquire(CompletionToken&& token) {
 template <class Executor>
 template <class CompletionToken>
 auto basic_serialized_queue<Executor>::async_wait(CompletionToken&& token) {
-  return net::async_initiate<CompletionToken, void(error_code)>(
-      initiate_turn_entry<false>{this}, token);
+  return net::async_initiate<CompletionToken, void(error_code)>(initiate_turn_entry<false>{this},
+                                                                token);
 }
 
 SERQ_NAMESPACE_END

@@ -1,0 +1,202 @@
+//
+// Where queued operations and their handlers run: a queued operation runs on
+// the queue's executor (every step of it, not only its launch), and its final
+// handler on the handler's own associated executor.
+//
+
+#include <serq.hpp>
+
+#if defined(SERQ_ASIO_STANDALONE)
+#include <asio.hpp>
+#else
+#include <boost/asio.hpp>
+#endif
+
+#include <boost/test/unit_test.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <thread>
+#include <tuple>
+
+namespace net = serq::net;
+using serq::error_code;
+
+namespace {
+
+using strand_type = net::strand<net::io_context::executor_type>;
+
+// Two asynchronous steps on a timer, composed with async_compose: each step
+// records whether it ran inside `strand`. Completes with (ec, step 1 on the
+// strand, step 2 on the strand).
+struct two_step_impl {
+  net::steady_timer& timer;
+  strand_type strand;
+  int state = 0;
+  bool first = false;
+
+  template <class Self>
+  void operator()(Self& self, error_code ec = {}) {
+    if (state++ == 0) {
+      first = strand.running_in_this_thread();
+      timer.expires_after(std::chrono::seconds(0));
+      timer.async_wait(std::move(self));
+      return;
+    }
+    self.complete(ec, first, strand.running_in_this_thread());
+  }
+};
+
+auto two_step(net::steady_timer& timer, const strand_type& strand) {
+  return net::async_compose<const net::deferred_t, void(error_code, bool, bool)>(
+      two_step_impl{timer, strand}, net::deferred, timer);
+}
+
+struct fixture {
+  net::io_context ioc;
+  strand_type strand{net::make_strand(ioc)};
+  net::steady_timer timer{strand};
+};
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(executor_rules, fixture)
+
+BOOST_AUTO_TEST_CASE(a_callback_bound_elsewhere_still_gets_every_step_on_the_queue_strand) {
+  serq::serialized_queue q(strand);
+  int done = 0;
+  q.async_enqueue(two_step(timer, strand),
+                  net::bind_executor(ioc.get_executor(), [&](error_code ec, bool s1, bool s2) {
+                    BOOST_TEST(!ec);
+                    BOOST_TEST(s1);
+                    BOOST_TEST(s2);  // was false: the second step ran on the handler's executor
+                    ++done;
+                  }));
+  ioc.run();
+  BOOST_TEST(done == 1);
+}
+
+BOOST_AUTO_TEST_CASE(use_awaitable_from_a_coroutine_on_the_io_context) {
+  serq::serialized_queue q(strand);
+  int done = 0;
+  net::co_spawn(
+      ioc,
+      [&]() -> net::awaitable<void> {
+        auto [ec, s1, s2] =
+            co_await q.async_enqueue(two_step(timer, strand), net::as_tuple(net::use_awaitable));
+        BOOST_TEST(!ec);
+        BOOST_TEST(s1);
+        BOOST_TEST(s2);
+        ++done;
+      },
+      net::detached);
+  ioc.run();
+  BOOST_TEST(done == 1);
+}
+
+BOOST_AUTO_TEST_CASE(use_future_from_a_foreign_thread) {
+  serq::serialized_queue q(strand);
+  auto work = net::make_work_guard(ioc);
+  std::thread runner([&] { ioc.run(); });
+  std::tuple<bool, bool> steps = q.async_enqueue(two_step(timer, strand), net::use_future).get();
+  BOOST_TEST(std::get<0>(steps));
+  BOOST_TEST(std::get<1>(steps));
+  work.reset();
+  runner.join();
+}
+
+BOOST_AUTO_TEST_CASE(a_handler_on_another_strand_runs_there_while_the_op_runs_on_the_queue_strand) {
+  serq::serialized_queue q(strand);
+  strand_type other = net::make_strand(ioc);
+  int done = 0;
+  q.async_enqueue(two_step(timer, strand),
+                  net::bind_executor(other, [&](error_code ec, bool s1, bool s2) {
+                    BOOST_TEST(!ec);
+                    BOOST_TEST(s1);
+                    BOOST_TEST(s2);
+                    BOOST_TEST(other.running_in_this_thread());
+                    ++done;
+                  }));
+  ioc.run();
+  BOOST_TEST(done == 1);
+}
+
+BOOST_AUTO_TEST_CASE(a_queue_on_a_strand_in_an_any_io_executor_keeps_the_steps_there) {
+  // The common spelling: serialized_queue on any_io_executor holding a strand,
+  // callers on a thread pool.
+  serq::serialized_queue q{net::any_io_executor(strand)};
+  std::atomic<int> good{0};
+  constexpr int producers = 8;
+  for (int i = 0; i < producers; ++i) {
+    net::co_spawn(
+        ioc,
+        [&]() -> net::awaitable<void> {
+          auto [ec, s1, s2] =
+              co_await q.async_enqueue(two_step(timer, strand), net::as_tuple(net::use_awaitable));
+          if (!ec && s1 && s2)
+            ++good;
+        },
+        net::detached);
+  }
+  std::thread second([&] { ioc.run(); });
+  ioc.run();
+  second.join();
+  BOOST_TEST(good.load() == producers);
+}
+
+BOOST_AUTO_TEST_CASE(trigger_inline_from_outside_the_strand_does_not_launch_in_the_call) {
+  serq::serialized_queue q(strand);
+  bool launched = false;
+  bool launched_on_strand = false;
+  int done = 0;
+  auto op = [&](auto handler) {
+    launched = true;
+    launched_on_strand = strand.running_in_this_thread();
+    net::post(ioc, [h = std::move(handler)]() mutable { h(error_code()); });
+  };
+  q.async_enqueue<void(error_code)>(serq::trigger_inline, op, [&](error_code ec) {
+    BOOST_TEST(!ec);
+    ++done;
+  });
+  BOOST_TEST(!launched);  // not from this thread: it is outside the strand
+  ioc.run();
+  BOOST_TEST(launched);
+  BOOST_TEST(launched_on_strand);
+  BOOST_TEST(done == 1);
+
+  // From inside the strand it still launches in the call.
+  launched = false;
+  bool launched_in_call = false;
+  ioc.restart();
+  net::post(strand, [&] {
+    q.async_enqueue<void(error_code)>(serq::trigger_inline, op, [&](error_code) { ++done; });
+    launched_in_call = launched;
+  });
+  ioc.run();
+  BOOST_TEST(launched_in_call);
+  BOOST_TEST(done == 2);
+}
+
+BOOST_AUTO_TEST_CASE(a_writer_runs_enqueued_operations_on_the_stream_strand) {
+  net::local::stream_protocol::socket a(strand), b(ioc);
+  net::local::connect_pair(a, b);
+  serq::queued_writer<net::local::stream_protocol::socket&> w(a);
+  int done = 0;
+  net::co_spawn(
+      ioc,
+      [&]() -> net::awaitable<void> {
+        auto [ec, s1, s2] =
+            co_await w.async_enqueue(two_step(timer, strand), net::as_tuple(net::use_awaitable));
+        BOOST_TEST(!ec);
+        BOOST_TEST(s1);
+        BOOST_TEST(s2);
+        ++done;
+      },
+      net::detached);
+  ioc.run();
+  BOOST_TEST(done == 1);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
