@@ -274,6 +274,15 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
   update_writable_locked(done);
 }
 
+void writer_core::fail(const error_code& ec) {
+  node_list done;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    fail_locked(ec, done);
+  }
+  done.complete_all(true);
+}
+
 std::size_t writer_core::cancel(node_list& done) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::size_t count = 0;

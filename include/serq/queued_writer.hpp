@@ -9,7 +9,6 @@
 #include <serq/detail/writer_core.hpp>
 #include <serq/serialized_queue.hpp>
 
-
 #include <cstddef>
 #include <memory>
 #include <type_traits>
@@ -17,7 +16,7 @@
 
 SERQ_NAMESPACE_BEGIN
 namespace detail {
-template <class NextLayer>
+template <class Stream>
 class writer_state;
 }
 
@@ -70,8 +69,20 @@ class writer_state;
  * Destroying the writer aborts queued messages (`operation_aborted`, 0). The
  * `write_some` in flight, if any, still returns; no further one starts, and a
  * message it left partly written completes with `operation_aborted` and the
- * bytes it wrote. The writer is neither copyable nor movable (queued
- * operations refer to it).
+ * bytes it wrote.
+ *
+ * An owned stream (`queued_writer<S>`) is kept alive by the writer's shared
+ * state until that `write_some` has returned, so destroying the writer is safe
+ * for every stream, `ssl::stream` included. The destructor closes the stream's
+ * lowest layer (`lowest_layer()`, else the bottom of `next_layer()`, with
+ * `close()`), from the stream's executor, so that the write in flight returns
+ * at once with an error; the stream is destroyed when it has. With nothing in
+ * flight, the stream is destroyed (and so closed) inside the destructor. A
+ * referenced stream (`queued_writer<S&>`) is never closed by the writer, and
+ * must outlive the write in flight. A read in flight through
+ * `async_read_some` does not keep the stream alive: finish it first.
+ *
+ * The writer is movable, not copyable.
  *
  * @par Thread safety
  * Distinct objects: safe. Shared objects: every member function except the
@@ -108,6 +119,21 @@ class queued_writer {
                              int> = 0>
   explicit queued_writer(Args&&... args);
 
+  /// Move constructor: the new writer takes over `other`'s stream, messages
+  /// and settings.
+  /**
+   * `other` is left without a stream and failed: every operation on it
+   * completes with `net::error::bad_descriptor` (posted), `error()` returns
+   * that, and `next_layer()` must not be called. It may be assigned to or
+   * destroyed.
+   */
+  queued_writer(queued_writer&& other);
+
+  /// Move assignment: closes this writer as its destructor does, then takes
+  /// over `other`'s stream, messages and settings as the move constructor
+  /// does.
+  queued_writer& operator=(queued_writer&& other);
+
   queued_writer(const queued_writer&) = delete;
   queued_writer& operator=(const queued_writer&) = delete;
 
@@ -115,12 +141,12 @@ class queued_writer {
   ~queued_writer();
 
   /// Returns the stream's executor.
-  executor_type get_executor() noexcept { return stream_.get_executor(); }
+  executor_type get_executor() const noexcept { return queue_.get_executor(); }
 
-  /// Returns the wrapped stream.
-  next_layer_type& next_layer() noexcept { return stream_; }
-  /// Returns the wrapped stream.
-  const next_layer_type& next_layer() const noexcept { return stream_; }
+  /// Returns the wrapped stream. Not on a moved-from writer, which has none.
+  next_layer_type& next_layer() noexcept { return state_->stream(); }
+  /// Returns the wrapped stream. Not on a moved-from writer, which has none.
+  const next_layer_type& next_layer() const noexcept { return state_->stream(); }
 
   /// Queues one message; completes when all its bytes are written.
   /**
@@ -156,8 +182,7 @@ class queued_writer {
    * `std::shared_ptr` to a (const) one of those, so one broadcast buffer can
    * be shared by many writers without a copy. Otherwise as `async_write`.
    */
-  template <class Message,
-            class CompletionToken = net::default_completion_token_t<executor_type>>
+  template <class Message, class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_send(Message msg, CompletionToken&& token = CompletionToken());
 
   /// Completes when everything queued before it has been written.
@@ -183,8 +208,7 @@ class queued_writer {
    * writer's error (and value-initialised other arguments) and `op` is never
    * launched.
    */
-  template <class Op,
-            class CompletionToken = net::default_completion_token_t<executor_type>>
+  template <class Op, class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_enqueue(Op&& op, CompletionToken&& token = CompletionToken());
 
   /// Raw-initiation form of `async_enqueue`, with an explicit `Signature`.
@@ -215,7 +239,7 @@ class queued_writer {
             class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_read_some(const MutableBufferSequence& buffers,
                        CompletionToken&& token = CompletionToken()) {
-    return stream_.async_read_some(buffers, std::forward<CompletionToken>(token));
+    return state_->stream().async_read_some(buffers, std::forward<CompletionToken>(token));
   }
 
   /// Bytes queued and not yet written.
@@ -283,9 +307,12 @@ class queued_writer {
   template <class Signature>
   struct initiate_enqueue;
 
-  Stream stream_;
+  using state_type = detail::writer_state<Stream>;
+
+  void close_state();
+
+  std::shared_ptr<state_type> state_;  // holds the stream
   basic_serialized_queue<executor_type> queue_;
-  std::shared_ptr<detail::writer_state<next_layer_type>> state_;
 };
 
 SERQ_NAMESPACE_END

@@ -218,6 +218,9 @@ class writer_core : public service_member {
   // by a terminal cancellation of a started write.
   net::cancellation_slot write_slot() noexcept { return write_signal_.slot(); }
 
+  // Fails the writer with ec, as a write error would.
+  void fail(const error_code& ec);
+
   std::size_t cancel(node_list& done);
   // The writer object is going away: queued requests abort; started writes
   // are completed by the outstanding write_some's result.

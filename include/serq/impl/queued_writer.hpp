@@ -10,9 +10,9 @@
 #include <serq/detail/handler_alloc.hpp>
 #include <serq/detail/writer_core.hpp>
 
-
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -122,13 +122,97 @@ class handler_node final : public writer_node {
   work_guard<handler_executor> work_;
 };
 
-// The writer's shared state: the state machine plus the pump that feeds it
-// the stream's write_some results. One pump holds the serialized queue's
-// turn at a time, so at most one write_some is ever in flight.
-template <class NextLayer>
+template <class T, class = void>
+struct has_lowest_layer : std::false_type {};
+template <class T>
+struct has_lowest_layer<T, std::void_t<decltype(std::declval<T&>().lowest_layer())>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct has_next_layer : std::false_type {};
+template <class T>
+struct has_next_layer<T, std::void_t<decltype(std::declval<T&>().next_layer())>> : std::true_type {
+};
+
+template <class T, class = void>
+struct has_close_ec : std::false_type {};
+template <class T>
+struct has_close_ec<T, std::void_t<decltype(std::declval<T&>().close(std::declval<error_code&>()))>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct has_close : std::false_type {};
+template <class T>
+struct has_close<T, std::void_t<decltype(std::declval<T&>().close())>> : std::true_type {};
+
+// The bottom of a stack of stream layers: what lowest_layer() names, else
+// the bottom of next_layer(), else the stream itself.
+template <class Stream>
+auto& lowest_layer_of(Stream& s) noexcept {
+  if constexpr (has_lowest_layer<Stream>::value)
+    return s.lowest_layer();
+  else if constexpr (has_next_layer<Stream>::value)
+    return lowest_layer_of(s.next_layer());
+  else
+    return s;
+}
+
+// Closes the bottom layer, ignoring errors: what destroying a socket does,
+// and what makes an operation in flight on any layer above return.
+template <class Stream>
+void close_lowest_layer(Stream& s) noexcept {
+  auto& lowest = lowest_layer_of(s);
+  using lowest_type = std::remove_reference_t<decltype(lowest)>;
+  if constexpr (has_close_ec<lowest_type>::value) {
+    error_code ignored;
+    lowest.close(ignored);
+  } else if constexpr (has_close<lowest_type>::value) {
+    try {
+      lowest.close();
+    } catch (...) {
+    }
+  }
+}
+
+// The writer's shared state: the state machine, the stream (owned, or
+// referenced for queued_writer<S&>) and the pump that feeds the state
+// machine the stream's write_some results. One pump holds the serialized
+// queue's turn at a time, so at most one write_some is ever in flight. An
+// owned stream lives here, not in the writer object, so that it outlives
+// the operation in flight whenever the writer is destroyed.
+template <class Stream>
 class writer_state final : public writer_core {
  public:
-  explicit writer_state(NextLayer& stream) : stream_(stream), executor_(stream.get_executor()) {}
+  using next_layer_type = std::remove_reference_t<Stream>;
+  using executor_type = typename next_layer_type::executor_type;
+  static constexpr bool owns_stream = !std::is_reference_v<Stream>;
+
+  // Constructs (or, for a reference, binds) the stream from args.
+  template <class... Args>
+  explicit writer_state(std::in_place_t, Args&&... args)
+      : stream_(make_storage(std::forward<Args>(args)...)), executor_(stream_->get_executor()) {}
+
+  // The state a moved-from writer is left with: no stream, failed.
+  explicit writer_state(const executor_type& ex) : executor_(ex) {
+    fail(net::error::bad_descriptor);
+  }
+
+  bool has_stream() const noexcept { return static_cast<bool>(stream_); }
+  next_layer_type& stream() noexcept { return *stream_; }
+  const next_layer_type& stream() const noexcept { return *stream_; }
+
+  // The writer owning the stream is gone. Closes the stream's bottom layer so
+  // that a write_some in flight returns now; the stream itself goes when the
+  // last reference to this state (that write's handler) does. The close runs
+  // on the stream's executor, as every other use of the stream does.
+  static void close_owned_stream(std::shared_ptr<writer_state> self) {
+    if constexpr (owns_stream) {
+      if (!self->has_stream() || self.use_count() == 1)
+        return;  // nothing in flight: the stream is destroyed (and closed) with self
+      const executor_type ex = self->executor_;
+      net::dispatch(ex, [self = std::move(self)] { close_lowest_layer(self->stream()); });
+    }
+  }
 
   // The pump's turn has come (async_acquire's handler).
   struct pump_start {
@@ -175,8 +259,9 @@ class writer_state final : public writer_core {
     writer_state& s = *self;
     const std::shared_ptr<writer_state> keep = self;
     const bool writing = s.next_write(segment, done, [&](const buffer_window& window) {
-      s.stream_.async_write_some(window, net::bind_cancellation_slot(
-                                             s.write_slot(), write_done(std::move(self), segment)));
+      s.stream_->async_write_some(
+          window,
+          net::bind_cancellation_slot(s.write_slot(), write_done(std::move(self), segment)));
     });
     if (!writing)
       s.turn_.release();
@@ -207,8 +292,18 @@ class writer_state final : public writer_core {
   }
 
  private:
-  NextLayer& stream_;
-  const typename NextLayer::executor_type executor_;
+  using storage = std::conditional_t<owns_stream, std::optional<Stream>, next_layer_type*>;
+
+  template <class... Args>
+  static storage make_storage(Args&&... args) {
+    if constexpr (owns_stream)
+      return storage(std::in_place, std::forward<Args>(args)...);
+    else
+      return storage(&static_cast<next_layer_type&>(args)...);
+  }
+
+  storage stream_{};
+  const executor_type executor_;
   turn turn_;  // touched only by the active pump
 };
 
@@ -222,9 +317,8 @@ template <
                            (std::is_same_v<std::decay_t<Args>, queued_writer<Stream>> || ...)),
                      int>>
 queued_writer<Stream>::queued_writer(Args&&... args)
-    : stream_(std::forward<Args>(args)...),
-      queue_(stream_.get_executor(), "serq.queued_writer"),
-      state_(std::make_shared<detail::writer_state<next_layer_type>>(stream_)) {
+    : state_(std::make_shared<state_type>(std::in_place, std::forward<Args>(args)...)),
+      queue_(state_->stream().get_executor(), "serq.queued_writer") {
   if (!detail::queue_service(queue_.get_executor()).add(*state_)) {
     detail::node_list none;
     state_->close(none);
@@ -232,19 +326,40 @@ queued_writer<Stream>::queued_writer(Args&&... args)
 }
 
 template <class Stream>
+queued_writer<Stream>::queued_writer(queued_writer&& other)
+    : state_(
+          std::exchange(other.state_, std::make_shared<state_type>(other.queue_.get_executor()))),
+      queue_(std::move(other.queue_)) {}
+
+template <class Stream>
+queued_writer<Stream>& queued_writer<Stream>::operator=(queued_writer&& other) {
+  if (this != &other) {
+    close_state();
+    state_ = std::exchange(other.state_, std::make_shared<state_type>(other.queue_.get_executor()));
+    queue_ = std::move(other.queue_);
+  }
+  return *this;
+}
+
+template <class Stream>
 queued_writer<Stream>::~queued_writer() {
+  close_state();
+}
+
+template <class Stream>
+void queued_writer<Stream>::close_state() {
   detail::queue_service(queue_.get_executor()).remove(*state_);
   detail::node_list done;
   state_->close(done);
   done.complete_all(true);
+  state_type::close_owned_stream(std::move(state_));  // state_ is reassigned or gone next
 }
 
 template <class Stream>
 void queued_writer<Stream>::add_node(detail::writer_node* n) {
   detail::node_list rejected;
   state_->add(n, rejected, [this](std::uint64_t segment) {
-    queue_.async_acquire(
-        typename detail::writer_state<next_layer_type>::pump_start{state_, segment});
+    queue_.async_acquire(typename state_type::pump_start{state_, segment});
   });
   rejected.complete_all(true);
 }
@@ -327,11 +442,11 @@ struct queued_writer<Stream>::initiate_enqueue {
     if (ec) {
       auto ex = net::get_associated_executor(handler, get_executor());
       net::post(ex, std::apply(
-                                [&](auto&&... args) {
-                                  return detail::bind_completion(std::forward<Handler>(handler),
-                                                                 std::move(args)...);
-                                },
-                                detail::queueable_signature<Signature>::failed(ec)));
+                        [&](auto&&... args) {
+                          return detail::bind_completion(std::forward<Handler>(handler),
+                                                         std::move(args)...);
+                        },
+                        detail::queueable_signature<Signature>::failed(ec)));
     }
   }
 };
@@ -373,16 +488,16 @@ template <class Op, class CompletionToken>
 auto queued_writer<Stream>::async_enqueue(Op&& op, CompletionToken&& token) {
   using signature = detail::op_signature_t<Op>;
   detail::check_queueable<signature>();
-  return net::async_initiate<CompletionToken, signature>(initiate_enqueue<signature>{this},
-                                                                 token, std::forward<Op>(op));
+  return net::async_initiate<CompletionToken, signature>(initiate_enqueue<signature>{this}, token,
+                                                         std::forward<Op>(op));
 }
 
 template <class Stream>
 template <class Signature, class Initiation, class CompletionToken>
 auto queued_writer<Stream>::async_enqueue(Initiation&& init, CompletionToken&& token) {
   detail::check_queueable<Signature>();
-  return net::async_initiate<CompletionToken, Signature>(
-      initiate_enqueue<Signature>{this}, token, std::forward<Initiation>(init));
+  return net::async_initiate<CompletionToken, Signature>(initiate_enqueue<Signature>{this}, token,
+                                                         std::forward<Initiation>(init));
 }
 
 template <class Stream>
