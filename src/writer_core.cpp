@@ -5,7 +5,6 @@
 #include <serq/config.hpp>
 #include <serq/detail/writer_core.hpp>
 
-
 #include <algorithm>
 #include <stdexcept>
 #include <utility>
@@ -45,8 +44,7 @@ void node_list::complete_all(bool post) {
 
 // ---- writer_node / node_canceller ------------------------------------------
 
-void writer_node::attach_canceller(net::cancellation_slot slot,
-                                   std::shared_ptr<writer_core> core) {
+void writer_node::attach_canceller(net::cancellation_slot slot, std::shared_ptr<writer_core> core) {
   if (slot.is_connected())
     canceller_ = &slot.template emplace<node_canceller>(std::move(core), nullptr);
 }
@@ -68,8 +66,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
       // yet: decided when that write returns. If the stream took none of
       // them, the message is removed; if it took some, it has started.
       n->cancel_pending_ = n->cancel_pending_ | type;
-    } else if ((type & net::cancellation_type::terminal) !=
-               net::cancellation_type::none) {
+    } else if ((type & net::cancellation_type::terminal) != net::cancellation_type::none) {
       // A started message cannot be taken back: the stream's framing would
       // be lost. Terminal cancellation stops the stream operation instead,
       // which fails the writer.
@@ -88,8 +85,7 @@ writer_core::~writer_core() = default;
 
 bool writer_core::add_locked(writer_node* n, node_list& rejected) {
   if (closed_ || error_) {
-    n->result_ =
-        closed_ ? error_code(net::error::operation_aborted) : error_;
+    n->result_ = closed_ ? error_code(net::error::operation_aborted) : error_;
     rejected.push_back(n);
     return false;
   }
@@ -259,9 +255,8 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
         node->result_ = net::error::operation_aborted;
         finish_node_locked(node, done);
       }
-    } else if (node->queued_ &&
-               (node->cancel_pending_ & net::cancellation_type::terminal) !=
-                   net::cancellation_type::none) {
+    } else if (node->queued_ && (node->cancel_pending_ & net::cancellation_type::terminal) !=
+                                    net::cancellation_type::none) {
       // Cancelled while gathered, and now partly written: as for any
       // started message, terminal cancellation fails the writer.
       terminal_requested_ = true;

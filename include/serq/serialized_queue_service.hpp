@@ -5,10 +5,9 @@
 #ifndef SERQ_SERIALIZED_QUEUE_SERVICE_HPP
 #define SERQ_SERIALIZED_QUEUE_SERVICE_HPP
 
-
-#include <serq/config.hpp>
 #include <memory>
 #include <mutex>
+#include <serq/config.hpp>
 #include <string_view>
 
 SERQ_NAMESPACE_BEGIN

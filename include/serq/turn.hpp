@@ -5,8 +5,8 @@
 #ifndef SERQ_TURN_HPP
 #define SERQ_TURN_HPP
 
-#include <serq/config.hpp>
 #include <memory>
+#include <serq/config.hpp>
 
 SERQ_NAMESPACE_BEGIN
 namespace detail {

@@ -9,25 +9,23 @@
 #ifndef SERQ_DETAIL_HANDLER_ALLOC_HPP
 #define SERQ_DETAIL_HANDLER_ALLOC_HPP
 
-
-#include <serq/config.hpp>
 #include <memory>
+#include <serq/config.hpp>
 #include <utility>
 
 SERQ_NAMESPACE_BEGIN
 namespace detail {
 
 template <class Handler>
-using node_allocator_t = typename net::detail::get_recycling_allocator<
-    net::associated_allocator_t<Handler>,
-    net::detail::thread_info_base::default_tag>::type;
+using node_allocator_t =
+    typename net::detail::get_recycling_allocator<net::associated_allocator_t<Handler>,
+                                                  net::detail::thread_info_base::default_tag>::type;
 
 template <class Handler>
 node_allocator_t<Handler> node_allocator(const Handler& h) noexcept {
   return net::detail::get_recycling_allocator<
       net::associated_allocator_t<Handler>,
-      net::detail::thread_info_base::default_tag>::
-      get(net::get_associated_allocator(h));
+      net::detail::thread_info_base::default_tag>::get(net::get_associated_allocator(h));
 }
 
 // Allocates and constructs a Node with h's allocator. h is read before any

@@ -10,9 +10,8 @@
 #ifndef SERQ_DETAIL_WORK_HPP
 #define SERQ_DETAIL_WORK_HPP
 
-
-#include <serq/config.hpp>
 #include <optional>
+#include <serq/config.hpp>
 #include <utility>
 
 SERQ_NAMESPACE_BEGIN

@@ -15,7 +15,6 @@
 #include <serq/detail/intrusive_list.hpp>
 #include <serq/serialized_queue_service.hpp>
 
-
 #include <cstddef>
 #include <cstdint>
 #include <memory>
