@@ -224,7 +224,7 @@ void submit(queue_core& core, entry_base* e, bool allow_inline) {
       e->launch();
       break;
     case queue_core::add_result::closed:
-      e->abort();
+      e->reject();
       break;
   }
 }

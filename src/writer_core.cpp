@@ -37,9 +37,9 @@ node_list::~node_list() {
     n->destroy();
 }
 
-void node_list::complete_all(bool post) {
+void node_list::complete_all(completion_mode mode) {
   while (writer_node* n = pop_front())
-    n->complete(post);
+    n->complete(mode);
 }
 
 // ---- writer_node / node_canceller ------------------------------------------
@@ -74,7 +74,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
       core_->write_signal_.emit(net::cancellation_type::terminal);
     }
   }
-  done.complete_all(true);
+  done.complete_all(completion_mode::post);
 }
 
 // ---- writer_core -------------------------------------------------------------
@@ -275,7 +275,7 @@ void writer_core::fail(const error_code& ec) {
     std::lock_guard<std::mutex> lock(mutex_);
     fail_locked(ec, done);
   }
-  done.complete_all(true);
+  done.complete_all(completion_mode::post);
 }
 
 std::size_t writer_core::cancel(node_list& done) {

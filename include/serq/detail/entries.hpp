@@ -12,6 +12,7 @@
 #define SERQ_DETAIL_ENTRIES_HPP
 
 #include <serq/config.hpp>
+#include <serq/detail/completion_mode.hpp>
 #include <serq/detail/handler_alloc.hpp>
 #include <serq/detail/queue_core.hpp>
 #include <serq/detail/work.hpp>
@@ -133,12 +134,18 @@ void post_to(const Executor& ex, Function&& f) {
   net::post(ex, std::forward<Function>(f));
 }
 
-// Hands a bound completion to its executor: posted when must_post (inside an
-// initiating function, or when the caller cannot tell); otherwise invoked
-// here when already running on that executor, else dispatched.
+// Immediate completions that run inline (through an immediate executor) may
+// start new operations that complete immediately too: past this depth on one
+// thread, they are posted instead, so such a loop cannot exhaust the stack.
+inline constexpr unsigned max_immediate_depth = 8;
+inline thread_local unsigned immediate_depth = 0;
+
+// Hands a bound completion to its executor, as mode says. Immediate is
+// handled by free_then_deliver / complete_immediately, which know the
+// handler; here it means posted.
 template <class Executor, class Completion>
-void deliver(const work_guard<Executor>& work, Completion&& c, bool must_post) {
-  if (must_post) {
+void deliver(const work_guard<Executor>& work, Completion&& c, completion_mode mode) {
+  if (mode != completion_mode::dispatch) {
     post_to(work.get_executor(), std::forward<Completion>(c));
   } else if (running_in(work.get_executor())) {
     c();
@@ -147,17 +154,60 @@ void deliver(const work_guard<Executor>& work, Completion&& c, bool must_post) {
   }
 }
 
+// Runs an immediate completion through the handler's immediate executor,
+// within the depth bound.
+template <class ImmediateExecutor, class Executor, class Completion>
+void deliver_immediate(const ImmediateExecutor& iex, const work_guard<Executor>& work,
+                       Completion&& c) {
+  if (immediate_depth >= max_immediate_depth) {
+    post_to(work.get_executor(), std::forward<Completion>(c));
+    return;
+  }
+  struct depth_scope {
+    depth_scope() noexcept { ++immediate_depth; }
+    ~depth_scope() { --immediate_depth; }
+  } scope;
+  net::dispatch(iex, std::forward<Completion>(c));
+}
+
 // Completes a node's handler with args and frees the node first, as Asio
 // requires (storage returned before the upcall). The handler and the work are
 // moved out, and args bound, before the node's memory goes.
 template <class Node, class Handler, class Executor, class... Args>
-void free_then_deliver(Node* node, Handler& handler, work_guard<Executor>& work, bool must_post,
-                       Args&&... args) {
+void free_then_deliver(Node* node, Handler& handler, work_guard<Executor>& work,
+                       completion_mode mode, Args&&... args) {
   const auto alloc = node_allocator(handler);
+#if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
+  if (mode == completion_mode::immediate) {
+    const auto iex = net::get_associated_immediate_executor(handler, work.get_executor());
+    auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
+    work_guard<Executor> held(std::move(work));
+    deallocate_node(node, alloc);
+    deliver_immediate(iex, held, std::move(completion));
+    return;
+  }
+#endif
   auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
   work_guard<Executor> held(std::move(work));
   deallocate_node(node, alloc);
-  deliver(held, std::move(completion), must_post);
+  deliver(held, std::move(completion), mode);
+}
+
+// Completes a handler that never became a node, from inside its initiating
+// function: through its immediate executor where Asio has them, else posted
+// to its associated executor (default: io_ex).
+template <class Handler, class IoExecutor, class... Args>
+void complete_immediately(Handler&& handler, const IoExecutor& io_ex, Args&&... args) {
+  using executor_type = net::associated_executor_t<std::decay_t<Handler>, IoExecutor>;
+  const work_guard<executor_type> work(net::get_associated_executor(handler, io_ex));
+#if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
+  const auto iex = net::get_associated_immediate_executor(handler, work.get_executor());
+  deliver_immediate(iex, work,
+                    bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...));
+#else
+  post_to(work.get_executor(),
+          bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...));
+#endif
 }
 
 // State shared by every typed entry: the user's handler and the outstanding
@@ -210,13 +260,17 @@ class handler_entry : public entry_base {
     post_to(queue_work_->get_executor(), trigger_function{this, get_allocator()});
   }
 
-  // Frees this entry, then completes the handler with args: posted when
-  // must_post (never inline from an initiating call), else dispatched. The
-  // queue's turn must already be handed on by the caller, if it held one.
+  // Frees this entry, then completes the handler with args as mode says.
+  // The queue's turn must already be handed on by the caller, if it held one.
   template <class Derived, class... Args>
-  static void complete(Derived* self, bool must_post, Args&&... args) {
-    free_then_deliver(self, self->handler_, self->handler_work_, must_post,
-                      std::forward<Args>(args)...);
+  static void complete(Derived* self, completion_mode mode, Args&&... args) {
+    free_then_deliver(self, self->handler_, self->handler_work_, mode, std::forward<Args>(args)...);
+  }
+
+  // An entry aborted by cancel() or a signal is posted; one refused inside
+  // its initiating call (the queue is closed) completes immediately.
+  static completion_mode mode_of(entry_base::action a) noexcept {
+    return a == entry_base::action::reject ? completion_mode::immediate : completion_mode::post;
   }
 
   template <class Derived>
@@ -330,7 +384,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
     }
     wait_launch_done(*this);
     this->release_core()->finish();
-    base::complete(this, false, std::forward<Args>(args)...);
+    base::complete(this, completion_mode::dispatch, std::forward<Args>(args)...);
   }
 
  private:
@@ -347,8 +401,12 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
         self->do_launch();
         break;
       case entry_base::action::abort:
-        std::apply([self](auto&&... args) { base::complete(self, true, std::move(args)...); },
-                   queueable_signature<Signature>::aborted());
+      case entry_base::action::reject:
+        std::apply(
+            [self, a](auto&&... args) {
+              base::complete(self, base::mode_of(a), std::move(args)...);
+            },
+            queueable_signature<Signature>::aborted());
         break;
       case entry_base::action::destroy:
         base::deallocate(self);
@@ -372,8 +430,9 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
     // Cancelled after it was triggered but before it started (it never ran),
     // or completed inside its launch: complete now, posted, with no guard held.
     this->release_core()->finish();
-    std::apply([this](auto&&... args) { base::complete(this, true, std::move(args)...); },
-               cancelled ? queueable_signature<Signature>::aborted() : std::move(*inline_result_));
+    std::apply(
+        [this](auto&&... args) { base::complete(this, completion_mode::post, std::move(args)...); },
+        cancelled ? queueable_signature<Signature>::aborted() : std::move(*inline_result_));
   }
 
   Launcher launcher_;
@@ -410,14 +469,16 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
         std::shared_ptr<queue_core> core = self->release_core();
         if (cancelled || !HandsOutTurn) {
           core->finish();
-          finish_with(self, cancelled, cancelled ? aborted : error_code(), nullptr);
+          finish_with(self, cancelled ? completion_mode::post : completion_mode::dispatch,
+                      cancelled ? aborted : error_code(), nullptr);
         } else {
-          finish_with(self, false, error_code(), std::move(core));
+          finish_with(self, completion_mode::dispatch, error_code(), std::move(core));
         }
         break;
       }
       case entry_base::action::abort:
-        finish_with(self, true, aborted, nullptr);
+      case entry_base::action::reject:
+        finish_with(self, base::mode_of(a), aborted, nullptr);
         break;
       case entry_base::action::destroy:
         base::deallocate(self);
@@ -426,12 +487,12 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
   }
 
   // Completes the handler; an acquire also gets the turn (empty unless held).
-  static void finish_with(turn_entry* self, bool must_post, error_code ec,
+  static void finish_with(turn_entry* self, completion_mode mode, error_code ec,
                           std::shared_ptr<queue_core> held) {
     if constexpr (HandsOutTurn)
-      base::complete(self, must_post, ec, held ? turn(std::move(held)) : turn());
+      base::complete(self, mode, ec, held ? turn(std::move(held)) : turn());
     else
-      base::complete(self, must_post, ec);
+      base::complete(self, mode, ec);
   }
 };
 

@@ -35,7 +35,8 @@ class entry_base {
   enum class action : unsigned char {
     trigger,  // its turn has come: post its launch to the queue's executor
     launch,   // start the work now (from the posted trigger, or inline)
-    abort,    // never started: complete with operation_aborted
+    abort,    // never started: complete with operation_aborted (posted)
+    reject,   // refused inside its initiating call: operation_aborted, immediately
     destroy,  // free without invoking anything (shutdown, abandoned handlers)
   };
 
@@ -45,6 +46,7 @@ class entry_base {
   void trigger() { func_(this, action::trigger); }
   void launch() { func_(this, action::launch); }
   void abort() { func_(this, action::abort); }
+  void reject() { func_(this, action::reject); }
   void destroy() noexcept { func_(this, action::destroy); }
 
   // Frees an active entry whose handler was destroyed without being invoked

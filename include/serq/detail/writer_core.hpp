@@ -12,6 +12,7 @@
 #define SERQ_DETAIL_WRITER_CORE_HPP
 
 #include <serq/config.hpp>
+#include <serq/detail/completion_mode.hpp>
 #include <serq/detail/intrusive_list.hpp>
 #include <serq/serialized_queue_service.hpp>
 
@@ -75,9 +76,8 @@ class writer_node {
   enum class kind : unsigned char { write, flush, waiter };
 
   struct ops {
-    // Invokes the handler with (ec, bytes) and frees the node: posted when
-    // post is true, otherwise dispatched to the handler's executor.
-    void (*complete)(writer_node*, error_code, std::size_t, bool post);
+    // Frees the node and invokes the handler with (ec, bytes) as mode says.
+    void (*complete)(writer_node*, error_code, std::size_t, completion_mode mode);
     // Frees the node without invoking its handler.
     void (*destroy)(writer_node*) noexcept;
     // Appends the not yet written bytes, starting offset bytes in.
@@ -94,7 +94,7 @@ class writer_node {
   // initiating function.
   void attach_canceller(net::cancellation_slot slot, std::shared_ptr<writer_core> core);
 
-  void complete(bool post) { ops_->complete(this, result_, written_, post); }
+  void complete(completion_mode mode) { ops_->complete(this, result_, written_, mode); }
   void destroy() noexcept { ops_->destroy(this); }
 
  protected:
@@ -137,7 +137,7 @@ class node_list : public intrusive_list<writer_node> {
   ~node_list();
 
   // Completes every node with its stored result, in order.
-  void complete_all(bool post);
+  void complete_all(completion_mode mode);
 };
 
 // Lives in a write's cancellation slot: removes a queued write; forwards a

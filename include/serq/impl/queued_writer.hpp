@@ -85,12 +85,12 @@ class handler_node final : public writer_node {
  private:
   using handler_executor = net::associated_executor_t<Handler, Executor>;
 
-  static void do_complete(writer_node* b, error_code ec, std::size_t n, bool post) {
+  static void do_complete(writer_node* b, error_code ec, std::size_t n, completion_mode mode) {
     auto* self = static_cast<handler_node*>(b);
     if constexpr (carries_bytes)
-      free_then_deliver(self, self->handler_, self->work_, post, ec, n);
+      free_then_deliver(self, self->handler_, self->work_, mode, ec, n);
     else
-      free_then_deliver(self, self->handler_, self->work_, post, ec);
+      free_then_deliver(self, self->handler_, self->work_, mode, ec);
   }
 
   static void do_destroy(writer_node* b) noexcept {
@@ -275,7 +275,7 @@ class writer_state final : public writer_core {
   static void complete(const std::shared_ptr<writer_state>& self, const std::uint64_t* resume,
                        node_list& done) {
     try {
-      done.complete_all(false);
+      done.complete_all(completion_mode::dispatch);
     } catch (...) {
       const bool go_on = resume != nullptr;
       const std::uint64_t segment = go_on ? *resume : 0;
@@ -351,7 +351,7 @@ void queued_writer<Stream>::close_state() {
   detail::queue_service(queue_.get_executor()).remove(*state_);
   detail::node_list done;
   state_->close(done);
-  done.complete_all(true);
+  done.complete_all(detail::completion_mode::post);
   state_type::close_owned_stream(std::move(state_));  // state_ is reassigned or gone next
 }
 
@@ -361,7 +361,7 @@ void queued_writer<Stream>::add_node(detail::writer_node* n) {
   state_->add(n, rejected, [this](std::uint64_t segment) {
     queue_.async_acquire(typename state_type::pump_start{state_, segment});
   });
-  rejected.complete_all(true);
+  rejected.complete_all(detail::completion_mode::immediate);  // still inside the initiating call
 }
 
 template <class Stream>
@@ -401,7 +401,7 @@ struct queued_writer<Stream>::initiate_signal {
     } else {
       detail::node_list ready;
       self->state_->add_waiter(n, ready);
-      ready.complete_all(true);
+      ready.complete_all(detail::completion_mode::immediate);
     }
   }
 };
@@ -440,13 +440,12 @@ struct queued_writer<Stream>::initiate_enqueue {
           std::forward<Handler>(handler));
     });
     if (ec) {
-      auto ex = net::get_associated_executor(handler, get_executor());
-      net::post(ex, std::apply(
-                        [&](auto&&... args) {
-                          return detail::bind_completion(std::forward<Handler>(handler),
-                                                         std::move(args)...);
-                        },
-                        detail::queueable_signature<Signature>::failed(ec)));
+      std::apply(
+          [&](auto&&... args) {
+            detail::complete_immediately(std::forward<Handler>(handler), get_executor(),
+                                         std::move(args)...);
+          },
+          detail::queueable_signature<Signature>::failed(ec));
     }
   }
 };
@@ -504,14 +503,14 @@ template <class Stream>
 void queued_writer<Stream>::set_watermarks(std::size_t low, std::size_t high) {
   detail::node_list done;
   state_->set_watermarks(low, high, done);
-  done.complete_all(true);
+  done.complete_all(detail::completion_mode::post);
 }
 
 template <class Stream>
 std::size_t queued_writer<Stream>::cancel() {
   detail::node_list done;
   const std::size_t n = state_->cancel(done);
-  done.complete_all(true);
+  done.complete_all(detail::completion_mode::post);
   return n;
 }
 

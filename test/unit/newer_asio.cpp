@@ -1,0 +1,284 @@
+//
+// test/unit/newer_asio.cpp
+//
+// What newer Asio releases add, used where the Asio in the build has it:
+// immediate executors (Asio 1.28, Boost 1.82), cancel_after and deferred as
+// the default completion token (Asio 1.31, Boost 1.86); and what every
+// supported Asio has: as_tuple, redirect_error, and completions that happen
+// at once never recursing without bound.
+//
+
+#include <serq.hpp>
+
+#include "common/exactly_once.hpp"
+
+#if defined(SERQ_ASIO_STANDALONE)
+#include <asio.hpp>
+#else
+#include <boost/asio.hpp>
+#endif
+
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <thread>
+#include <tuple>
+
+namespace net = serq::net;
+using serq::error_code;
+using local_socket = net::local::stream_protocol::socket;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A writer that has failed: moved from, so every call fails at once with
+// bad_descriptor.
+struct failed_writer {
+  net::io_context ioc;
+  local_socket a{ioc}, b{ioc};
+  serq::queued_writer<local_socket> owner{(net::local::connect_pair(a, b), std::move(a))};
+  serq::queued_writer<local_socket> w{std::move(owner)};
+  serq::queued_writer<local_socket>& failed = owner;
+};
+
+// Issues `left` writes to a failed writer one after the other, each from the
+// previous one's handler, and records how deeply those handlers nested.
+struct write_loop {
+  serq::queued_writer<local_socket>& w;
+  std::size_t left;
+  std::size_t completed = 0;
+  std::size_t depth = 0;
+  std::size_t max_depth = 0;
+
+  template <class Bind>
+  void next(Bind bind) {
+    if (left-- == 0)
+      return;
+    w.async_write(net::buffer("x", 1), bind([this, bind](error_code ec, std::size_t) {
+                    BOOST_REQUIRE(ec == net::error::bad_descriptor);
+                    ++completed;
+                    ++depth;
+                    max_depth = std::max(max_depth, depth);
+                    next(bind);
+                    --depth;
+                  }));
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(newer_asio)
+
+BOOST_AUTO_TEST_CASE(a_loop_of_failed_writes_without_an_immediate_executor_is_posted) {
+  failed_writer f;
+  write_loop loop{f.failed, 10000};
+  loop.next([](auto h) { return h; });
+  BOOST_TEST(loop.completed == 0u);  // none inside the call
+  f.ioc.run();
+  BOOST_TEST(loop.completed == 10000u);
+  BOOST_TEST(loop.max_depth == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(as_tuple_and_redirect_error_carry_the_error) {
+  failed_writer f;
+  std::tuple<error_code, std::size_t> as_tuple_result;
+  error_code redirected;
+  int done = 0;
+  net::co_spawn(
+      f.ioc,
+      [&]() -> net::awaitable<void> {
+        as_tuple_result =
+            co_await f.failed.async_write(net::buffer("x", 1), net::as_tuple(net::use_awaitable));
+        co_await f.failed.async_flush(net::redirect_error(net::use_awaitable, redirected));
+        ++done;
+      },
+      net::detached);
+  f.ioc.run();
+  BOOST_TEST(done == 1);
+  BOOST_TEST(std::get<0>(as_tuple_result) == net::error::bad_descriptor);
+  BOOST_TEST(redirected == net::error::bad_descriptor);
+}
+
+#if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
+
+BOOST_AUTO_TEST_CASE(a_write_to_a_failed_writer_completes_through_the_immediate_executor) {
+  failed_writer f;
+  serq_test::handler_tracker tr;
+  bool returned = false;
+  bool inside_the_call = false;
+  f.failed.async_write(net::buffer("x", 1),
+                       net::bind_immediate_executor(net::system_executor(),
+                                                    tr.wrap([&](error_code ec, std::size_t n) {
+                                                      BOOST_TEST(ec == net::error::bad_descriptor);
+                                                      BOOST_TEST(n == 0u);
+                                                      inside_the_call = !returned;
+                                                    })));
+  returned = true;
+  BOOST_TEST(inside_the_call);
+  BOOST_TEST(tr.invoked() == 1u);
+
+  // The same for a composed operation, a flush and a writability wait.
+  int immediate = 0;
+  net::steady_timer timer(f.ioc);
+  returned = false;
+  auto bind = [&](auto h) { return net::bind_immediate_executor(net::system_executor(), h); };
+  f.failed.async_enqueue(timer.async_wait(net::deferred), bind([&](error_code ec) {
+                           BOOST_TEST(ec == net::error::bad_descriptor);
+                           immediate += !returned;
+                         }));
+  f.failed.async_flush(bind([&](error_code ec) {
+    BOOST_TEST(ec == net::error::bad_descriptor);
+    immediate += !returned;
+  }));
+  f.failed.async_wait_writable(bind([&](error_code ec) {
+    BOOST_TEST(ec == net::error::bad_descriptor);
+    immediate += !returned;
+  }));
+  returned = true;
+  BOOST_TEST(immediate == 3);
+}
+
+BOOST_AUTO_TEST_CASE(a_loop_of_immediate_completions_does_not_grow_the_stack) {
+  failed_writer f;
+  write_loop loop{f.failed, 100000};
+  loop.next([](auto h) { return net::bind_immediate_executor(net::system_executor(), h); });
+  f.ioc.run();
+  BOOST_TEST(loop.completed == 100000u);
+  BOOST_TEST(loop.max_depth >= 2u);   // some did run inline, nested
+  BOOST_TEST(loop.max_depth <= 16u);  // and the nesting is bounded
+}
+
+#endif  // SERQ_HAS_IMMEDIATE_EXECUTOR
+
+#if SERQ_ASIO_VERSION >= 103100
+
+BOOST_AUTO_TEST_CASE(token_less_calls_use_deferred_as_the_default_token) {
+  static_assert(
+      std::is_same_v<net::default_completion_token_t<net::any_io_executor>, net::deferred_t>);
+  net::io_context ioc;
+  local_socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  serq::serialized_queue q(ioc);
+  serq::queued_writer<local_socket&> w(a);
+  net::steady_timer timer(ioc);
+  std::size_t written = 0;
+  int done = 0;
+  net::co_spawn(
+      ioc,
+      [&]() -> net::awaitable<void> {
+        timer.expires_after(0s);
+        co_await q.async_enqueue(timer.async_wait(net::deferred));
+        serq::turn t = co_await q.async_acquire();
+        t.release();
+        co_await q.async_wait();
+        written = co_await w.async_write(net::buffer("hello", 5));
+        co_await w.async_flush();
+        ++done;
+      },
+      net::detached);
+  ioc.run();
+  BOOST_TEST(done == 1);
+  BOOST_TEST(written == 5u);
+}
+
+BOOST_AUTO_TEST_CASE(cancel_after_removes_a_waiting_entry_before_it_starts) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  auto strand = net::make_strand(ioc);
+  serq::serialized_queue q(strand);
+  serq::turn held;
+  q.async_acquire([&](error_code ec, serq::turn t) {
+    BOOST_TEST(!ec);
+    held = std::move(t);
+  });
+  bool launched = false;
+  error_code result;
+  bool done = false;
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        launched = true;
+        net::post(strand, [h = std::move(handler)]() mutable { h(error_code()); });
+      },
+      net::cancel_after(1ms, tr.wrap([&](error_code ec) {
+        result = ec;
+        done = true;
+      })));
+  while (!done && ioc.run_one() > 0) {
+  }
+  BOOST_TEST(done);
+  BOOST_TEST(result == net::error::operation_aborted);
+  BOOST_TEST(!launched);
+  BOOST_TEST(q.size() == 1u);  // only the held turn
+  held.release();
+  ioc.run();
+  BOOST_TEST(tr.invoked() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(cancel_after_is_forwarded_to_an_active_operation) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  auto strand = net::make_strand(ioc);
+  serq::serialized_queue q(strand);
+  net::steady_timer long_wait(strand, 1h);
+  error_code result;
+  q.async_enqueue(long_wait.async_wait(net::deferred),
+                  net::cancel_after(1ms, tr.wrap([&](error_code ec) { result = ec; })));
+  ioc.run();  // returns: the deadline cancelled the hour-long wait
+  BOOST_TEST(result == net::error::operation_aborted);
+  BOOST_TEST(tr.invoked() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(cancel_after_from_another_thread_on_a_strand_queue) {
+  net::io_context ioc;
+  auto strand = net::make_strand(ioc);
+  serq::serialized_queue q(strand);
+  auto work = net::make_work_guard(ioc);
+  std::thread runner([&] { ioc.run(); });
+
+  // An hour-long operation at the head, then a waiting entry with a deadline.
+  net::steady_timer long_wait(strand, 1h);
+  auto active = q.async_enqueue(long_wait.async_wait(net::deferred),
+                                net::cancel_after(50ms, net::as_tuple(net::use_future)));
+  net::steady_timer never(strand, 1h);
+  auto waiting = q.async_enqueue(never.async_wait(net::deferred),
+                                 net::cancel_after(1ms, net::as_tuple(net::use_future)));
+  BOOST_TEST(std::get<0>(waiting.get()) == net::error::operation_aborted);
+  BOOST_TEST(std::get<0>(active.get()) == net::error::operation_aborted);
+  work.reset();
+  runner.join();
+}
+
+BOOST_AUTO_TEST_CASE(cancel_after_on_a_queued_write_removes_it_whole) {
+  net::io_context ioc;
+  local_socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  serq::queued_writer<local_socket&> w(a);
+  // The peer does not read: a 16 MiB message blocks the stream.
+  const std::string big(16 << 20, 'b');
+  error_code big_ec;
+  w.async_write(net::buffer(big), [&](error_code ec, std::size_t) { big_ec = ec; });
+  error_code small_ec;
+  std::size_t small_n = 1;
+  bool small_done = false;
+  w.async_write(net::buffer("small", 5), net::cancel_after(1ms, [&](error_code ec, std::size_t n) {
+                  small_ec = ec;
+                  small_n = n;
+                  small_done = true;
+                }));
+  while (!small_done && ioc.run_one() > 0) {
+  }
+  BOOST_TEST(small_ec == net::error::operation_aborted);
+  BOOST_TEST(small_n == 0u);
+  BOOST_TEST(w.size() == 1u);  // the big one goes on
+  a.close();
+  ioc.run();
+  BOOST_TEST(big_ec);
+}
+
+#endif  // SERQ_ASIO_VERSION >= 103100
+
+BOOST_AUTO_TEST_SUITE_END()
