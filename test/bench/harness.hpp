@@ -17,6 +17,7 @@
 #include <functional>
 #include <iomanip>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -85,6 +86,39 @@ struct alloc_result {
   std::size_t ops = 0;
 };
 
+// One row of a depth table (cases 6a, 6b): the median time per operation of each variant with D
+// entries kept waiting in the queue. floor_ns is 0 when the table has no floor variant.
+struct depth_row {
+  std::size_t depth = 0;
+  double serq_ns = 0;
+  double hand_ns = 0;
+  double floor_ns = 0;
+  double ratio() const { return serq_ns > 0 ? hand_ns / serq_ns : 0; }
+};
+
+struct depth_table {
+  std::string id;
+  std::string token;  // "callback" or "use_awaitable": the plot's series names
+  std::vector<depth_row> rows;
+  // serq's time at the deepest depth divided by its time at depth 1.
+  double growth() const {
+    return rows.empty() || rows.front().serq_ns <= 0 ? 0
+                                                     : rows.back().serq_ns / rows.front().serq_ns;
+  }
+};
+
+// Heap held per item (cases 7 and 8): snapshots before and after creating `items` items that stay
+// alive (pending, waiting, or idle objects), divided by `items`. Not a timing.
+struct memory_result {
+  std::string id;
+  std::string label;
+  std::size_t items = 0;
+  double malloc_bytes = 0;  // glibc mallinfo2(): uordblks + hblkhd (chunk sizes, headers included)
+  double usable_bytes = 0;  // live malloc_usable_size() bytes (the bench's counting allocator)
+  double allocations = 0;   // heap allocations (malloc family, operator new included)
+  bool derived = false;     // a difference of two other rows, not a measurement of its own
+};
+
 // A target from the issue: either a speed ratio (peer time / serq time, higher is better) or an
 // allocation count per operation (lower is better).
 struct target {
@@ -144,9 +178,13 @@ inline std::string json_escape(const std::string& s) {
   return out;
 }
 
+// The depth tables are written one row per line, in a fixed key order, so that
+// scripts/bench_plot.sh can read them with awk alone.
 inline void write_json(const std::string& path, const std::string& config_json,
                        const std::vector<bench_case>& cases,
                        const std::vector<alloc_result>& allocs,
+                       const std::vector<depth_table>& depths,
+                       const std::vector<memory_result>& memory,
                        const std::vector<target>& targets) {
   std::ofstream os(path);
   if (!os)
@@ -180,6 +218,26 @@ inline void write_json(const std::string& path, const std::string& config_json,
     os << (i ? ",\n" : "\n") << "    {\"id\": \"" << json_escape(a.id) << "\", \"label\": \""
        << json_escape(a.label) << "\", \"per_op\": " << a.per_op
        << ", \"allocations\": " << a.allocations << ", \"ops\": " << a.ops << "}";
+  }
+  os << "\n  ],\n  \"depth\": [";
+  bool first = true;
+  for (const depth_table& t : depths)
+    for (const depth_row& r : t.rows) {
+      os << (first ? "\n" : ",\n") << "    {\"table\": \"" << json_escape(t.token)
+         << "\", \"id\": \"" << json_escape(t.id) << "\", \"depth\": " << r.depth
+         << ", \"serq_ns\": " << r.serq_ns << ", \"hand_ns\": " << r.hand_ns
+         << ", \"floor_ns\": " << r.floor_ns << ", \"ratio\": " << r.ratio() << "}";
+      first = false;
+    }
+  os << "\n  ],\n  \"memory\": [";
+  for (std::size_t i = 0; i < memory.size(); ++i) {
+    const memory_result& m = memory[i];
+    os << (i ? ",\n" : "\n") << "    {\"id\": \"" << json_escape(m.id) << "\", \"label\": \""
+       << json_escape(m.label) << "\", \"items\": " << m.items
+       << ", \"malloc_bytes_per_item\": " << m.malloc_bytes
+       << ", \"usable_bytes_per_item\": " << m.usable_bytes
+       << ", \"allocations_per_item\": " << m.allocations
+       << ", \"derived\": " << (m.derived ? "true" : "false") << "}";
   }
   os << "\n  ],\n  \"targets\": [";
   for (std::size_t i = 0; i < targets.size(); ++i) {

@@ -24,6 +24,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <stdexcept>
 #include <system_error>
 #include <utility>
@@ -47,6 +48,56 @@ struct one_step_op {
   }
 };
 
+// The same operation holding one pointer (an executor that outlives it), for the memory cases:
+// "an entry whose op captures one pointer".
+struct lean_step_op {
+  const asio::any_io_executor* ex;
+
+  template <class Handler>
+  void operator()(Handler&& handler) const {
+    auto hex = asio::get_associated_executor(handler, *ex);
+    asio::post(hex, [h = std::forward<Handler>(handler)]() mutable { std::move(h)(error_code()); });
+  }
+};
+
+// The floor of the use_awaitable memory cases: an operation that parks its handler in storage
+// reserved beforehand, so a coroutine suspended on it holds only what the coroutine itself needs
+// (its frames, co_spawn's state). The first park of a handler type reserves `capacity` slots (do it
+// once before measuring), and sets `release`, which posts every parked handler with success.
+struct parking_lot {
+  std::size_t capacity = 0;
+  std::function<void()> release;
+};
+
+template <class Handler>
+std::vector<Handler>& parked_handlers() {
+  static std::vector<Handler> v;
+  return v;
+}
+
+// Parks a handler of signature void(error_code, Extra...); released with success and
+// value-initialised Extra....
+template <class... Extra>
+struct park_op {
+  parking_lot* lot;
+
+  template <class Handler>
+  void operator()(Handler handler) const {
+    auto& v = parked_handlers<Handler>();
+    if (v.capacity() < lot->capacity)
+      v.reserve(lot->capacity);
+    if (!lot->release)
+      lot->release = [&v] {
+        for (auto& h : v) {
+          auto ex = asio::get_associated_executor(h);
+          asio::post(ex, [h = std::move(h)]() mutable { std::move(h)(error_code(), Extra{}...); });
+        }
+        v.clear();
+      };
+    v.push_back(std::move(handler));
+  }
+};
+
 // The hand-rolled queue of Beast's chat example (websocket_session::send / on_send / on_write):
 // every submission is posted to the executor (a strand when several threads run the loop), a
 // deque holds the pending jobs, a busy flag says whether one is running, and the next job starts
@@ -57,6 +108,15 @@ template <class Fn>
 class hand_queue {
  public:
   explicit hand_queue(asio::any_io_executor ex) : ex_(std::move(ex)) {}
+
+  // For the memory cases only: mark the queue busy, as if a job were running, so submitted jobs
+  // wait in the deque (what holding serq's turn does); release() starts them.
+  void hold() { busy_ = true; }
+  void release() {
+    busy_ = false;
+    if (!jobs_.empty())
+      start();
+  }
 
   template <class Token>
   auto async_enqueue(Token&& token) {
