@@ -3,7 +3,7 @@
 //
 // A std-conforming allocator that counts what goes through it in a counter
 // shared by all its copies and rebinds, so a test can bind it to a handler
-// (boost::asio::bind_allocator) and assert that the library actually used the
+// (net::bind_allocator) and assert that the library actually used the
 // handler's associated allocator and gave every byte back.
 //
 

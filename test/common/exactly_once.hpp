@@ -13,7 +13,7 @@
 //
 // A wrapped handler forwards every associator of the inner handler (associated
 // executor, allocator, cancellation slot, immediate executor where present)
-// through boost::asio::associator, so wrapping does not change where or how the
+// through net::associator, so wrapping does not change where or how the
 // library runs it.
 //
 // Counters are atomic: handlers may be invoked and destroyed on any thread.
@@ -25,7 +25,8 @@
 #ifndef SERQ_TEST_COMMON_EXACTLY_ONCE_HPP
 #define SERQ_TEST_COMMON_EXACTLY_ONCE_HPP
 
-#include <boost/asio/associator.hpp>
+#include "common/net.hpp"
+
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
@@ -149,12 +150,10 @@ class handler_tracker {
 
 }  // namespace serq_test
 
-namespace boost::asio {
-
 // Every associator (executor, allocator, cancellation slot, ...) of a tracked
 // handler is that of the handler it wraps.
 template <template <class, class> class Associator, class Handler, class DefaultCandidate>
-struct associator<Associator, serq_test::tracked_handler<Handler>, DefaultCandidate> {
+struct net::associator<Associator, serq_test::tracked_handler<Handler>, DefaultCandidate> {
   using type = typename Associator<Handler, DefaultCandidate>::type;
 
   static type get(const serq_test::tracked_handler<Handler>& h) noexcept {
@@ -166,7 +165,5 @@ struct associator<Associator, serq_test::tracked_handler<Handler>, DefaultCandid
     return Associator<Handler, DefaultCandidate>::get(h.inner(), c);
   }
 };
-
-}  // namespace boost::asio
 
 #endif  // SERQ_TEST_COMMON_EXACTLY_ONCE_HPP

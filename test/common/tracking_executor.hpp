@@ -6,7 +6,7 @@
 // associated executor, and how many functions the library submitted there.
 //
 //   auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
-//   q.async_enqueue(op, boost::asio::bind_executor(tracked, [&](auto...) {
+//   q.async_enqueue(op, net::bind_executor(tracked, [&](auto...) {
 //     BOOST_TEST(tracked.running_in_this_thread());
 //   }));
 //
@@ -20,9 +20,7 @@
 #ifndef SERQ_TEST_COMMON_TRACKING_EXECUTOR_HPP
 #define SERQ_TEST_COMMON_TRACKING_EXECUTOR_HPP
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/query.hpp>
-#include <boost/asio/require.hpp>
+#include "common/net.hpp"
 
 #include <atomic>
 #include <cstddef>
@@ -81,7 +79,7 @@ class marked_function {
 }  // namespace detail
 
 /// An executor that counts and marks the functions it runs.
-template <class Inner = boost::asio::io_context::executor_type>
+template <class Inner = net::io_context::executor_type>
 class tracking_executor {
  public:
   using inner_executor_type = Inner;
@@ -114,17 +112,17 @@ class tracking_executor {
   }
 
   template <class Property>
-  requires boost::asio::can_query<const Inner&, const Property&>::value decltype(auto) query(
+  requires net::can_query<const Inner&, const Property&>::value decltype(auto) query(
       const Property& p) const
-      noexcept(boost::asio::is_nothrow_query<const Inner&, const Property&>::value) {
-    return boost::asio::query(inner_, p);
+      noexcept(net::is_nothrow_query<const Inner&, const Property&>::value) {
+    return net::query(inner_, p);
   }
 
   template <class Property>
-  requires boost::asio::can_require<const Inner&, const Property&>::value auto require(
+  requires net::can_require<const Inner&, const Property&>::value auto require(
       const Property& p) const {
-    using other = std::decay_t<decltype(boost::asio::require(inner_, p))>;
-    return tracking_executor<other>(boost::asio::require(inner_, p), state_);
+    using other = std::decay_t<decltype(net::require(inner_, p))>;
+    return tracking_executor<other>(net::require(inner_, p), state_);
   }
 
   friend bool operator==(const tracking_executor& a, const tracking_executor& b) noexcept {

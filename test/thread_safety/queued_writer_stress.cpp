@@ -11,18 +11,8 @@
 #include <serq/queued_writer.hpp>
 
 #include "common/exactly_once.hpp"
+#include "common/net.hpp"
 
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/connect_pair.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/use_future.hpp>
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
@@ -34,8 +24,6 @@
 #include <thread>
 #include <vector>
 
-namespace net = boost::asio;
-using boost::system::error_code;
 using socket_type = net::local::stream_protocol::socket;
 
 namespace {

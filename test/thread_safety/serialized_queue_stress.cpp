@@ -11,13 +11,8 @@
 #include <serq/serialized_queue.hpp>
 
 #include "common/exactly_once.hpp"
+#include "common/net.hpp"
 
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/cancellation_signal.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/use_future.hpp>
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
@@ -28,14 +23,11 @@
 #include <tuple>
 #include <vector>
 
-namespace asio = boost::asio;
-using boost::system::error_code;
-
 // Futures carry the error code as a value: a plain use_future error would
 // cross threads as an exception_ptr, whose reference count lives in the
 // uninstrumented libstdc++ and so reads as a data race to TSan.
 auto use_future() {
-  return asio::use_future([](error_code ec, auto... v) { return std::make_tuple(ec, v...); });
+  return net::use_future([](error_code ec, auto... v) { return std::make_tuple(ec, v...); });
 }
 
 namespace {
@@ -78,7 +70,7 @@ struct shared_state {
 // A raw initiation of void(error_code, int) completing with seq, posted to
 // the context like a conforming operation; every fifth completes inline
 // (non-conforming) to exercise that path too.
-auto make_op(shared_state& s, asio::io_context& ioc, int producer, int seq) {
+auto make_op(shared_state& s, net::io_context& ioc, int producer, int seq) {
   return [&s, &ioc, producer, seq](auto handler) {
     s.launch(producer, seq);
     if (seq % 5 == 4) {
@@ -86,7 +78,7 @@ auto make_op(shared_state& s, asio::io_context& ioc, int producer, int seq) {
       std::move(handler)(error_code(), seq);
       return;
     }
-    asio::post(ioc, [&s, seq, h = std::move(handler)]() mutable {
+    net::post(ioc, [&s, seq, h = std::move(handler)]() mutable {
       --s.active;  // the operation completes here, before its handler runs
       std::move(h)(error_code(), seq);
     });
@@ -102,17 +94,17 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
   shared_state s;
   // Signals live until every thread has joined: a slot must outlive its
   // operation.
-  std::vector<std::unique_ptr<asio::cancellation_signal>> signals(producers * per_producer);
+  std::vector<std::unique_ptr<net::cancellation_signal>> signals(producers * per_producer);
   for (auto& sig : signals)
-    sig = std::make_unique<asio::cancellation_signal>();
+    sig = std::make_unique<net::cancellation_signal>();
   std::vector<std::vector<std::future<std::tuple<error_code, int>>>> futures(producers);
   std::atomic<int> turns_held{0};
   std::atomic<int> acquires_done{0};
 
   {
-    asio::io_context ioc(runner_threads);
+    net::io_context ioc(runner_threads);
     serq::serialized_queue q(ioc, "stress");
-    auto work = asio::make_work_guard(ioc);
+    auto work = net::make_work_guard(ioc);
     std::vector<std::thread> runners;
     for (int i = 0; i < runner_threads; ++i)
       runners.emplace_back([&] { ioc.run(); });
@@ -126,7 +118,7 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
             ++s.completions[id];
             const bool ran = s.launched[id] != 0;
             const bool ok =
-                ran ? (!ec && v == seq) : (ec == asio::error::operation_aborted && v == 0);
+                ran ? (!ec && v == seq) : (ec == net::error::operation_aborted && v == 0);
             if (!ok)
               ++s.wrong_outcome;
           };
@@ -143,8 +135,8 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
             case 8: {  // cancelled by its own slot, racing its trigger and launch
               q.async_enqueue<void(error_code, int)>(
                   make_op(s, ioc, p, seq),
-                  asio::bind_cancellation_slot(signals[id]->slot(), tr.wrap(check)));
-              signals[id]->emit(asio::cancellation_type::terminal);
+                  net::bind_cancellation_slot(signals[id]->slot(), tr.wrap(check)));
+              signals[id]->emit(net::cancellation_type::terminal);
               break;
             }
             default:
@@ -157,7 +149,7 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
                 return;
               s.enter();
               ++turns_held;
-              asio::post(ioc, [&, t = std::move(t)]() mutable {
+              net::post(ioc, [&, t = std::move(t)]() mutable {
                 --turns_held;
                 --s.active;
                 t.release();
@@ -172,7 +164,7 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
             // (so cancel() aborts a few entries, not nearly all); another
             // producer's cancel() may abort it.
             auto [ec] = q.async_wait(use_future()).get();
-            if (ec && ec != asio::error::operation_aborted)
+            if (ec && ec != net::error::operation_aborted)
               ++s.wrong_outcome;
           }
         }
@@ -185,7 +177,7 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
         const int seq = static_cast<int>(i) * 10 + 3;
         auto [ec, v] = futures[p][i].get();
         const bool ran = s.launched[p * per_producer + seq] != 0;
-        const bool ok = ran ? (!ec && v == seq) : (ec == asio::error::operation_aborted && v == 0);
+        const bool ok = ran ? (!ec && v == seq) : (ec == net::error::operation_aborted && v == 0);
         if (!ok)
           ++s.wrong_outcome;
       }

@@ -14,16 +14,8 @@
 #include <serq/queued_writer.hpp>
 #include <serq/serialized_queue.hpp>
 
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/cancellation_signal.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/connect_pair.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/use_future.hpp>
+#include "common/net.hpp"
+
 #include <boost/test/unit_test.hpp>
 
 #include <array>
@@ -41,9 +33,7 @@
 #include <tuple>
 #include <vector>
 
-namespace asio = boost::asio;
-using boost::system::error_code;
-using local_socket = asio::local::stream_protocol::socket;
+using local_socket = net::local::stream_protocol::socket;
 
 namespace {
 
@@ -71,7 +61,7 @@ struct once {
       return;
     }
     ++c->completed;
-    if (ec == asio::error::operation_aborted)
+    if (ec == net::error::operation_aborted)
       ++c->aborted;
     else if (ec)
       ++c->errors;
@@ -85,9 +75,9 @@ struct lane {
 };
 
 struct writer_lane {
-  writer_lane(asio::io_context& ioc) : peer(ioc) {
+  writer_lane(net::io_context& ioc) : peer(ioc) {
     local_socket s(ioc);
-    asio::local::connect_pair(s, peer);
+    net::local::connect_pair(s, peer);
     writer = std::make_unique<serq::queued_writer<local_socket>>(std::move(s));
   }
   local_socket peer;
@@ -102,7 +92,7 @@ void read_frames(writer_lane& wl, counters& c, int producers) {
   std::vector<char> body;
   error_code ec;
   for (;;) {
-    asio::read(wl.peer, asio::buffer(head), ec);
+    net::read(wl.peer, net::buffer(head), ec);
     if (ec)
       return;
     std::uint32_t len, producer, seq;
@@ -114,7 +104,7 @@ void read_frames(writer_lane& wl, counters& c, int producers) {
       return;
     }
     body.resize(len);
-    asio::read(wl.peer, asio::buffer(body), ec);
+    net::read(wl.peer, net::buffer(body), ec);
     if (ec)
       return;
     for (char ch : body)
@@ -135,8 +125,8 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
   constexpr int io_threads = 4, producers = 8, lanes = 3, writers = 2;
 
   counters c;
-  asio::io_context ioc(io_threads);
-  auto work = asio::make_work_guard(ioc);
+  net::io_context ioc(io_threads);
+  auto work = net::make_work_guard(ioc);
   std::vector<std::unique_ptr<lane>> qs;
   for (int i = 0; i < lanes; ++i) {
     qs.push_back(std::make_unique<lane>());
@@ -162,11 +152,11 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
       std::vector<std::pair<std::future<error_code>, once>> futures;
       while (std::chrono::steady_clock::now() < deadline) {
         const unsigned action = rng() % 16;
-        auto sig = std::make_shared<asio::cancellation_signal>();
+        auto sig = std::make_shared<net::cancellation_signal>();
         const bool cancel_it = rng() % 5 == 0;
         const auto type =
-            std::array{asio::cancellation_type::terminal, asio::cancellation_type::partial,
-                       asio::cancellation_type::total}[rng() % 3];
+            std::array{net::cancellation_type::terminal, net::cancellation_type::partial,
+                       net::cancellation_type::total}[rng() % 3];
         once o{&c};
         if (action < 8) {
           // A queued operation that completes after a couple of loop turns.
@@ -176,8 +166,8 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
           auto init = [&l, &c, ex = ioc.get_executor()](auto handler) {
             if (++l.active > 1)
               ++c.overlaps;
-            asio::post(ex, [&l, ex, h = std::move(handler)]() mutable {
-              asio::post(ex, [&l, h = std::move(h)]() mutable {
+            net::post(ex, [&l, ex, h = std::move(handler)]() mutable {
+              net::post(ex, [&l, h = std::move(h)]() mutable {
                 --l.active;
                 std::move(h)(error_code{});
               });
@@ -194,7 +184,7 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
           } else {
             l.q->async_enqueue<void(error_code)>(
                 init,
-                asio::bind_cancellation_slot(sig->slot(), [o, sig](error_code ec) { o.done(ec); }));
+                net::bind_cancellation_slot(sig->slot(), [o, sig](error_code ec) { o.done(ec); }));
           }
         } else if (action < 14) {
           writer_lane& wl = *ws[rng() % writers];
@@ -202,7 +192,7 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
           auto frame = std::make_shared<const std::string>(
               make_frame(static_cast<std::uint32_t>(p), seq++, rng() % 3000));
           wl.writer->async_send(
-              frame, asio::bind_cancellation_slot(
+              frame, net::bind_cancellation_slot(
                          sig->slot(), [o, sig](error_code ec, std::size_t) { o.done(ec); }));
         } else if (action == 14) {
           ws[rng() % writers]->writer->cancel();
@@ -234,7 +224,7 @@ BOOST_AUTO_TEST_CASE(soak_every_call_accounted_no_overlap_no_torn_frames) {
   while (c.completed.load() < c.issued.load() && std::chrono::steady_clock::now() < drain_deadline)
     std::this_thread::yield();
   for (auto& wl : ws) {
-    asio::post(ioc, asio::use_future).get();  // a loop turn between the last completion and close
+    net::post(ioc, net::use_future).get();  // a loop turn between the last completion and close
     wl->writer.reset();
   }
   for (auto& wl : ws)

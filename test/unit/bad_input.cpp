@@ -9,14 +9,9 @@
 
 #include <serq/queued_writer.hpp>
 
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/deferred.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/connect_pair.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/beast/_experimental/test/stream.hpp>
+#include "common/net.hpp"
+#include "common/test_stream.hpp"
+
 #include <boost/test/unit_test.hpp>
 
 #include <cstdint>
@@ -25,17 +20,13 @@
 #include <thread>
 #include <vector>
 
-namespace asio = boost::asio;
-namespace test = boost::beast::test;
-using boost::system::error_code;
-
 BOOST_AUTO_TEST_SUITE(bad_input)
 
 BOOST_AUTO_TEST_CASE(empty_messages_complete_in_order_with_zero_bytes) {
-  asio::io_context ioc;
-  test::stream a(ioc), b(ioc);
+  net::io_context ioc;
+  serq_test::test_stream a(ioc), b(ioc);
   a.connect(b);
-  serq::queued_writer<test::stream&> w(a);
+  serq::queued_writer<serq_test::test_stream&> w(a);
   std::vector<std::pair<int, std::size_t>> done;
   const std::string x = "x", y = "yy";
   auto record = [&done](int id) {
@@ -44,11 +35,11 @@ BOOST_AUTO_TEST_CASE(empty_messages_complete_in_order_with_zero_bytes) {
       done.emplace_back(id, n);
     };
   };
-  w.async_write(asio::buffer(x), record(0));
-  w.async_write(std::vector<asio::const_buffer>{}, record(1));  // empty sequence
-  w.async_write(asio::const_buffer(), record(2));               // zero-length buffer
-  w.async_send(std::string(), record(3));                       // empty owned message
-  w.async_write(asio::buffer(y), record(4));
+  w.async_write(net::buffer(x), record(0));
+  w.async_write(std::vector<net::const_buffer>{}, record(1));  // empty sequence
+  w.async_write(net::const_buffer(), record(2));               // zero-length buffer
+  w.async_send(std::string(), record(3));                      // empty owned message
+  w.async_write(net::buffer(y), record(4));
   BOOST_TEST(done.empty());  // never inside the call, even with nothing to write
   ioc.run();
   BOOST_TEST_REQUIRE(done.size() == 5u);
@@ -62,17 +53,17 @@ BOOST_AUTO_TEST_CASE(empty_messages_complete_in_order_with_zero_bytes) {
 
 BOOST_AUTO_TEST_CASE(buffer_sequences_of_many_pieces_are_written_exactly) {
   for (std::size_t pieces : {65u, 100u, 1024u, 3000u}) {
-    asio::io_context ioc;
-    test::stream a(ioc), b(ioc);
+    net::io_context ioc;
+    serq_test::test_stream a(ioc), b(ioc);
     a.connect(b);
-    serq::queued_writer<test::stream&> w(a);
+    serq::queued_writer<serq_test::test_stream&> w(a);
     std::vector<std::string> storage;
-    std::vector<asio::const_buffer> seq;
+    std::vector<net::const_buffer> seq;
     std::string expected;
     for (std::size_t i = 0; i < pieces; ++i)
       storage.push_back(std::to_string(i) + ",");
     for (const auto& s : storage) {
-      seq.push_back(asio::buffer(s));
+      seq.push_back(net::buffer(s));
       expected += s;
     }
     std::size_t reported = 0;
@@ -81,7 +72,7 @@ BOOST_AUTO_TEST_CASE(buffer_sequences_of_many_pieces_are_written_exactly) {
       reported = n;
     });
     const std::string tail = "|end";
-    w.async_write(asio::buffer(tail), [](error_code ec, std::size_t) { BOOST_TEST(!ec); });
+    w.async_write(net::buffer(tail), [](error_code ec, std::size_t) { BOOST_TEST(!ec); });
     ioc.run();
     BOOST_TEST_CONTEXT("pieces=" << pieces) {
       BOOST_TEST(reported == expected.size());
@@ -98,10 +89,10 @@ BOOST_AUTO_TEST_CASE(a_message_of_hundreds_of_mib_is_written_whole) {
     big[i] = static_cast<char>(i >> 12);
   const std::string after = "after";
 
-  asio::io_context ioc;
-  asio::local::stream_protocol::socket s1(ioc), s2(ioc);
-  asio::local::connect_pair(s1, s2);
-  serq::queued_writer<asio::local::stream_protocol::socket&> w(s1);
+  net::io_context ioc;
+  net::local::stream_protocol::socket s1(ioc), s2(ioc);
+  net::local::connect_pair(s1, s2);
+  serq::queued_writer<net::local::stream_protocol::socket&> w(s1);
 
   std::size_t received = 0;
   bool content_ok = true;
@@ -110,7 +101,7 @@ BOOST_AUTO_TEST_CASE(a_message_of_hundreds_of_mib_is_written_whole) {
     std::vector<char> buf(1 << 20);
     error_code ec;
     while (received < size + after.size()) {
-      const std::size_t n = s2.read_some(asio::buffer(buf), ec);
+      const std::size_t n = s2.read_some(net::buffer(buf), ec);
       if (ec)
         break;
       for (std::size_t i = 0; i < n; ++i) {
@@ -124,11 +115,11 @@ BOOST_AUTO_TEST_CASE(a_message_of_hundreds_of_mib_is_written_whole) {
     }
   });
   std::size_t big_n = 0, after_n = 0;
-  w.async_write(asio::buffer(big), [&](error_code ec, std::size_t n) {
+  w.async_write(net::buffer(big), [&](error_code ec, std::size_t n) {
     BOOST_CHECK(!ec);
     big_n = n;
   });
-  w.async_write(asio::buffer(after), [&](error_code ec, std::size_t n) {
+  w.async_write(net::buffer(after), [&](error_code ec, std::size_t n) {
     BOOST_CHECK(!ec);
     after_n = n;
   });
@@ -142,16 +133,16 @@ BOOST_AUTO_TEST_CASE(a_message_of_hundreds_of_mib_is_written_whole) {
 }
 
 BOOST_AUTO_TEST_CASE(inverted_watermarks_and_zero_gather_limits_throw_and_change_nothing) {
-  asio::io_context ioc;
-  test::stream a(ioc);
-  serq::queued_writer<test::stream&> w(a);
+  net::io_context ioc;
+  serq_test::test_stream a(ioc);
+  serq::queued_writer<serq_test::test_stream&> w(a);
   w.set_watermarks(10, 20);
   BOOST_CHECK_THROW(w.set_watermarks(21, 20), std::invalid_argument);
   BOOST_CHECK_THROW(w.set_gather_limits(0, 100), std::invalid_argument);
   BOOST_CHECK_THROW(w.set_gather_limits(8, 0), std::invalid_argument);
   // The earlier settings still hold: 21 bytes pending is above high = 20.
   const std::string msg(21, 'm');
-  w.async_write(asio::buffer(msg), [](error_code, std::size_t) {});
+  w.async_write(net::buffer(msg), [](error_code, std::size_t) {});
   BOOST_TEST(!w.writable());
   w.set_watermarks(0, 100);           // low == 0 is allowed; high above pending
   BOOST_TEST(w.writable() == false);  // not yet at or below low
@@ -161,19 +152,19 @@ BOOST_AUTO_TEST_CASE(inverted_watermarks_and_zero_gather_limits_throw_and_change
 }
 
 BOOST_AUTO_TEST_CASE(every_call_after_the_writer_failed_completes_with_its_error_not_inline) {
-  asio::io_context ioc;
-  test::fail_count fc(1);
-  test::stream a(ioc, fc), b(ioc);
+  net::io_context ioc;
+  serq_test::fail_count fc(1);
+  serq_test::test_stream a(ioc, fc), b(ioc);
   a.connect(b);
-  serq::queued_writer<test::stream&> w(a);
+  serq::queued_writer<serq_test::test_stream&> w(a);
   const std::string msg = "doomed";
   error_code first;
-  w.async_write(asio::buffer(msg), [&](error_code ec, std::size_t n) {
+  w.async_write(net::buffer(msg), [&](error_code ec, std::size_t n) {
     first = ec;
     BOOST_TEST(n == 0u);
   });
   ioc.run();
-  BOOST_TEST_REQUIRE(first == error_code(test::error::test_failure));
+  BOOST_TEST_REQUIRE(first == error_code(serq_test::test_error::test_failure));
   BOOST_TEST(w.error() == first);
   BOOST_TEST(!w.writable());
 
@@ -187,12 +178,12 @@ BOOST_AUTO_TEST_CASE(every_call_after_the_writer_failed_completes_with_its_error
     ++calls;
     BOOST_TEST(ec == first);
   };
-  w.async_write(asio::buffer(msg), expect_sticky2);
+  w.async_write(net::buffer(msg), expect_sticky2);
   w.async_send(std::string("owned"), expect_sticky2);
-  w.async_write_some(asio::buffer(msg), expect_sticky2);
+  w.async_write_some(net::buffer(msg), expect_sticky2);
   w.async_flush(expect_sticky1);
   w.async_wait_writable(expect_sticky1);
-  w.async_enqueue(asio::async_write(a, asio::buffer(msg), asio::deferred), expect_sticky2);
+  w.async_enqueue(net::async_write(a, net::buffer(msg), net::deferred), expect_sticky2);
   w.async_enqueue<void(error_code)>(
       [](auto) { BOOST_ERROR("an operation was launched on a failed writer"); }, expect_sticky1);
   BOOST_TEST(calls == 0);

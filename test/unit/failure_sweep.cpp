@@ -2,7 +2,7 @@
 // test/unit/failure_sweep.cpp
 //
 // Runs one scenario once for every possible failure point N: the stream's
-// Nth write_some fails (Beast's test::fail_count). For each N, every call
+// Nth write_some fails (serq_test::fail_count). For each N, every call
 // must complete exactly once, the bytes reported must be exactly the bytes
 // the peer received, in order, and a failed writer must fail later calls
 // fast. The sweep ends at the first N that no longer fails anything.
@@ -11,22 +11,14 @@
 #include <serq/queued_writer.hpp>
 #include <serq/serialized_queue.hpp>
 
-#include <boost/asio/bind_executor.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/deferred.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/beast/_experimental/test/fail_count.hpp>
-#include <boost/beast/_experimental/test/stream.hpp>
+#include "common/net.hpp"
+#include "common/test_stream.hpp"
+
 #include <boost/test/unit_test.hpp>
 
 #include <array>
 #include <string>
 #include <vector>
-
-namespace asio = boost::asio;
-namespace test = boost::beast::test;
-using boost::system::error_code;
 
 namespace {
 
@@ -59,13 +51,13 @@ struct sweep_result {
 };
 
 sweep_result run_writer_scenario(std::size_t fail_at, bool gathering) {
-  asio::io_context ioc;
-  test::fail_count fc(fail_at);
-  test::stream a(ioc, fc), b(ioc);
+  net::io_context ioc;
+  serq_test::fail_count fc(fail_at);
+  serq_test::test_stream a(ioc, fc), b(ioc);
   a.connect(b);
   a.write_size(5);  // partial writes: several write_some per message
 
-  serq::queued_writer<test::stream&> writer(a);
+  serq::queued_writer<serq_test::test_stream&> writer(a);
   writer.set_gathering(gathering);
 
   std::vector<item> items;
@@ -88,18 +80,17 @@ sweep_result run_writer_scenario(std::size_t fail_at, bool gathering) {
     // A two-piece buffer sequence for the longer ones.
     const std::string& d = items[i].data;
     const std::size_t cut = d.size() / 2;
-    std::array<asio::const_buffer, 2> seq{asio::buffer(d.data(), cut),
-                                          asio::buffer(d.data() + cut, d.size() - cut)};
+    std::array<net::const_buffer, 2> seq{net::buffer(d.data(), cut),
+                                         net::buffer(d.data() + cut, d.size() - cut)};
     writer.async_write(seq, on_done(i));
   }
-  writer.async_enqueue(asio::async_write(a, asio::buffer(items[5].data), asio::deferred),
-                       on_done(5));
-  writer.async_write(asio::buffer(items[6].data), on_done(6));
+  writer.async_enqueue(net::async_write(a, net::buffer(items[5].data), net::deferred), on_done(5));
+  writer.async_write(net::buffer(items[6].data), on_done(6));
   writer.async_flush([&](error_code ec) {
     ++flushes;
     flush_ec = ec;
   });
-  writer.async_write(asio::buffer(items[7].data), on_done(7));
+  writer.async_write(net::buffer(items[7].data), on_done(7));
   ioc.run();
 
   sweep_result r;
@@ -126,7 +117,7 @@ sweep_result run_writer_scenario(std::size_t fail_at, bool gathering) {
       error_code late_ec;
       std::size_t late_n = 99;
       const std::string late_msg = "late";
-      writer.async_write(asio::buffer(late_msg), [&](error_code ec, std::size_t n) {
+      writer.async_write(net::buffer(late_msg), [&](error_code ec, std::size_t n) {
         ++late;
         late_ec = ec;
         late_n = n;
@@ -165,9 +156,9 @@ BOOST_AUTO_TEST_CASE(writer_accounts_for_every_byte_at_every_failure_point) {
 BOOST_AUTO_TEST_CASE(queue_of_composed_writes_accounts_for_every_byte_at_every_failure_point) {
   std::size_t points = 0;
   for (std::size_t fail_at = 1; fail_at < 500; ++fail_at) {
-    asio::io_context ioc;
-    test::fail_count fc(fail_at);
-    test::stream a(ioc, fc), b(ioc);
+    net::io_context ioc;
+    serq_test::fail_count fc(fail_at);
+    serq_test::test_stream a(ioc, fc), b(ioc);
     a.connect(b);
     a.write_size(4);
     serq::serialized_queue q(ioc.get_executor());
@@ -176,7 +167,7 @@ BOOST_AUTO_TEST_CASE(queue_of_composed_writes_accounts_for_every_byte_at_every_f
     for (std::size_t len : {13u, 2u, 29u, 7u})
       items.emplace_back(pattern(len, 'q'));
     for (std::size_t i = 0; i < items.size(); ++i) {
-      q.async_enqueue(asio::async_write(a, asio::buffer(items[i].data), asio::deferred),
+      q.async_enqueue(net::async_write(a, net::buffer(items[i].data), net::deferred),
                       [&items, i](error_code ec, std::size_t n) {
                         ++items[i].completions;
                         items[i].ec = ec;
@@ -191,7 +182,7 @@ BOOST_AUTO_TEST_CASE(queue_of_composed_writes_accounts_for_every_byte_at_every_f
         BOOST_TEST(it.completions == 1);
         if (it.ec) {
           any_failed = true;
-          BOOST_TEST(it.ec == error_code(boost::beast::test::error::test_failure));
+          BOOST_TEST(it.ec == error_code(serq_test::test_error::test_failure));
         } else {
           BOOST_TEST(it.bytes == it.data.size());
         }

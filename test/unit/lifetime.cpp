@@ -8,21 +8,12 @@
 //
 
 #include "common/exactly_once.hpp"
+#include "common/net.hpp"
+#include "common/test_stream.hpp"
 
 #include <serq/queued_writer.hpp>
 #include <serq/serialized_queue.hpp>
 
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/bind_executor.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/cancellation_signal.hpp>
-#include <boost/asio/deferred.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/beast/_experimental/test/stream.hpp>
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
@@ -35,17 +26,13 @@
 #include <thread>
 #include <vector>
 
-namespace asio = boost::asio;
-namespace test = boost::beast::test;
-using boost::system::error_code;
-
 namespace {
 
 // A one-step operation: completes with success on its executor's next turn.
 template <class Executor>
 auto one_step(const Executor& ex) {
   return [ex](auto handler) {
-    asio::post(ex, [h = std::move(handler)]() mutable { std::move(h)(error_code{}); });
+    net::post(ex, [h = std::move(handler)]() mutable { std::move(h)(error_code{}); });
   };
 }
 
@@ -54,7 +41,7 @@ auto one_step(const Executor& ex) {
 BOOST_AUTO_TEST_SUITE(lifetime)
 
 BOOST_AUTO_TEST_CASE(queue_destroyed_inside_its_own_completion_handler_aborts_the_rest) {
-  asio::io_context ioc;
+  net::io_context ioc;
   auto q = std::make_unique<serq::serialized_queue>(ioc.get_executor());
   std::vector<std::optional<error_code>> results(4);
   q->async_enqueue<void(error_code)>(one_step(ioc.get_executor()), [&](error_code ec) {
@@ -72,25 +59,25 @@ BOOST_AUTO_TEST_CASE(queue_destroyed_inside_its_own_completion_handler_aborts_th
   // turn is handed on first): it was active, so it finishes normally.
   BOOST_TEST(!*results[1]);
   for (int i = 2; i < 4; ++i)
-    BOOST_TEST(*results[i] == asio::error::operation_aborted);
+    BOOST_TEST(*results[i] == net::error::operation_aborted);
 }
 
 BOOST_AUTO_TEST_CASE(writer_destroyed_inside_its_own_completion_handler_aborts_the_rest) {
-  asio::io_context ioc;
-  test::stream a(ioc), b(ioc);
+  net::io_context ioc;
+  serq_test::test_stream a(ioc), b(ioc);
   a.connect(b);
   a.write_size(2);
-  auto w = std::make_unique<serq::queued_writer<test::stream&>>(a);
+  auto w = std::make_unique<serq::queued_writer<serq_test::test_stream&>>(a);
   w->set_gathering(false);
   const std::string m1 = "first", m2 = "second", m3 = "third";
   std::vector<std::pair<error_code, std::size_t>> results;
-  w->async_write(asio::buffer(m1), [&](error_code ec, std::size_t n) {
+  w->async_write(net::buffer(m1), [&](error_code ec, std::size_t n) {
     results.emplace_back(ec, n);
     w.reset();
   });
-  w->async_write(asio::buffer(m2),
+  w->async_write(net::buffer(m2),
                  [&](error_code ec, std::size_t n) { results.emplace_back(ec, n); });
-  w->async_write(asio::buffer(m3),
+  w->async_write(net::buffer(m3),
                  [&](error_code ec, std::size_t n) { results.emplace_back(ec, n); });
   ioc.run();
   BOOST_TEST_REQUIRE(results.size() == 3u);
@@ -99,7 +86,7 @@ BOOST_AUTO_TEST_CASE(writer_destroyed_inside_its_own_completion_handler_aborts_t
   // m2 may have started before the writer went away (it is gathered or
   // pumped right after m1): if it started it reports what it wrote.
   for (int i = 1; i < 3; ++i) {
-    if (results[i].first == asio::error::operation_aborted)
+    if (results[i].first == net::error::operation_aborted)
       continue;
     BOOST_TEST(!results[i].first);
   }
@@ -114,11 +101,11 @@ BOOST_AUTO_TEST_CASE(context_destroyed_with_entries_waiting_triggered_and_active
   auto captured = std::make_shared<int>(0);
   std::weak_ptr<int> watch = captured;
   {
-    asio::io_context ioc;
+    net::io_context ioc;
     serq::serialized_queue q(ioc.get_executor());
-    asio::steady_timer long_op(ioc, std::chrono::hours(1));
+    net::steady_timer long_op(ioc, std::chrono::hours(1));
     // Active: a timer that never fires while we run.
-    q.async_enqueue(long_op.async_wait(asio::deferred),
+    q.async_enqueue(long_op.async_wait(net::deferred),
                     tr.wrap([captured](error_code) { BOOST_ERROR("invoked at shutdown"); }));
     // Waiting behind it.
     for (int i = 0; i < 3; ++i)
@@ -143,7 +130,7 @@ BOOST_AUTO_TEST_CASE(context_destroyed_with_a_trigger_posted_but_not_run_release
   auto captured = std::make_shared<int>(0);
   std::weak_ptr<int> watch = captured;
   {
-    asio::io_context ioc;
+    net::io_context ioc;
     serq::serialized_queue q(ioc.get_executor());
     // Idle queue: the entry becomes active at once and its trigger is posted.
     q.async_enqueue<void(error_code)>(one_step(ioc.get_executor()),
@@ -161,14 +148,14 @@ BOOST_AUTO_TEST_CASE(context_destroyed_while_the_writer_gathers_releases_all) {
   std::weak_ptr<int> watch = captured;
   const std::string msg(100, 'x');
   {
-    asio::io_context ioc;
-    test::stream a(ioc), b(ioc);
+    net::io_context ioc;
+    serq_test::test_stream a(ioc), b(ioc);
     a.connect(b);
     a.write_size(7);
     {
-      serq::queued_writer<test::stream&> w(a);
+      serq::queued_writer<serq_test::test_stream&> w(a);
       for (int i = 0; i < 5; ++i)
-        w.async_write(asio::buffer(msg),
+        w.async_write(net::buffer(msg),
                       tr.wrap([captured](error_code, std::size_t) { BOOST_ERROR("invoked"); }));
       // Let the pump start: a gathered write_some is in flight or about to be.
       for (int i = 0; i < 3; ++i)
@@ -187,7 +174,7 @@ BOOST_AUTO_TEST_CASE(context_destroyed_while_the_writer_gathers_releases_all) {
 }
 
 BOOST_AUTO_TEST_CASE(stop_and_restart_mid_stream_loses_nothing_and_keeps_order) {
-  asio::io_context ioc;
+  net::io_context ioc;
   serq::serialized_queue q(ioc.get_executor());
   std::vector<int> order;
   for (int i = 0; i < 20; ++i)
@@ -210,8 +197,8 @@ BOOST_AUTO_TEST_CASE(stop_and_restart_mid_stream_loses_nothing_and_keeps_order) 
 }
 
 BOOST_AUTO_TEST_CASE(queue_on_a_strand_triggers_on_the_strand_with_two_threads) {
-  asio::io_context ioc;
-  auto strand = asio::make_strand(ioc);
+  net::io_context ioc;
+  auto strand = net::make_strand(ioc);
   serq::basic_serialized_queue<decltype(strand)> q(strand);
   std::atomic<int> active{0}, overlaps{0}, off_strand{0}, done{0};
   for (int i = 0; i < 200; ++i) {
@@ -221,7 +208,7 @@ BOOST_AUTO_TEST_CASE(queue_on_a_strand_triggers_on_the_strand_with_two_threads) 
             ++off_strand;
           if (++active > 1)
             ++overlaps;
-          asio::post(ioc, [&, h = std::move(handler)]() mutable {
+          net::post(ioc, [&, h = std::move(handler)]() mutable {
             --active;
             std::move(h)(error_code{});
           });
@@ -242,7 +229,7 @@ BOOST_AUTO_TEST_CASE(queue_on_a_strand_triggers_on_the_strand_with_two_threads) 
 }
 
 BOOST_AUTO_TEST_CASE(throwing_handler_propagates_out_of_run_and_the_queue_goes_on) {
-  asio::io_context ioc;
+  net::io_context ioc;
   serq::serialized_queue q(ioc.get_executor());
   std::vector<int> order;
   q.async_enqueue<void(error_code)>(one_step(ioc.get_executor()), [&](error_code) {
@@ -263,21 +250,21 @@ BOOST_AUTO_TEST_CASE(throwing_handler_propagates_out_of_run_and_the_queue_goes_o
 }
 
 BOOST_AUTO_TEST_CASE(throwing_write_handler_leaves_the_writer_consistent) {
-  asio::io_context ioc;
-  test::stream a(ioc), b(ioc);
+  net::io_context ioc;
+  serq_test::test_stream a(ioc), b(ioc);
   a.connect(b);
-  serq::queued_writer<test::stream&> w(a);
+  serq::queued_writer<serq_test::test_stream&> w(a);
   const std::string m1 = "one", m2 = "two", m3 = "three";
   int completed = 0;
-  w.async_write(asio::buffer(m1), [&](error_code, std::size_t) {
+  w.async_write(net::buffer(m1), [&](error_code, std::size_t) {
     ++completed;
     throw std::runtime_error("write handler failure");
   });
-  w.async_write(asio::buffer(m2), [&](error_code ec, std::size_t) {
+  w.async_write(net::buffer(m2), [&](error_code ec, std::size_t) {
     BOOST_TEST(!ec);
     ++completed;
   });
-  w.async_write(asio::buffer(m3), [&](error_code ec, std::size_t) {
+  w.async_write(net::buffer(m3), [&](error_code ec, std::size_t) {
     BOOST_TEST(!ec);
     ++completed;
   });
@@ -299,9 +286,9 @@ BOOST_AUTO_TEST_CASE(throwing_write_handler_leaves_the_writer_consistent) {
 // whose lock the launch still holds. With two io threads, a final handler
 // posted early would run on the other thread while init still waits here.
 BOOST_AUTO_TEST_CASE(inline_completion_is_delivered_only_after_the_launch_returns) {
-  asio::io_context ioc(2);
+  net::io_context ioc(2);
   serq::serialized_queue q(ioc.get_executor());
-  auto sig = std::make_unique<asio::cancellation_signal>();
+  auto sig = std::make_unique<net::cancellation_signal>();
   std::atomic<bool> handler_ran{false};
   bool ran_during_init = true;
   std::promise<void> done;
@@ -313,13 +300,13 @@ BOOST_AUTO_TEST_CASE(inline_completion_is_delivered_only_after_the_launch_return
           std::this_thread::sleep_for(std::chrono::milliseconds(1));
         ran_during_init = handler_ran;
       },
-      asio::bind_cancellation_slot(sig->slot(), [&](error_code ec) {
+      net::bind_cancellation_slot(sig->slot(), [&](error_code ec) {
         BOOST_CHECK(!ec);
         sig.reset();  // destroys the signal, and serq's canceller in it
         handler_ran = true;
         done.set_value();
       }));
-  auto work = asio::make_work_guard(ioc);
+  auto work = net::make_work_guard(ioc);
   std::thread t1([&] { ioc.run(); }), t2([&] { ioc.run(); });
   done.get_future().wait();
   work.reset();
@@ -330,26 +317,26 @@ BOOST_AUTO_TEST_CASE(inline_completion_is_delivered_only_after_the_launch_return
 }
 
 BOOST_AUTO_TEST_CASE(handler_that_destroys_its_writer_and_throws_loses_no_completion) {
-  asio::io_context ioc;
-  auto a = std::make_unique<test::stream>(ioc);
-  test::stream b(ioc);
+  net::io_context ioc;
+  auto a = std::make_unique<serq_test::test_stream>(ioc);
+  serq_test::test_stream b(ioc);
   a->connect(b);
-  auto w = std::make_unique<serq::queued_writer<test::stream&>>(*a);
+  auto w = std::make_unique<serq::queued_writer<serq_test::test_stream&>>(*a);
   const std::string m1 = "one", m2 = "two", m3 = "three";
   std::vector<error_code> results(3);
   int completed = 0;
-  w->async_write(asio::buffer(m1), [&](error_code ec, std::size_t) {
+  w->async_write(net::buffer(m1), [&](error_code ec, std::size_t) {
     results[0] = ec;
     ++completed;
     w.reset();
     a.reset();
     throw std::runtime_error("after destroying the writer and its stream");
   });
-  w->async_write(asio::buffer(m2), [&](error_code ec, std::size_t) {
+  w->async_write(net::buffer(m2), [&](error_code ec, std::size_t) {
     results[1] = ec;
     ++completed;
   });
-  w->async_write(asio::buffer(m3), [&](error_code ec, std::size_t) {
+  w->async_write(net::buffer(m3), [&](error_code ec, std::size_t) {
     results[2] = ec;
     ++completed;
   });

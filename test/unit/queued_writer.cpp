@@ -1,7 +1,7 @@
 //
 // test/unit/queued_writer.cpp
 //
-// serq::queued_writer over Beast's test::stream (forced partial writes and
+// serq::queued_writer over serq_test::test_stream (forced partial writes and
 // failures), local socket pairs (real flow control, real cancellation) and
 // TLS. Everything runs on one thread; the multi-threaded cases are in
 // test/thread_safety/queued_writer_stress.cpp.
@@ -9,21 +9,14 @@
 
 #include <serq/queued_writer.hpp>
 
+#define SERQ_TEST_NET_SSL  // net::ssl, for the TLS test (see common/net.hpp)
+
 #include "common/counting_allocator.hpp"
 #include "common/exactly_once.hpp"
+#include "common/net.hpp"
+#include "common/test_stream.hpp"
 #include "common/tracking_executor.hpp"
 
-#include <boost/asio/bind_allocator.hpp>
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/bind_executor.hpp>
-#include <boost/asio/deferred.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/connect_pair.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/ssl.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/beast/_experimental/test/stream.hpp>
 #include <boost/test/unit_test.hpp>
 
 #include <openssl/evp.h>
@@ -38,10 +31,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-namespace net = boost::asio;
-namespace beast_test = boost::beast::test;
-using boost::system::error_code;
 
 namespace {
 
@@ -75,18 +64,18 @@ class counted_handler {
   std::shared_ptr<write_results> r_;
 };
 
-// beast::test::stream plus a log of every async_write_some: how many buffers
+// serq_test::test_stream plus a log of every async_write_some: how many buffers
 // and bytes it carried. `write_sizes` (cycled) caps each call's bytes;
 // `before_write` runs before each call with its index.
 class counting_stream {
  public:
-  using executor_type = beast_test::stream::executor_type;
+  using executor_type = serq_test::test_stream::executor_type;
 
   explicit counting_stream(net::io_context& ioc) : s_(ioc) {}
-  counting_stream(net::io_context& ioc, beast_test::fail_count& fc) : s_(ioc, fc) {}
+  counting_stream(net::io_context& ioc, serq_test::fail_count& fc) : s_(ioc, fc) {}
 
   executor_type get_executor() noexcept { return s_.get_executor(); }
-  beast_test::stream& inner() noexcept { return s_; }
+  serq_test::test_stream& inner() noexcept { return s_; }
 
   template <class ConstBufferSequence, class Handler>
   void async_write_some(const ConstBufferSequence& buffers, Handler&& handler) {
@@ -116,7 +105,7 @@ class counting_stream {
   std::size_t completed_bytes() const noexcept { return results_->bytes; }
 
  private:
-  beast_test::stream s_;
+  serq_test::test_stream s_;
   std::shared_ptr<write_results> results_ = std::make_shared<write_results>();
 };
 
@@ -129,9 +118,8 @@ void counted_handler<Handler>::operator()(error_code ec, std::size_t n) {
 
 }  // namespace
 
-namespace boost::asio {
 template <template <class, class> class Associator, class Handler, class DefaultCandidate>
-struct associator<Associator, counted_handler<Handler>, DefaultCandidate> {
+struct net::associator<Associator, counted_handler<Handler>, DefaultCandidate> {
   static typename Associator<Handler, DefaultCandidate>::type get(
       const counted_handler<Handler>& h) noexcept {
     return Associator<Handler, DefaultCandidate>::get(h.inner());
@@ -141,7 +129,6 @@ struct associator<Associator, counted_handler<Handler>, DefaultCandidate> {
     return Associator<Handler, DefaultCandidate>::get(h.inner(), c);
   }
 };
-}  // namespace boost::asio
 
 namespace {
 
@@ -203,19 +190,19 @@ void run_until(net::io_context& ioc, Pred pred) {
     BOOST_REQUIRE_MESSAGE(ioc.run_one() != 0, "ran out of work before the condition");
 }
 
-// A writer over a counting_stream connected to a test::stream peer.
+// A writer over a counting_stream connected to a serq_test::test_stream peer.
 struct writer_fixture {
   serq_test::handler_tracker tracker;  // outlives the context
   net::io_context ioc;
   completion_log log{tracker};
   writer_type w{ioc};
-  beast_test::stream peer{ioc};
+  serq_test::test_stream peer{ioc};
 
   writer_fixture() { w.next_layer().inner().connect(peer); }
   std::string wire() const { return std::string(peer.str()); }
 };
 
-const error_code test_failure = beast_test::error::test_failure;
+const error_code test_failure = serq_test::test_error::test_failure;
 
 constexpr net::cancellation_type_t all_cancellation_types[] = {net::cancellation_type::terminal,
                                                                net::cancellation_type::partial,
@@ -403,9 +390,9 @@ BOOST_AUTO_TEST_CASE(write_error_at_every_point_accounts_for_every_completion) {
       serq_test::handler_tracker tracker;
       net::io_context ioc;
       completion_log log(tracker);
-      beast_test::fail_count fc(fail_at + 1);
+      serq_test::fail_count fc(fail_at + 1);
       writer_type w(ioc, fc);
-      beast_test::stream peer(ioc);
+      serq_test::test_stream peer(ioc);
       w.next_layer().inner().connect(peer);
       w.next_layer().write_sizes = {4};
       for (int i = 0; i < 3; ++i)
@@ -442,9 +429,9 @@ BOOST_AUTO_TEST_CASE(failed_writer_fails_later_calls_with_sticky_error_never_inl
   serq_test::handler_tracker tracker;
   net::io_context ioc;
   completion_log log(tracker);
-  beast_test::fail_count fc(1);  // the first write_some fails
+  serq_test::fail_count fc(1);  // the first write_some fails
   writer_type w(ioc, fc);
-  beast_test::stream peer(ioc);
+  serq_test::test_stream peer(ioc);
   w.next_layer().inner().connect(peer);
   const std::string a = "first";
   w.async_write(net::buffer(a), log.write(0));
@@ -490,7 +477,7 @@ BOOST_AUTO_TEST_CASE(closed_peer_fails_active_write_with_its_bytes_and_queued_wi
   net::io_context ioc;
   completion_log log(tracker);
   writer_type w(ioc);
-  auto peer = std::make_unique<beast_test::stream>(ioc);
+  auto peer = std::make_unique<serq_test::test_stream>(ioc);
   w.next_layer().inner().connect(*peer);
   w.set_gathering(false);
   w.next_layer().write_sizes = {4};
@@ -812,11 +799,11 @@ BOOST_AUTO_TEST_CASE(shared_message_is_released_by_every_writer_after_completion
   net::io_context ioc;
   completion_log log(tracker);
   auto msg = std::make_shared<const std::string>(pattern('s', 1000));
-  std::vector<std::unique_ptr<beast_test::stream>> peers;
+  std::vector<std::unique_ptr<serq_test::test_stream>> peers;
   std::vector<std::unique_ptr<writer_type>> writers;
   for (int i = 0; i < 3; ++i) {
     writers.push_back(std::make_unique<writer_type>(ioc));
-    peers.push_back(std::make_unique<beast_test::stream>(ioc));
+    peers.push_back(std::make_unique<serq_test::test_stream>(ioc));
     writers[i]->next_layer().inner().connect(*peers[i]);
     writers[i]->next_layer().write_sizes = {100 + static_cast<std::size_t>(i)};
     writers[i]->async_send(msg, log.write(i));
@@ -864,9 +851,9 @@ BOOST_AUTO_TEST_CASE(flush_gets_the_writer_error) {
   serq_test::handler_tracker tracker;
   net::io_context ioc;
   completion_log log(tracker);
-  beast_test::fail_count fc(2);  // the second write_some fails
+  serq_test::fail_count fc(2);  // the second write_some fails
   writer_type w(ioc, fc);
-  beast_test::stream peer(ioc);
+  serq_test::test_stream peer(ioc);
   w.next_layer().inner().connect(peer);
   w.next_layer().write_sizes = {4};
   const std::string a = pattern('a', 10);
@@ -960,7 +947,7 @@ BOOST_AUTO_TEST_CASE(destroying_the_writer_aborts_queued_writes) {
   serq_test::handler_tracker tracker;
   net::io_context ioc;
   completion_log log(tracker);
-  beast_test::stream peer(ioc);
+  serq_test::test_stream peer(ioc);
   auto w = std::make_unique<writer_type>(ioc);
   w->next_layer().inner().connect(peer);
   w->set_gathering(false);
@@ -1002,7 +989,7 @@ BOOST_AUTO_TEST_CASE(destroying_the_context_destroys_pending_handlers_without_in
   std::string a = pattern('a', 12), b = pattern('B', 8);
   {
     net::io_context ioc;
-    beast_test::stream peer(ioc);
+    serq_test::test_stream peer(ioc);
     auto s = std::make_shared<session>(ioc);
     watch = s;
     s->w.next_layer().inner().connect(peer);
@@ -1203,10 +1190,10 @@ BOOST_AUTO_TEST_CASE(gathered_message_cancelled_before_any_byte_is_accepted_is_r
   for (auto type : {net::cancellation_type::total, net::cancellation_type::partial,
                     net::cancellation_type::terminal}) {
     net::io_context ioc;
-    beast_test::stream a(ioc), b(ioc);
+    serq_test::test_stream a(ioc), b(ioc);
     a.connect(b);
     a.write_size(3);  // the first write_some takes 3 bytes of m1 only
-    serq::queued_writer<beast_test::stream&> w(a);
+    serq::queued_writer<serq_test::test_stream&> w(a);
     const std::string m1 = "0123456789", m2 = "abcdefghij", m3 = "XYZ";
     net::cancellation_signal sig;
     std::optional<std::pair<error_code, std::size_t>> r1, r2, r3;
@@ -1237,10 +1224,10 @@ BOOST_AUTO_TEST_CASE(gathered_message_cancelled_before_any_byte_is_accepted_is_r
 
 BOOST_AUTO_TEST_CASE(gathered_message_cancelled_terminally_after_some_bytes_fails_the_writer) {
   net::io_context ioc;
-  beast_test::stream a(ioc), b(ioc);
+  serq_test::test_stream a(ioc), b(ioc);
   a.connect(b);
   a.write_size(13);  // the first write_some takes all of m1 and 3 bytes of m2
-  serq::queued_writer<beast_test::stream&> w(a);
+  serq::queued_writer<serq_test::test_stream&> w(a);
   const std::string m1 = "0123456789", m2 = "abcdefghij";
   net::cancellation_signal sig;
   std::optional<std::pair<error_code, std::size_t>> r2;
