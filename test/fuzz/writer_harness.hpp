@@ -16,8 +16,7 @@
 
 #include <serq/detail/writer_core.hpp>
 
-#include <boost/asio/cancellation_signal.hpp>
-#include <boost/asio/error.hpp>
+#include "common/net.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -32,7 +31,6 @@
 namespace serq_fuzz {
 
 namespace d = serq::detail;
-using boost::system::error_code;
 
 // Running totals, kept as handlers complete so each step checks in O(1).
 struct totals {
@@ -61,7 +59,7 @@ class script_node final : public d::writer_node {
   }
 
  private:
-  static void do_complete(d::writer_node* b, error_code ec, std::size_t n, bool) {
+  static void do_complete(d::writer_node* b, error_code ec, std::size_t n, d::completion_mode) {
     auto* self = static_cast<script_node*>(b);
     record& r = *self->rec_;
     if (r.completions++ != 0)
@@ -93,7 +91,7 @@ class script_node final : public d::writer_node {
         continue;
       if (offset > lo)
         lo = offset;
-      w.append(boost::asio::const_buffer(self->data_.data() + lo, hi - lo));
+      w.append(net::const_buffer(self->data_.data() + lo, hi - lo));
     }
   }
   static constexpr ops table{&do_complete, &do_destroy, &do_fill};
@@ -127,7 +125,7 @@ class script {
     d::writer_node::kind kind;
     std::string data;
     std::unique_ptr<record> rec = std::make_unique<record>();
-    std::unique_ptr<boost::asio::cancellation_signal> signal;
+    std::unique_ptr<net::cancellation_signal> signal;
     std::size_t ops_before = 0;  // composed operations added before it
   };
   struct item {
@@ -161,7 +159,7 @@ class script {
       for (std::size_t i = 0; i < len; i += 61)
         m.data[i] = static_cast<char>(i / 61);
     }
-    m.signal = std::make_unique<boost::asio::cancellation_signal>();
+    m.signal = std::make_unique<net::cancellation_signal>();
     m.rec->sum = &sum_;
     m.rec->kind = kind;
     m.rec->size = m.data.size();
@@ -180,7 +178,7 @@ class script {
       core_->add(n, done, [&](std::uint64_t seg) { queue_.push_back({false, seg, 0}); });
     }
     msgs_.push_back(std::move(m));
-    done.complete_all(true);
+    done.complete_all(d::completion_mode::post);
   }
 
   void step(unsigned action) {
@@ -198,16 +196,15 @@ class script {
         const std::size_t before = msgs_.size();
         const error_code ec = core_->add_operation([&] { queue_.push_back({true, 0, before}); });
         ++ops_added_;
-        check(!ec || ec == core_->error() || ec == boost::asio::error::operation_aborted,
+        check(!ec || ec == core_->error() || ec == net::error::operation_aborted,
               "add_operation returned an unexpected error");
         break;
       }
       case 5:
         if (!msgs_.empty()) {
           msg& m = msgs_[next() % msgs_.size()];
-          const auto types = {boost::asio::cancellation_type::terminal,
-                              boost::asio::cancellation_type::partial,
-                              boost::asio::cancellation_type::total};
+          const auto types = {net::cancellation_type::terminal, net::cancellation_type::partial,
+                              net::cancellation_type::total};
           m.signal->emit(*(types.begin() + next() % 3));
         }
         break;
@@ -233,7 +230,7 @@ class script {
         progress(done);
         break;
     }
-    done.complete_all(false);
+    done.complete_all(d::completion_mode::dispatch);
   }
 
   // Advances the simulated queue and stream by one move.
@@ -257,8 +254,7 @@ class script {
         for (const auto& b : w)
           window_.append(static_cast<const char*>(b.data()), b.size());
         stream_cancelled_ = false;
-        core_->write_slot().assign(
-            [this](boost::asio::cancellation_type_t) { stream_cancelled_ = true; });
+        core_->write_slot().assign([this](net::cancellation_type_t) { stream_cancelled_ = true; });
       });
       if (writing) {
         check(!window_.empty(), "next_write started an empty write");
@@ -273,10 +269,10 @@ class script {
     error_code ec;
     std::size_t n = 1 + r % window_.size();
     if (stream_cancelled_) {
-      ec = boost::asio::error::operation_aborted;
+      ec = net::error::operation_aborted;
       n = 0;
     } else if (r % 17 == 0) {
-      ec = boost::asio::error::broken_pipe;
+      ec = net::error::broken_pipe;
       n = (r & 0x20) ? n / 2 : 0;
     }
     wire_.append(window_, 0, n);
@@ -307,16 +303,16 @@ class script {
     // completes as a destroyed socket's would.
     d::node_list done;
     core_->close(done);
-    done.complete_all(true);
+    done.complete_all(d::completion_mode::post);
     for (int guard = 0; (active_ || !queue_.empty()) && guard < 100000; ++guard) {
       if (in_flight_) {
         in_flight_ = false;
-        core_->on_written(boost::asio::error::operation_aborted, 0, done);
-        done.complete_all(false);
+        core_->on_written(net::error::operation_aborted, 0, done);
+        done.complete_all(d::completion_mode::dispatch);
         continue;
       }
       progress(done);
-      done.complete_all(false);
+      done.complete_all(d::completion_mode::dispatch);
     }
     check(!active_ && queue_.empty(), "the pumps did not drain after close()");
 
