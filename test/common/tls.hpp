@@ -9,13 +9,9 @@
 #ifndef SERQ_TEST_COMMON_TLS_HPP
 #define SERQ_TEST_COMMON_TLS_HPP
 
-#include <serq/config.hpp>
+#define SERQ_TEST_NET_SSL  // net::ssl (see common/net.hpp)
 
-#if defined(SERQ_ASIO_STANDALONE)
-#include <asio/ssl.hpp>
-#else
-#include <boost/asio/ssl.hpp>
-#endif
+#include "common/net.hpp"
 
 #include <boost/test/unit_test.hpp>
 

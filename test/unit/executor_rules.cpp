@@ -6,11 +6,7 @@
 
 #include <serq.hpp>
 
-#if defined(SERQ_ASIO_STANDALONE)
-#include <asio.hpp>
-#else
-#include <boost/asio.hpp>
-#endif
+#include "common/net.hpp"
 
 #include <boost/test/unit_test.hpp>
 
@@ -20,9 +16,6 @@
 #include <memory>
 #include <thread>
 #include <tuple>
-
-namespace net = serq::net;
-using serq::error_code;
 
 namespace {
 

@@ -11,12 +11,7 @@
 #include <serq.hpp>
 
 #include "common/exactly_once.hpp"
-
-#if defined(SERQ_ASIO_STANDALONE)
-#include <asio.hpp>
-#else
-#include <boost/asio.hpp>
-#endif
+#include "common/net.hpp"
 
 #include <boost/test/unit_test.hpp>
 
@@ -28,8 +23,6 @@
 #include <thread>
 #include <tuple>
 
-namespace net = serq::net;
-using serq::error_code;
 using local_socket = net::local::stream_protocol::socket;
 using namespace std::chrono_literals;
 

@@ -10,14 +10,10 @@
 #include <serq/queued_writer.hpp>
 
 #include "common/exactly_once.hpp"
+#include "common/net.hpp"
 #include "common/tls.hpp"
 
-#if defined(SERQ_ASIO_STANDALONE)
-#include <asio.hpp>
-#include <asio/ssl.hpp>
-#else
-#include <boost/asio.hpp>
-#include <boost/asio/ssl.hpp>
+#if SERQ_TEST_WITH_BEAST  // Boost flavour only (test/CMakeLists.txt)
 #include <boost/beast/core/tcp_stream.hpp>
 #endif
 
@@ -30,8 +26,6 @@
 #include <utility>
 #include <vector>
 
-namespace net = serq::net;
-using serq::error_code;
 using tcp = net::ip::tcp;
 using local_socket = net::local::stream_protocol::socket;
 
@@ -211,7 +205,7 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_writer_mid_write_closes_the_socket_onc
   BOOST_TEST(tr.invoked() == count);
 }
 
-#if !defined(SERQ_ASIO_STANDALONE)
+#if SERQ_TEST_WITH_BEAST
 BOOST_AUTO_TEST_CASE(destroying_an_owning_beast_tcp_stream_writer_mid_write_is_safe) {
   namespace beast = boost::beast;
   serq_test::handler_tracker tr;
