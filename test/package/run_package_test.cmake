@@ -3,7 +3,10 @@
 #   MODE=add_subdirectory  pull serq's sources in with add_subdirectory(SERQ_SOURCE_DIR)
 # Run by ctest: cmake -DMODE=... -DWORK_DIR=... -DSERQ_SOURCE_DIR=... -DSERQ_BUILD_DIR=... -DCONFIG=...
 #   -DGENERATOR=... -DMAKE_PROGRAM=... -DCXX_COMPILER=... -DCXX_FLAGS=... -DEXE_LINKER_FLAGS=...
-#   -DSHARED_LINKER_FLAGS=... -DBUILD_SHARED=ON|OFF -DBOOST_DIR=... -P run_package_test.cmake
+#   -DSHARED_LINKER_FLAGS=... -DBUILD_SHARED=ON|OFF -DBOOST_DIR=... [-DSERQ_ASIO=boost|standalone]
+#   [-DSERQ_ASIO_INCLUDE_DIR=...] -P run_package_test.cmake
+# SERQ_ASIO and SERQ_ASIO_INCLUDE_DIR are the Asio flavour of the build under test: add_subdirectory
+# mode configures serq with them; an installed package records them itself.
 cmake_minimum_required(VERSION 3.25)
 
 foreach(var MODE WORK_DIR SERQ_SOURCE_DIR SERQ_BUILD_DIR GENERATOR CXX_COMPILER)
@@ -55,6 +58,12 @@ elseif(MODE STREQUAL "add_subdirectory")
   list(APPEND configure_args -DSERQ_SOURCE_DIR=${SERQ_SOURCE_DIR})
   if(NOT "${BUILD_SHARED}" STREQUAL "")
     list(APPEND configure_args -DBUILD_SHARED_LIBS=${BUILD_SHARED})
+  endif()
+  if(NOT "${SERQ_ASIO}" STREQUAL "")
+    list(APPEND configure_args -DSERQ_ASIO=${SERQ_ASIO})
+  endif()
+  if(NOT "${SERQ_ASIO_INCLUDE_DIR}" STREQUAL "")
+    list(APPEND configure_args -DSERQ_ASIO_INCLUDE_DIR=${SERQ_ASIO_INCLUDE_DIR})
   endif()
 else()
   message(FATAL_ERROR "run_package_test.cmake: unknown MODE '${MODE}'")
