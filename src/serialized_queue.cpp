@@ -16,14 +16,15 @@ namespace detail {
 // ---- entry_base ------------------------------------------------------------
 
 void entry_base::abandon() noexcept {
-  std::shared_ptr<queue_core> core = core_;
+  queue_core* core = core_;
   destroy();
   core->finish();
 }
 
 void entry_base::attach_canceller(net::cancellation_slot slot) {
   if (slot.is_connected())
-    canceller_ = &slot.template emplace<canceller>(core_);
+    canceller_ = &slot.template emplace<canceller>(
+        std::static_pointer_cast<queue_core>(core_->shared_from_this()));
 }
 
 // ---- canceller / launch_guard ----------------------------------------------
@@ -43,6 +44,7 @@ void canceller::operator()(net::cancellation_type_t type) {
   if (e) {
     // Still waiting: it leaves the queue and its operation never starts.
     e->abort();
+    core_->release_work_if_idle();
     return;
   }
   {
@@ -71,8 +73,8 @@ launch_guard::~launch_guard() {
   launching = outer_;
 }
 
-net::cancellation_slot launch_guard::slot() noexcept {
-  canceller* c = entry_.cancel_state();
+net::cancellation_slot launch_guard::slot_of(const entry_base& e) noexcept {
+  canceller* c = e.cancel_state();
   return c ? c->inner_.slot() : net::cancellation_slot();
 }
 
@@ -91,12 +93,42 @@ queue_core::queue_core(std::string_view name) : name_(name) {}
 
 queue_core::~queue_core() = default;
 
+void queue_core::set_busy_locked() noexcept {
+  busy_ref_ = std::static_pointer_cast<queue_core>(shared_from_this());
+}
+
+void queue_core::drop_work_locked(void* work_out) noexcept {
+  if (!work_held_ || needs_work_locked())
+    return;
+  work_held_ = false;
+  if (work_out)
+    move_work_to(work_out);
+  else
+    work_finished();
+}
+
+void queue_core::release_work_if_idle() noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  drop_work_locked(nullptr);
+}
+
+void queue_core::turn_granted(void* work_out) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  turn_held_ = true;
+  drop_work_locked(work_out);
+}
+
 queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (closed_)
     return add_result::closed;
-  if (running_ && !busy_ && waiting_.empty()) {
-    busy_ = true;
+  if (!work_held_) {
+    work_started();
+    work_held_ = true;
+  }
+  const bool idle = !busy_ref_;
+  if (running_ && idle && waiting_.empty()) {
+    set_busy_locked();
     return allow_inline ? add_result::launch_inline : add_result::trigger;
   }
   waiting_.push_back(e);
@@ -110,8 +142,10 @@ entry_base* queue_core::take_next_locked() noexcept {
   if (!running_ || closed_ || waiting_.empty())
     return nullptr;
   entry_base* e = waiting_.front();
-  unlink_locked(e);
-  busy_ = true;
+  waiting_.unlink(e);
+  --waiting_count_;
+  if (e->canceller_)
+    e->canceller_->waiting_ = nullptr;
   return e;
 }
 
@@ -130,14 +164,23 @@ entry_list queue_core::take_all_locked() noexcept {
   return waiting_.take();
 }
 
-void queue_core::finish() noexcept {
+entry_base* queue_core::finish_and_take_next(void* work_out) noexcept {
   entry_base* next = nullptr;
+  std::shared_ptr<queue_core> last_ref;  // released with the lock, after it
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    busy_ = false;
+    turn_held_ = false;
     next = take_next_locked();
+    if (!next) {
+      last_ref = std::move(busy_ref_);
+      drop_work_locked(work_out);
+    }
   }
-  if (next)
+  return next;
+}
+
+void queue_core::finish() noexcept {
+  if (entry_base* next = finish_and_take_next(nullptr))
     next->trigger();
 }
 
@@ -146,8 +189,11 @@ void queue_core::start() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     running_ = true;
-    if (!busy_)
+    if (!busy_ref_) {
       next = take_next_locked();
+      if (next)
+        set_busy_locked();
+    }
   }
   if (next)
     next->trigger();
@@ -165,7 +211,7 @@ bool queue_core::running() const noexcept {
 
 std::size_t queue_core::size() const noexcept {
   std::lock_guard<std::mutex> lock(mutex_);
-  return waiting_count_ + (busy_ ? 1 : 0);
+  return waiting_count_ + (busy_ref_ ? 1 : 0);
 }
 
 namespace {
@@ -187,7 +233,9 @@ std::size_t queue_core::cancel() {
     std::lock_guard<std::mutex> lock(mutex_);
     list = take_all_locked();
   }
-  return abort_all(std::move(list));
+  const std::size_t n = abort_all(std::move(list));
+  release_work_if_idle();
+  return n;
 }
 
 void queue_core::close() {
@@ -198,6 +246,7 @@ void queue_core::close() {
     list = take_all_locked();
   }
   abort_all(std::move(list));
+  release_work_if_idle();
 }
 
 void queue_core::shutdown() noexcept {
@@ -211,6 +260,7 @@ void queue_core::shutdown() noexcept {
   // release a turn or destroy a queue and so call back in here.
   while (entry_base* e = list.pop_front())
     e->destroy();
+  release_work_if_idle();
 }
 
 void submit(queue_core& core, entry_base* e, bool allow_inline) {
@@ -247,11 +297,9 @@ serialized_queue_service::serialized_queue_service(net::execution_context& ctx)
 
 serialized_queue_service::~serialized_queue_service() = default;
 
-std::shared_ptr<detail::queue_core> serialized_queue_service::create(std::string_view name) {
-  auto core = std::make_shared<detail::queue_core>(name);
-  if (!add(*core))
-    core->closed_ = true;
-  return core;
+void serialized_queue_service::register_core(detail::queue_core& core) {
+  if (!add(core))
+    core.closed_ = true;  // the context has shut down: every entry is refused
 }
 
 void serialized_queue_service::destroy(const std::shared_ptr<detail::queue_core>& core) {

@@ -17,7 +17,9 @@
 SERQ_NAMESPACE_BEGIN
 namespace detail {
 class queue_core;
-}
+template <class Executor>
+class basic_queue_core;
+}  // namespace detail
 
 /// Tag type of @ref serq::trigger_inline "trigger_inline".
 struct trigger_inline_t {
@@ -36,14 +38,25 @@ inline constexpr trigger_inline_t trigger_inline{};
  * A strand keeps *handlers* from running concurrently; a serialized queue
  * keeps whole *operations* from overlapping. Each entry added with
  * `async_enqueue` waits for its turn; when the previous entry has completed,
- * the queue launches it (its *trigger*, posted to the queue's executor). When
- * the operation completes, the next entry is triggered and the operation's
- * results are passed unchanged to the entry's completion handler. This is
- * Samba's `tevent_queue` for Asio.
+ * the queue launches it (its *trigger*). When the operation completes, its
+ * results are passed unchanged to the entry's completion handler and the
+ * next entry is launched. This is Samba's `tevent_queue` for Asio.
  *
  * At most one entry is *active* at a time: an operation between its launch
  * and its completion, a @ref serq::turn "turn" handed out by `async_acquire`, or a barrier
  * being passed.
+ *
+ * @par Hand-off
+ * An entry that becomes active when the queue was idle (added to an idle
+ * queue, after `start()`, after a turn is released) is triggered by a
+ * function posted to the queue's executor, never inside the call that made
+ * it active (except with `trigger_inline`). An entry that becomes active
+ * because the previous operation completed is launched right there, once
+ * that operation's handler has been handed on (invoked or dispatched), when
+ * the completion runs on the queue's executor, as `strand::dispatch` runs
+ * inline inside its strand; otherwise it is posted. A run of entries that
+ * finish at once (barriers, cancelled entries) is launched inline at most 16
+ * deep on one thread, then posted, so the stack stays bounded.
  *
  * @par Completion signatures
  * Queued operations must have a completion signature
@@ -61,9 +74,11 @@ inline constexpr trigger_inline_t trigger_inline{};
  * would. Every completion handler then runs on its own associated executor,
  * which defaults to the queue's: invoked directly when the completing thread
  * already runs that executor, dispatched to it otherwise. No handler is ever
- * invoked from inside an initiating function. While an entry is pending the
- * queue counts as outstanding work on both the queue's executor and the
- * handler's.
+ * invoked from inside an initiating function. While entries wait or an
+ * operation is active, the queue counts as one unit of outstanding work on
+ * its executor, however many entries it holds; an entry whose handler's
+ * executor is not the queue's also counts as work on that executor. A held
+ * turn is not outstanding work.
  *
  * @par Thread safety
  * Distinct objects: safe. Shared objects: every member function except the
@@ -128,9 +143,8 @@ class basic_serialized_queue {
   /// Queues an asynchronous operation (tevent's `tevent_queue_add`).
   /**
    * When the entry's turn comes, the queue launches `op` by invoking it with
-   * a completion handler; when `op` completes, the next entry is triggered
-   * (before this entry's handler runs) and `token` receives `op`'s results
-   * unchanged.
+   * a completion handler; when `op` completes, `token` receives `op`'s
+   * results unchanged and the next entry is launched (see Hand-off).
    *
    * @param op A deferred asynchronous operation, for example
    * `net::async_write(sock, buf, net::deferred)` or
@@ -142,8 +156,9 @@ class basic_serialized_queue {
    * The completion signature of `op`, which must be `void(error_code, Ts...)`.
    *
    * @par Executor
-   * The operation is launched from a function posted to the queue's executor.
-   * It is given an intermediate handler whose associated executor is the
+   * The operation is launched on the queue's executor: from a function posted
+   * there, or from the completion of the previous entry running there. It is
+   * given an intermediate handler whose associated executor is the
    * queue's, so its intermediate steps run there as well; the intermediate
    * handler's associated allocator, cancellation slot and (Asio 1.28 and
    * later) immediate executor are those of the final handler. When the
@@ -281,6 +296,10 @@ class basic_serialized_queue {
   struct initiate_enqueue;
   template <bool HandsOutTurn>
   struct initiate_turn_entry;
+
+  detail::basic_queue_core<Executor>& typed_core() const noexcept {
+    return static_cast<detail::basic_queue_core<Executor>&>(*core_);
+  }
 
   executor_type executor_;
   serialized_queue_service* service_;

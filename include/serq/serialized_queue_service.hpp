@@ -58,8 +58,10 @@ class serialized_queue_service final : public net::execution_context::service {
   explicit serialized_queue_service(net::execution_context& ctx);
   ~serialized_queue_service() override;
 
-  /// Creates the state of one queue and registers it with the service.
-  std::shared_ptr<detail::queue_core> create(std::string_view name);
+  /// Creates the state of one queue, whose operations run on `ex`, and
+  /// registers it with the service.
+  template <class Executor>
+  std::shared_ptr<detail::queue_core> create(const Executor& ex, std::string_view name);
 
   /// Unregisters a queue whose IO object is being destroyed and aborts its
   /// waiting entries. Its active operation, if any, runs to completion.
@@ -74,6 +76,7 @@ class serialized_queue_service final : public net::execution_context::service {
   void remove(detail::service_member& m) noexcept;
 
  private:
+  void register_core(detail::queue_core& core);
   void shutdown() override;
 
   std::mutex mutex_;

@@ -27,6 +27,7 @@
 #include <numeric>
 #include <optional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -1078,8 +1079,8 @@ BOOST_AUTO_TEST_CASE(cancel_between_trigger_and_launch_never_launches_op) {
           })));
       ioc.poll();
       BOOST_TEST(tr.invoked() == 1u);
-      BOOST_TEST(q.size() == 1u);
       held.release();  // B is triggered, not launched
+      BOOST_TEST(q.size() == 1u);
 
       sig_op.emit(type);
       ioc.poll();
@@ -1635,6 +1636,100 @@ BOOST_AUTO_TEST_CASE(raw_initiation_dropping_its_handler_does_not_wedge_the_queu
   BOOST_TEST(launched == 1);
   BOOST_TEST(tr.invoked() == 1u);
   BOOST_TEST(tr.destroyed_uninvoked() == 1u);
+}
+
+// ---- hand-off ---------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(next_entry_launches_when_the_previous_completes_on_the_queue_executor) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  serq::serialized_queue q(ioc);
+  manual_ops ops(ioc.get_executor());
+  std::vector<std::string> log;
+  q.async_enqueue<void(error_code)>(ops.op(), tr.wrap([&](error_code) { log.push_back("a"); }));
+  int launched = 0;
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        ++launched;
+        log.push_back("b launched");
+        net::post(net::append(std::move(handler), error_code()));
+      },
+      tr.wrap([&](error_code) { log.push_back("b"); }));
+  ioc.poll();
+  BOOST_TEST(ops.launched() == 1u);
+
+  ops.complete_next();
+  BOOST_TEST(ioc.run_one() == 1u);  // A's completion: its handler, then B's launch, no post between
+  BOOST_TEST(launched == 1);
+  BOOST_TEST(log == (std::vector<std::string>{"a", "b launched"}),
+             boost::test_tools::per_element());
+  ioc.run();
+  BOOST_TEST(tr.invoked() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(next_entry_is_posted_when_the_previous_completes_elsewhere) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc, other;
+  serq::serialized_queue q(ioc);
+  int launched = 0;
+  // A completes on another context's thread: B's launch is posted to the queue's executor.
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) { net::post(other, net::append(std::move(handler), error_code())); },
+      tr.wrap([](error_code) {}));
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()), tr.wrap([](error_code) {}));
+  ioc.poll();
+  other.run();
+  BOOST_TEST(launched == 0);
+  ioc.run();
+  BOOST_TEST(launched == 1);
+  BOOST_TEST(tr.invoked() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(a_long_chain_of_entries_that_finish_at_once_does_not_grow_the_stack) {
+  // Barriers pass as soon as they launch, so each hands the queue to the next
+  // from inside its own launch: bounded, then posted.
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  serq::serialized_queue q(ioc);
+  serq::turn held;
+  q.async_acquire(tr.wrap([&](error_code, serq::turn t) { held = std::move(t); }));
+  ioc.run();
+  ioc.restart();
+  constexpr int count = 100000;
+  int passed = 0;
+  char* lowest = nullptr;
+  char* highest = nullptr;
+  for (int i = 0; i < count; ++i) {
+    q.async_wait(tr.wrap([&](error_code ec) {
+      BOOST_TEST(!ec);
+      char here = 0;
+      char* p = &here;
+      lowest = lowest ? std::min(lowest, p) : p;
+      highest = highest ? std::max(highest, p) : p;
+      ++passed;
+    }));
+  }
+  net::post(ioc, [&] { held.release(); });  // released on the queue's executor
+  ioc.run();
+  BOOST_TEST(passed == count);
+  BOOST_TEST(static_cast<std::size_t>(highest - lowest) < 256u * 1024u);
+}
+
+BOOST_AUTO_TEST_CASE(a_throwing_handler_does_not_wedge_the_next_entry) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  serq::serialized_queue q(ioc);
+  int launched = 0;
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
+                                    [](error_code) { throw std::runtime_error("handler"); });
+  bool second = false;
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
+                                    tr.wrap([&](error_code ec) { second = !ec; }));
+  BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(launched == 2);
+  BOOST_TEST(second);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -140,27 +140,26 @@ void post_to(const Executor& ex, Function&& f) {
 inline constexpr unsigned max_immediate_depth = 8;
 inline thread_local unsigned immediate_depth = 0;
 
-// Hands a bound completion to its executor, as mode says. Immediate is
+// Hands a bound completion to executor ex, as mode says. Immediate is
 // handled by free_then_deliver / complete_immediately, which know the
 // handler; here it means posted.
 template <class Executor, class Completion>
-void deliver(const work_guard<Executor>& work, Completion&& c, completion_mode mode) {
+void deliver(const Executor& ex, Completion&& c, completion_mode mode) {
   if (mode != completion_mode::dispatch) {
-    post_to(work.get_executor(), std::forward<Completion>(c));
-  } else if (running_in(work.get_executor())) {
+    post_to(ex, std::forward<Completion>(c));
+  } else if (running_in(ex)) {
     c();
   } else {
-    net::dispatch(work.get_executor(), std::forward<Completion>(c));
+    net::dispatch(ex, std::forward<Completion>(c));
   }
 }
 
 // Runs an immediate completion through the handler's immediate executor,
-// within the depth bound.
+// within the depth bound; past it, posts to ex.
 template <class ImmediateExecutor, class Executor, class Completion>
-void deliver_immediate(const ImmediateExecutor& iex, const work_guard<Executor>& work,
-                       Completion&& c) {
+void deliver_immediate(const ImmediateExecutor& iex, const Executor& ex, Completion&& c) {
   if (immediate_depth >= max_immediate_depth) {
-    post_to(work.get_executor(), std::forward<Completion>(c));
+    post_to(ex, std::forward<Completion>(c));
     return;
   }
   struct depth_scope {
@@ -170,27 +169,53 @@ void deliver_immediate(const ImmediateExecutor& iex, const work_guard<Executor>&
   net::dispatch(iex, std::forward<Completion>(c));
 }
 
-// Completes a node's handler with args and frees the node first, as Asio
-// requires (storage returned before the upcall). The handler and the work are
-// moved out, and args bound, before the node's memory goes.
-template <class Node, class Handler, class Executor, class... Args>
-void free_then_deliver(Node* node, Handler& handler, work_guard<Executor>& work,
-                       completion_mode mode, Args&&... args) {
+// Completes a node's handler with args on executor ex (the handler's
+// associated one) and frees the node first, as Asio requires (storage
+// returned before the upcall). The handler is moved out, and args bound,
+// before the node's memory goes. After the completion has been handed on,
+// then(true) runs (the queue starts its next entry there); if the handler,
+// run inline, throws, then(false) runs before the exception leaves.
+template <class Node, class Handler, class Executor, class Then, class... Args>
+void free_then_deliver_after(Node* node, Handler& handler, const Executor& ex, completion_mode mode,
+                             Then&& then, Args&&... args) {
   const auto alloc = node_allocator(handler);
 #if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
   if (mode == completion_mode::immediate) {
-    const auto iex = net::get_associated_immediate_executor(handler, work.get_executor());
+    const auto iex = net::get_associated_immediate_executor(handler, ex);
     auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
-    work_guard<Executor> held(std::move(work));
     deallocate_node(node, alloc);
-    deliver_immediate(iex, held, std::move(completion));
+    try {
+      deliver_immediate(iex, ex, std::move(completion));
+    } catch (...) {
+      then(false);
+      throw;
+    }
+    then(true);
     return;
   }
 #endif
   auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
-  work_guard<Executor> held(std::move(work));
   deallocate_node(node, alloc);
-  deliver(held, std::move(completion), mode);
+  try {
+    deliver(ex, std::move(completion), mode);
+  } catch (...) {
+    then(false);
+    throw;
+  }
+  then(true);
+}
+
+struct nothing_then {
+  void operator()(bool) const noexcept {}
+};
+
+// As above, for a node that holds a work guard on the handler's executor.
+template <class Node, class Handler, class Executor, class... Args>
+void free_then_deliver(Node* node, Handler& handler, work_guard<Executor>& work,
+                       completion_mode mode, Args&&... args) {
+  const work_guard<Executor> held(std::move(work));
+  free_then_deliver_after(node, handler, held.get_executor(), mode, nothing_then{},
+                          std::forward<Args>(args)...);
 }
 
 // Completes a handler that never became a node, from inside its initiating
@@ -198,73 +223,106 @@ void free_then_deliver(Node* node, Handler& handler, work_guard<Executor>& work,
 // to its associated executor (default: io_ex).
 template <class Handler, class IoExecutor, class... Args>
 void complete_immediately(Handler&& handler, const IoExecutor& io_ex, Args&&... args) {
-  using executor_type = net::associated_executor_t<std::decay_t<Handler>, IoExecutor>;
-  const work_guard<executor_type> work(net::get_associated_executor(handler, io_ex));
+  const auto ex = net::get_associated_executor(handler, io_ex);
 #if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
-  const auto iex = net::get_associated_immediate_executor(handler, work.get_executor());
-  deliver_immediate(iex, work,
+  const auto iex = net::get_associated_immediate_executor(handler, ex);
+  deliver_immediate(iex, ex,
                     bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...));
 #else
-  post_to(work.get_executor(),
-          bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...));
+  post_to(ex, bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...));
 #endif
 }
 
-// State shared by every typed entry: the user's handler and the outstanding
-// work it represents on the queue's and the handler's executors.
+// Entries launched inline from the completion of the one before (a queue
+// draining on its own executor) nest on one thread's stack: past this depth
+// the next launch is posted instead.
+inline constexpr unsigned max_handoff_depth = 16;
+inline thread_local unsigned handoff_depth = 0;
+
+// Starts the entry that has just become active, after the previous one
+// completed and its handler was handed on: launched here when that
+// completion ran on the queue's executor (as strand::dispatch runs inline
+// inside the strand), otherwise triggered (posted to the queue's executor).
+inline void hand_off(entry_base* next, bool launch_here) {
+  if (!launch_here || handoff_depth >= max_handoff_depth) {
+    next->trigger();
+    return;
+  }
+  struct depth_scope {
+    depth_scope() noexcept { ++handoff_depth; }
+    ~depth_scope() { --handoff_depth; }
+  } scope;
+  next->launch();
+}
+
+// What an entry that finished does once its handler is handed on.
+struct start_next {
+  entry_base* next;
+  bool on_queue_executor;
+  void operator()(bool inline_ok) const {
+    if (next)
+      hand_off(next, inline_ok && on_queue_executor);
+  }
+};
+
+// State shared by every typed entry: the user's handler. The queue's
+// executor is its core's; outstanding work on it is counted once per queue.
+// Only a handler whose associated executor is not the queue's needs work of
+// its own, allocated with the handler's allocator then.
 template <class Handler, class QueueExecutor>
 class handler_entry : public entry_base {
  public:
   using handler_executor_type = net::associated_executor_t<Handler, QueueExecutor>;
   using allocator_type = node_allocator_t<Handler>;
+  using core_type = basic_queue_core<QueueExecutor>;
 
-  handler_executor_type handler_executor() const noexcept { return handler_work_.get_executor(); }
-
-  // The executor the queue runs its entries' operations on.
-  QueueExecutor queue_executor() const noexcept {
-    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
-      if (!queue_work_)
-        return handler_work_.get_executor();
-    }
-    return queue_work_->get_executor();
+  const QueueExecutor& queue_executor() const noexcept {
+    return static_cast<const core_type&>(core()).executor();
+  }
+  handler_executor_type handler_executor() const noexcept {
+    return net::get_associated_executor(handler_, queue_executor());
   }
   allocator_type get_allocator() const noexcept { return node_allocator(handler_); }
 
  protected:
+  using handler_work = work_guard<handler_executor_type>;
+
   template <class H>
-  handler_entry(func_type f, std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
-      : entry_base(f, std::move(core)),
-        handler_(std::forward<H>(h)),
-        handler_work_(net::get_associated_executor(handler_, qex)) {
-    // One work guard when the handler runs on the queue's executor (the
-    // usual case), two otherwise.
-    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
-      if (!(handler_work_.get_executor() == qex))
-        queue_work_.emplace(qex);
-    } else {
-      queue_work_.emplace(qex);
-    }
+  handler_entry(func_type f, core_type& core, H&& h)
+      : entry_base(f, core), handler_(std::forward<H>(h)) {
     attach_canceller(net::get_associated_cancellation_slot(handler_));
+    handler_executor_type ex = handler_executor();
+    bool same = false;
+    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>)
+      same = ex == queue_executor();
+    if (!same)
+      work_ = allocate_node<handler_work>(handler_, std::move(ex));
   }
 
   // Posts the queue's trigger for this entry. The posted function owns the
   // entry: if it is destroyed unrun (the context shuts down), the entry is
   // abandoned and the queue's turn handed on.
-  void post_trigger() {
-    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
-      if (!queue_work_) {
-        post_to(handler_work_.get_executor(), trigger_function{this, get_allocator()});
-        return;
-      }
+  void post_trigger() { post_to(queue_executor(), trigger_function{this, get_allocator()}); }
+
+  // Frees this entry, runs then(), and completes the handler with args as
+  // mode says.
+  template <class Derived, class Then, class... Args>
+  static void complete_after(Derived* self, completion_mode mode, Then&& then, Args&&... args) {
+    const handler_executor_type ex = self->handler_executor();
+    std::optional<handler_work> held;
+    if (handler_work* w = std::exchange(self->work_, nullptr)) {
+      held.emplace(std::move(*w));
+      deallocate_node(w, self->get_allocator());
     }
-    post_to(queue_work_->get_executor(), trigger_function{this, get_allocator()});
+    free_then_deliver_after(self, self->handler_, ex, mode, std::forward<Then>(then),
+                            std::forward<Args>(args)...);
   }
 
   // Frees this entry, then completes the handler with args as mode says.
   // The queue's turn must already be handed on by the caller, if it held one.
   template <class Derived, class... Args>
   static void complete(Derived* self, completion_mode mode, Args&&... args) {
-    free_then_deliver(self, self->handler_, self->handler_work_, mode, std::forward<Args>(args)...);
+    complete_after(self, mode, nothing_then{}, std::forward<Args>(args)...);
   }
 
   // An entry aborted by cancel() or a signal is posted; one refused inside
@@ -275,7 +333,10 @@ class handler_entry : public entry_base {
 
   template <class Derived>
   static void deallocate(Derived* self) noexcept {
-    deallocate_node(self, self->get_allocator());
+    const allocator_type alloc = self->get_allocator();
+    if (handler_work* w = std::exchange(self->work_, nullptr))
+      deallocate_node(w, alloc);
+    deallocate_node(self, alloc);
   }
 
   Handler handler_;
@@ -301,8 +362,7 @@ class handler_entry : public entry_base {
     allocator_type alloc_;
   };
 
-  work_guard<handler_executor_type> handler_work_;
-  std::optional<work_guard<QueueExecutor>> queue_work_;
+  handler_work* work_ = nullptr;  // only when the handler's executor is not the queue's
 };
 
 // The handler serq gives the queued operation. It owns its entry: destroyed
@@ -334,7 +394,7 @@ class launched_handler {
   allocator_type get_allocator() const noexcept { return e_->user_allocator(); }
 
   using cancellation_slot_type = net::cancellation_slot;
-  cancellation_slot_type get_cancellation_slot() const noexcept { return e_->op_slot_; }
+  cancellation_slot_type get_cancellation_slot() const noexcept { return e_->op_slot(); }
 
 #if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
   using immediate_executor_type = typename Entry::immediate_executor_type;
@@ -345,6 +405,36 @@ class launched_handler {
 
  private:
   Entry* e_;
+};
+
+// The results of an operation that completed inside its own launch, posted
+// so that the entry completes once the launch has returned. Destroyed unrun
+// (the context shuts down), it abandons the entry.
+template <class Entry, class... Args>
+class inline_completion {
+ public:
+  template <class... A>
+  explicit inline_completion(Entry* e, A&&... args) : e_(e), args_(std::forward<A>(args)...) {}
+  inline_completion(inline_completion&& o) noexcept(
+      std::is_nothrow_move_constructible_v<std::tuple<Args...>>)
+      : e_(std::exchange(o.e_, nullptr)), args_(std::move(o.args_)) {}
+  inline_completion& operator=(inline_completion&&) = delete;
+  ~inline_completion() {
+    if (e_)
+      e_->abandon();
+  }
+
+  void operator()() {
+    std::apply([this](auto&&... a) { std::exchange(e_, nullptr)->finish_posted(std::move(a)...); },
+               std::move(args_));
+  }
+
+  using allocator_type = typename Entry::allocator_type;
+  allocator_type get_allocator() const noexcept { return e_->get_allocator(); }
+
+ private:
+  Entry* e_;
+  std::tuple<Args...> args_;
 };
 
 // An entry that launches an asynchronous operation when its turn comes.
@@ -365,31 +455,53 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
 #endif
 
   template <class L, class H>
-  op_entry(std::shared_ptr<queue_core> core, L&& l, H&& h, const QueueExecutor& qex)
-      : base(&op_entry::do_action, std::move(core), std::forward<H>(h), qex),
-        launcher_(std::forward<L>(l)) {}
+  op_entry(typename base::core_type& core, L&& l, H&& h)
+      : base(&op_entry::do_action, core, std::forward<H>(h)), launcher_(std::forward<L>(l)) {}
 
   user_allocator_type user_allocator() const noexcept {
     return net::get_associated_allocator(this->handler_);
   }
 
+  // The slot the running operation was given: the canceller's inner one.
+  net::cancellation_slot op_slot() const noexcept {
+    return launch_guard::slot_of(*this);
+  }
+
   template <class... Args>
   void finish_op(Args&&... args) {
-    if (launch_guard* guard = launch_guard::current(this)) {
-      // A non-conforming operation completed inside its own launch: keep
-      // the results; do_launch completes (posted) once the launch returns.
-      inline_result_.emplace(std::forward<Args>(args)...);
-      guard->set_completed_inline();
+    if (launch_guard::current(this)) {
+      // A non-conforming operation completed inside its own launch: finish
+      // from a posted function, once the launch has returned and its guard
+      // is gone, since the final handler may destroy the signal that holds
+      // the canceller.
+      post_to(this->queue_executor(), inline_completion<op_entry, std::decay_t<Args>...>(
+                                          this, std::forward<Args>(args)...));
       return;
     }
-    wait_launch_done(*this);
-    this->release_core()->finish();
-    base::complete(this, completion_mode::dispatch, std::forward<Args>(args)...);
+    finish(completion_mode::dispatch, std::forward<Args>(args)...);
+  }
+
+  template <class... Args>
+  void finish_posted(Args&&... args) {
+    finish(completion_mode::post, std::forward<Args>(args)...);
   }
 
  private:
   template <class>
   friend class launched_handler;
+
+  // The operation is over: the queue's turn goes to the next entry, which
+  // starts once this entry's handler has been handed on. A queue left empty
+  // releases its outstanding work only after that, too.
+  template <class... Args>
+  void finish(completion_mode mode, Args&&... args) {
+    const bool on_queue_executor = running_in(this->queue_executor());
+    wait_launch_done(*this);
+    work_counter<QueueExecutor> idle_work;
+    entry_base* next = this->core().finish_and_take_next(&idle_work);
+    base::complete_after(this, mode, start_next{next, on_queue_executor},
+                         std::forward<Args>(args)...);
+  }
 
   static void do_action(entry_base* b, entry_base::action a) {
     auto* self = static_cast<op_entry*>(b);
@@ -420,24 +532,17 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
       launch_guard guard(*this);
       cancelled = guard.cancelled();
       if (!cancelled) {
-        op_slot_ = guard.slot();
         Launcher l(std::move(launcher_));
         std::move(l)(launched_handler<op_entry>(this));
-        if (!guard.completed_inline())
-          return;  // the entry may already be gone
+        return;  // the entry may already be gone
       }
     }
-    // Cancelled after it was triggered but before it started (it never ran),
-    // or completed inside its launch: complete now, posted, with no guard held.
-    this->release_core()->finish();
-    std::apply(
-        [this](auto&&... args) { base::complete(this, completion_mode::post, std::move(args)...); },
-        cancelled ? queueable_signature<Signature>::aborted() : std::move(*inline_result_));
+    // Cancelled after it was triggered but before it started: it never ran.
+    std::apply([this](auto&&... args) { finish_posted(std::move(args)...); },
+               queueable_signature<Signature>::aborted());
   }
 
   Launcher launcher_;
-  std::optional<decltype(queueable_signature<Signature>::aborted())> inline_result_;
-  net::cancellation_slot op_slot_;
 };
 
 // An entry whose only work is its turn. An acquire (HandsOutTurn) gives the
@@ -449,8 +554,8 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
 
  public:
   template <class H>
-  turn_entry(std::shared_ptr<queue_core> core, H&& h, const QueueExecutor& qex)
-      : base(&turn_entry::do_action, std::move(core), std::forward<H>(h), qex) {}
+  turn_entry(typename base::core_type& core, H&& h)
+      : base(&turn_entry::do_action, core, std::forward<H>(h)) {}
 
  private:
   static void do_action(entry_base* b, entry_base::action a) {
@@ -466,19 +571,25 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
           launch_guard guard(*self);
           cancelled = guard.cancelled();
         }
-        std::shared_ptr<queue_core> core = self->release_core();
+        queue_core& core = self->core();
         if (cancelled || !HandsOutTurn) {
-          core->finish();
+          const bool on_queue_executor = running_in(self->queue_executor());
+          work_counter<QueueExecutor> idle_work;
+          entry_base* next = core.finish_and_take_next(&idle_work);
           finish_with(self, cancelled ? completion_mode::post : completion_mode::dispatch,
-                      cancelled ? aborted : error_code(), nullptr);
+                      start_next{next, on_queue_executor}, cancelled ? aborted : error_code(),
+                      nullptr);
         } else {
-          finish_with(self, completion_mode::dispatch, error_code(), std::move(core));
+          work_counter<QueueExecutor> idle_work;
+          core.turn_granted(&idle_work);
+          finish_with(self, completion_mode::dispatch, nothing_then{}, error_code(),
+                      std::static_pointer_cast<queue_core>(core.shared_from_this()));
         }
         break;
       }
       case entry_base::action::abort:
       case entry_base::action::reject:
-        finish_with(self, base::mode_of(a), aborted, nullptr);
+        finish_with(self, base::mode_of(a), nothing_then{}, aborted, nullptr);
         break;
       case entry_base::action::destroy:
         base::deallocate(self);
@@ -487,12 +598,14 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
   }
 
   // Completes the handler; an acquire also gets the turn (empty unless held).
-  static void finish_with(turn_entry* self, completion_mode mode, error_code ec,
+  template <class Then>
+  static void finish_with(turn_entry* self, completion_mode mode, Then&& then, error_code ec,
                           std::shared_ptr<queue_core> held) {
     if constexpr (HandsOutTurn)
-      base::complete(self, mode, ec, held ? turn(std::move(held)) : turn());
+      base::complete_after(self, mode, std::forward<Then>(then), ec,
+                           held ? turn(std::move(held)) : turn());
     else
-      base::complete(self, mode, ec);
+      base::complete_after(self, mode, std::forward<Then>(then), ec);
   }
 };
 

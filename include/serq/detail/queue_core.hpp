@@ -12,11 +12,13 @@
 
 #include <serq/config.hpp>
 #include <serq/detail/intrusive_list.hpp>
+#include <serq/detail/work.hpp>
 #include <serq/serialized_queue_service.hpp>
 
 #include <cstddef>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -59,15 +61,15 @@ class entry_base {
  protected:
   using func_type = void (*)(entry_base*, action);
 
-  entry_base(func_type f, std::shared_ptr<queue_core> core) noexcept
-      : func_(f), core_(std::move(core)) {}
+  // No reference count per entry: a waiting entry is owned by its queue's
+  // list (the queue aborts or destroys it before the core can go), and the
+  // active one by the queue's busy reference, held until finish().
+  entry_base(func_type f, queue_core& core) noexcept : func_(f), core_(&core) {}
   ~entry_base() = default;
 
   // Installs the forwarding cancellation handler into the user's slot. Called
   // from the initiating function, where emplacing into the slot is allowed.
   void attach_canceller(net::cancellation_slot slot);
-
-  std::shared_ptr<queue_core> release_core() noexcept { return std::move(core_); }
 
  private:
   friend class queue_core;
@@ -75,7 +77,7 @@ class entry_base {
   friend class intrusive_list;
 
   func_type func_;
-  std::shared_ptr<queue_core> core_;
+  queue_core* core_;
   canceller* canceller_ = nullptr;
   entry_base* next_ = nullptr;
   entry_base* prev_ = nullptr;
@@ -126,7 +128,10 @@ class launch_guard {
   launch_guard& operator=(const launch_guard&) = delete;
 
   bool cancelled() const noexcept { return cancelled_; }
-  net::cancellation_slot slot() noexcept;
+  net::cancellation_slot slot() noexcept { return slot_of(entry_); }
+
+  // The slot handed to e's operation: empty when e's handler has none.
+  static net::cancellation_slot slot_of(const entry_base& e) noexcept;
 
   // The guard of e's launch, if the calling thread is inside it.
   static launch_guard* current(const entry_base* e) noexcept;
@@ -150,22 +155,33 @@ class launch_guard {
 // the cancellation signal that holds the canceller.
 void wait_launch_done(entry_base& e) noexcept;
 
-class queue_core final : public service_member {
+class queue_core : public service_member {
  public:
   enum class add_result { queued, trigger, launch_inline, closed };
 
-  explicit queue_core(std::string_view name);
   queue_core(const queue_core&) = delete;
   queue_core& operator=(const queue_core&) = delete;
-  ~queue_core();
 
   // Adds e. When the queue is running and idle e becomes active at once: the
   // caller must then launch it inline (allow_inline) or trigger it.
   add_result add(entry_base* e, bool allow_inline);
 
   // The active entry (or turn) is done: the next waiting entry, if any,
-  // becomes active and is triggered.
+  // becomes active and is triggered (posted).
   void finish() noexcept;
+
+  // The active entry is done: returns the next waiting entry, now active, for
+  // the caller to launch or trigger; null when there is none. When the queue
+  // becomes empty, its outstanding work moves into *work_out (a
+  // work_counter of the core's executor type), for the caller to release
+  // after it has handed its completion on. The caller must not touch the
+  // core afterwards when it returns null (it may be gone).
+  entry_base* finish_and_take_next(void* work_out) noexcept;
+
+  // The active entry became a held turn, which is not outstanding work (like
+  // a strand, a turn only orders work): the queue's work moves into
+  // *work_out unless entries wait behind the turn.
+  void turn_granted(void* work_out) noexcept;
 
   void start();
   void stop() noexcept;
@@ -181,6 +197,17 @@ class queue_core final : public service_member {
   // dying context, which destroys them).
   void shutdown() noexcept override;
 
+ protected:
+  explicit queue_core(std::string_view name);
+  ~queue_core() override;
+
+  // The queue's executor counts one unit of outstanding work while the queue
+  // holds entries (waiting or active), however many: called under the lock
+  // when it gets its first entry and when it loses its last one.
+  virtual void work_started() = 0;
+  virtual void work_finished() noexcept = 0;
+  virtual void move_work_to(void* out) noexcept = 0;
+
  private:
   friend class canceller;
   friend class ::serq::serialized_queue_service;
@@ -188,14 +215,49 @@ class queue_core final : public service_member {
   entry_base* take_next_locked() noexcept;
   void unlink_locked(entry_base* e) noexcept;
   entry_list take_all_locked() noexcept;
+  void set_busy_locked() noexcept;
+  // Releases the outstanding work if the queue has no entry left. Called
+  // after the completions of removed entries were posted, so that the
+  // executor never sees its work run out before they are.
+  void release_work_if_idle() noexcept;
+  bool needs_work_locked() const noexcept {
+    return !waiting_.empty() || (busy_ref_ && !turn_held_);
+  }
+  // Stops counting work when nothing needs it: into *work_out when given.
+  void drop_work_locked(void* work_out) noexcept;
 
   mutable std::mutex mutex_;
   entry_list waiting_;
   std::size_t waiting_count_ = 0;
-  bool busy_ = false;
+  // While an entry is active, the queue keeps itself alive: the active
+  // operation's completion calls finish() whatever became of the IO object.
+  std::shared_ptr<queue_core> busy_ref_;
+  bool turn_held_ = false;  // the active entry is a turn handed out
+  bool work_held_ = false;  // == !waiting_.empty() || (busy_ref_ && !turn_held_), but lazily
   bool running_ = true;
   bool closed_ = false;
   const std::string name_;
+};
+
+// A queue's core with its executor: what entries post their triggers to,
+// the default executor of their handlers, and where the queue counts its
+// outstanding work.
+template <class Executor>
+class basic_queue_core final : public queue_core {
+ public:
+  basic_queue_core(const Executor& ex, std::string_view name) : queue_core(name), executor_(ex) {}
+
+  const Executor& executor() const noexcept { return executor_; }
+
+ private:
+  void work_started() override { work_.start(executor_); }
+  void work_finished() noexcept override { work_.finish(); }
+  void move_work_to(void* out) noexcept override {
+    work_.move_to(*static_cast<work_counter<Executor>*>(out));
+  }
+
+  const Executor executor_;
+  work_counter<Executor> work_;
 };
 
 }  // namespace detail

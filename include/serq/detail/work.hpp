@@ -48,6 +48,53 @@ class work_guard<net::any_io_executor> {
   std::optional<net::executor_work_guard<net::any_io_executor>> other_work_;
 };
 
+// Outstanding work on an executor that the owner stores itself: started and
+// finished many times, holding nothing but the tracked state in between.
+template <class Executor>
+class work_counter {
+ public:
+  void start(const Executor& ex) { work_.emplace(ex); }
+  void finish() noexcept { work_.reset(); }
+  void move_to(work_counter& other) noexcept {
+    if (work_)
+      other.work_.emplace(std::move(*work_));
+    work_.reset();
+  }
+
+ private:
+  std::optional<net::executor_work_guard<Executor>> work_;
+};
+
+template <>
+class work_counter<net::any_io_executor> {
+  using io_executor = net::io_context::executor_type;
+  using tracked_io_executor = std::decay_t<typename net::prefer_result<
+      const io_executor&, net::execution::outstanding_work_t::tracked_t>::type>;
+
+ public:
+  void start(const net::any_io_executor& ex) {
+    if (const auto* e = ex.target<io_executor>())
+      io_work_.emplace(net::prefer(*e, net::execution::outstanding_work.tracked));
+    else
+      other_work_.emplace(net::prefer(ex, net::execution::outstanding_work.tracked));
+  }
+  void finish() noexcept {
+    io_work_.reset();
+    other_work_.reset();
+  }
+  void move_to(work_counter& other) noexcept {
+    if (io_work_)
+      other.io_work_.emplace(std::move(*io_work_));
+    if (other_work_)
+      other.other_work_.emplace(std::move(*other_work_));
+    finish();
+  }
+
+ private:
+  std::optional<tracked_io_executor> io_work_;
+  std::optional<net::any_io_executor> other_work_;
+};
+
 }  // namespace detail
 SERQ_NAMESPACE_END
 

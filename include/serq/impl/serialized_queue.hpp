@@ -26,15 +26,24 @@ serialized_queue_service& queue_service(const Executor& ex) {
 }  // namespace detail
 
 template <class Executor>
+std::shared_ptr<detail::queue_core> serialized_queue_service::create(const Executor& ex,
+                                                                     std::string_view name) {
+  auto core = std::make_shared<detail::basic_queue_core<Executor>>(ex, name);
+  register_core(*core);
+  return core;
+}
+
+template <class Executor>
 basic_serialized_queue<Executor>::basic_serialized_queue(const executor_type& ex,
                                                          std::string_view name)
-    : executor_(ex), service_(&detail::queue_service(ex)), core_(service_->create(name)) {}
+    : executor_(ex), service_(&detail::queue_service(ex)), core_(service_->create(ex, name)) {}
 
 template <class Executor>
 basic_serialized_queue<Executor>::basic_serialized_queue(basic_serialized_queue&& other)
     : executor_(other.executor_),
       service_(other.service_),
-      core_(std::exchange(other.core_, other.service_->create(other.core_->name()))) {}
+      core_(std::exchange(other.core_,
+                          other.service_->create(other.executor_, other.core_->name()))) {}
 
 template <class Executor>
 basic_serialized_queue<Executor>& basic_serialized_queue<Executor>::operator=(
@@ -43,7 +52,8 @@ basic_serialized_queue<Executor>& basic_serialized_queue<Executor>::operator=(
     service_->destroy(core_);
     executor_ = other.executor_;
     service_ = other.service_;
-    core_ = std::exchange(other.core_, other.service_->create(other.core_->name()));
+    core_ =
+        std::exchange(other.core_, other.service_->create(other.executor_, other.core_->name()));
   }
   return *this;
 }
@@ -96,8 +106,8 @@ struct basic_serialized_queue<Executor>::initiate_enqueue {
     using entry =
         detail::op_entry<std::decay_t<Launcher>, std::decay_t<Handler>, Executor, Signature>;
     detail::entry_base* e =
-        detail::allocate_node<entry>(handler, self->core_, std::forward<Launcher>(launcher),
-                                     std::forward<Handler>(handler), self->executor_);
+        detail::allocate_node<entry>(handler, self->typed_core(), std::forward<Launcher>(launcher),
+                                     std::forward<Handler>(handler));
     detail::submit(*self->core_, e, allow_inline && detail::may_launch_here(self->executor_));
   }
 };
@@ -113,8 +123,8 @@ struct basic_serialized_queue<Executor>::initiate_turn_entry {
   template <class Handler>
   void operator()(Handler&& handler) const {
     using entry = detail::turn_entry<std::decay_t<Handler>, Executor, HandsOutTurn>;
-    detail::entry_base* e = detail::allocate_node<entry>(
-        handler, self->core_, std::forward<Handler>(handler), self->executor_);
+    detail::entry_base* e =
+        detail::allocate_node<entry>(handler, self->typed_core(), std::forward<Handler>(handler));
     detail::submit(*self->core_, e, false);
   }
 };
