@@ -9,8 +9,8 @@
 // the class by hand.
 //
 // serq::queued_writer<tcp::socket> ("after") replaces it. The writer is
-// itself a stream, so boost::asio::async_write(writer, ...) and
-// boost::asio::async_read(writer, ...) keep working unchanged; owned messages
+// itself a stream, so net::async_write(writer, ...) and
+// net::async_read(writer, ...) keep working unchanged; owned messages
 // go through async_send; and a composed operation that writes one frame in
 // several pieces runs through async_enqueue, in turn with the other writes,
 // so nothing is ever written between its pieces.
@@ -23,19 +23,14 @@
 
 #include <serq.hpp>
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/compose.hpp>
-#include <boost/asio/deferred.hpp>
-#include <boost/asio/detached.hpp>
+// The Asio serq was built on (serq::serq defines SERQ_ASIO_STANDALONE for standalone Asio).
+#if defined(SERQ_ASIO_STANDALONE)
+#include <asio.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#else
+#include <boost/asio.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/read_until.hpp>
-#include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -48,12 +43,12 @@
 #include <string>
 #include <string_view>
 
-namespace asio = boost::asio;
-using asio::awaitable;
-using asio::use_awaitable;
-using asio::ip::tcp;
-using boost::system::error_code;
-using namespace asio::experimental::awaitable_operators;
+namespace net = serq::net;
+using net::awaitable;
+using net::use_awaitable;
+using net::ip::tcp;
+using serq::error_code;
+using namespace net::experimental::awaitable_operators;
 
 namespace {
 
@@ -84,7 +79,7 @@ std::string frame(const std::string& body) {
 template <class AsyncReadStream>
 awaitable<std::string> read_frame(AsyncReadStream& stream, std::string& buffer) {
   std::size_t n =
-      co_await asio::async_read_until(stream, asio::dynamic_buffer(buffer), '\n', use_awaitable);
+      co_await net::async_read_until(stream, net::dynamic_buffer(buffer), '\n', use_awaitable);
   std::size_t length = 0;
   if (!std::string_view(buffer).starts_with("LEN ") ||
       std::from_chars(buffer.data() + 4, buffer.data() + n - 1, length).ec != std::errc()) {
@@ -92,8 +87,8 @@ awaitable<std::string> read_frame(AsyncReadStream& stream, std::string& buffer) 
   }
   buffer.erase(0, n);
   if (buffer.size() < length) {
-    co_await asio::async_read(stream, asio::dynamic_buffer(buffer),
-                              asio::transfer_exactly(length - buffer.size()), use_awaitable);
+    co_await net::async_read(stream, net::dynamic_buffer(buffer),
+                             net::transfer_exactly(length - buffer.size()), use_awaitable);
   }
   std::string body = buffer.substr(0, length);
   buffer.erase(0, length);
@@ -127,7 +122,7 @@ struct write_chunked_frame_op {
     if (!header_done) {
       header_done = n != 0;
       if (!header_done) {
-        return asio::async_write(socket, asio::buffer(*header), std::move(self));
+        return net::async_write(socket, net::buffer(*header), std::move(self));
       }
     } else {
       offset += n;
@@ -135,14 +130,14 @@ struct write_chunked_frame_op {
     if (offset == body->size())
       return self.complete(error_code(), offset);
     const std::size_t piece = std::min<std::size_t>(4096, body->size() - offset);
-    asio::async_write(socket, asio::buffer(body->data() + offset, piece), std::move(self));
+    net::async_write(socket, net::buffer(body->data() + offset, piece), std::move(self));
   }
 };
 
 template <class CompletionToken>
 auto async_write_chunked_frame(tcp::socket& socket, std::string body, CompletionToken&& token) {
   auto header = std::make_unique<std::string>("LEN " + std::to_string(body.size()) + '\n');
-  return asio::async_compose<CompletionToken, void(error_code, std::size_t)>(
+  return net::async_compose<CompletionToken, void(error_code, std::size_t)>(
       write_chunked_frame_op{socket, std::move(header),
                              std::make_unique<std::string>(std::move(body))},
       token, socket);
@@ -167,7 +162,7 @@ class hand_rolled_writer {
   void write_next() {
     writing_ = true;
     // A deque's elements stay put when others are pushed behind them.
-    asio::async_write(socket_, asio::buffer(queue_.front()), [this](error_code ec, std::size_t) {
+    net::async_write(socket_, net::buffer(queue_.front()), [this](error_code ec, std::size_t) {
       queue_.pop_front();
       if (ec)
         queue_.clear();  // and nobody is told
@@ -188,7 +183,7 @@ constexpr int frames_per_sender = 40;
 constexpr int senders = 4;
 
 awaitable<int> before(tcp::endpoint ep) {
-  tcp::socket socket(co_await asio::this_coro::executor);
+  tcp::socket socket(co_await net::this_coro::executor);
   co_await socket.async_connect(ep, use_awaitable);
   hand_rolled_writer writer(socket);
   for (int i = 0; i < senders * frames_per_sender; ++i) {
@@ -222,14 +217,14 @@ awaitable<void> send_frames(serq::queued_writer<tcp::socket>& writer, int s) {
         // The free function, unchanged: on the writer it is one whole queued
         // write, so it cannot interleave with the other senders' frames.
         const std::string f = frame(frame_body(id, small_size(id)));
-        co_await asio::async_write(writer, asio::buffer(f), use_awaitable);
+        co_await net::async_write(writer, net::buffer(f), use_awaitable);
         break;
       }
       case 2: {
         // Header and body as one message from two buffers (a gathered write).
         const std::string body = frame_body(id, small_size(id));
         const std::string header = "LEN " + std::to_string(body.size()) + '\n';
-        const std::array<asio::const_buffer, 2> buffers{asio::buffer(header), asio::buffer(body)};
+        const std::array<net::const_buffer, 2> buffers{net::buffer(header), net::buffer(body)};
         co_await writer.async_write(buffers, use_awaitable);
         break;
       }
@@ -239,7 +234,7 @@ awaitable<void> send_frames(serq::queued_writer<tcp::socket>& writer, int s) {
         // only then writes what was queued after it.
         co_await writer.async_enqueue(
             async_write_chunked_frame(writer.next_layer(), frame_body(id, large_size),
-                                      asio::deferred),
+                                      net::deferred),
             use_awaitable);
         break;
     }
@@ -250,7 +245,7 @@ awaitable<int> read_acks(serq::queued_writer<tcp::socket>& writer) {
   std::string buffer;
   std::set<int> acked;
   for (int i = 0; i < senders * frames_per_sender; ++i) {
-    // boost::asio::async_read_until and async_read on the writer: reads go
+    // net::async_read_until and async_read on the writer: reads go
     // straight to the socket.
     const std::string ack = co_await read_frame(writer, buffer);
     acked.insert(std::stoi(ack.substr(4)));
@@ -259,7 +254,7 @@ awaitable<int> read_acks(serq::queued_writer<tcp::socket>& writer) {
 }
 
 awaitable<int> after(tcp::endpoint ep) {
-  serq::queued_writer<tcp::socket> writer(co_await asio::this_coro::executor);
+  serq::queued_writer<tcp::socket> writer(co_await net::this_coro::executor);
   co_await writer.next_layer().async_connect(ep, use_awaitable);
   const int acked =
       co_await (send_frames(writer, 0) && send_frames(writer, 1) && send_frames(writer, 2) &&
@@ -290,34 +285,34 @@ awaitable<void> serve(tcp::socket socket, server_stats& stats) {
         ++stats.bad;
         std::cout << "drop_in: damaged frame: " << body.substr(0, 40) << '\n';
       }
-      writer.async_send(frame("ack " + std::to_string(id)), asio::detached);
+      writer.async_send(frame("ack " + std::to_string(id)), net::detached);
     }
-  } catch (const boost::system::system_error& e) {
-    if (e.code() != asio::error::eof)
+  } catch (const serq::system_error& e) {
+    if (e.code() != net::error::eof)
       throw;  // the client hung up: done
   }
-  co_await writer.async_flush(asio::as_tuple(use_awaitable));
+  co_await writer.async_flush(net::as_tuple(use_awaitable));
 }
 
 awaitable<void> accept_two(tcp::acceptor& acceptor, server_stats& stats) {
   for (int i = 0; i < 2; ++i) {
-    asio::co_spawn(acceptor.get_executor(),
-                   serve(co_await acceptor.async_accept(use_awaitable), stats), asio::detached);
+    net::co_spawn(acceptor.get_executor(),
+                  serve(co_await acceptor.async_accept(use_awaitable), stats), net::detached);
   }
 }
 
 }  // namespace
 
 int main() {
-  asio::io_context ioc;
-  tcp::acceptor acceptor(ioc, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+  net::io_context ioc;
+  tcp::acceptor acceptor(ioc, tcp::endpoint(net::ip::address_v4::loopback(), 0));
   server_stats stats;
-  asio::co_spawn(ioc, accept_two(acceptor, stats), asio::detached);
+  net::co_spawn(ioc, accept_two(acceptor, stats), net::detached);
 
   const int expected = senders * frames_per_sender;
   int acked_before = 0, acked_after = 0;
   std::exception_ptr failure;
-  asio::co_spawn(
+  net::co_spawn(
       ioc,
       [&]() -> awaitable<void> {
         acked_before = co_await before(acceptor.local_endpoint());

@@ -1,6 +1,6 @@
 //
 // example/future_client.cpp: driving a serq::queued_writer from plain threads
-// with boost::asio::use_future.
+// with net::use_future.
 //
 // The io_context runs in a thread of its own. main() and a few other plain
 // threads, none of them running the io_context, send requests through one
@@ -14,19 +14,12 @@
 
 #include <serq.hpp>
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/dispatch.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/read_until.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/use_future.hpp>
-#include <boost/system/system_error.hpp>
+// The Asio serq was built on (serq::serq defines SERQ_ASIO_STANDALONE for standalone Asio).
+#if defined(SERQ_ASIO_STANDALONE)
+#include <asio.hpp>
+#else
+#include <boost/asio.hpp>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -37,10 +30,10 @@
 #include <thread>
 #include <vector>
 
-namespace asio = boost::asio;
-using asio::awaitable;
-using asio::use_awaitable;
-using asio::ip::tcp;
+namespace net = serq::net;
+using net::awaitable;
+using net::use_awaitable;
+using net::ip::tcp;
 
 namespace {
 
@@ -54,15 +47,15 @@ awaitable<void> serve_one(tcp::acceptor& acceptor) {
   serq::queued_writer<tcp::socket> writer(co_await acceptor.async_accept(use_awaitable));
   std::string buffer;
   for (;;) {
-    auto [ec, n] = co_await asio::async_read_until(writer, asio::dynamic_buffer(buffer), '\n',
-                                                   asio::as_tuple(use_awaitable));
+    auto [ec, n] = co_await net::async_read_until(writer, net::dynamic_buffer(buffer), '\n',
+                                                  net::as_tuple(use_awaitable));
     if (ec)
       break;  // the client hung up
-    writer.async_send("ack " + buffer.substr(0, n), asio::detached);
+    writer.async_send("ack " + buffer.substr(0, n), net::detached);
     buffer.erase(0, n);
   }
   // Let the acknowledgements already queued go out before the socket closes.
-  co_await writer.async_flush(asio::as_tuple(use_awaitable));
+  co_await writer.async_flush(net::as_tuple(use_awaitable));
 }
 
 // Reads count acknowledgements on the client's strand. Reads go through the
@@ -73,7 +66,7 @@ awaitable<std::map<std::string, int>> read_acks(serq::queued_writer<tcp::socket>
   std::string buffer;
   for (int i = 0; i < count; ++i) {
     std::size_t n =
-        co_await asio::async_read_until(writer, asio::dynamic_buffer(buffer), '\n', use_awaitable);
+        co_await net::async_read_until(writer, net::dynamic_buffer(buffer), '\n', use_awaitable);
     ++seen[buffer.substr(0, n)];
     buffer.erase(0, n);
   }
@@ -87,38 +80,37 @@ std::string request(int thread, int i) {
 }  // namespace
 
 int main() {
-  asio::io_context ioc;
-  tcp::acceptor acceptor(ioc, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
-  asio::co_spawn(ioc, serve_one(acceptor), asio::detached);
+  net::io_context ioc;
+  tcp::acceptor acceptor(ioc, tcp::endpoint(net::ip::address_v4::loopback(), 0));
+  net::co_spawn(ioc, serve_one(acceptor), net::detached);
 
   // The client's socket lives on a strand: the writer's own work and the ack
   // reader then never touch it at once, whichever thread runs them.
-  serq::queued_writer<tcp::socket> writer(asio::make_strand(ioc));
+  serq::queued_writer<tcp::socket> writer(net::make_strand(ioc));
 
-  auto work = asio::make_work_guard(ioc);
+  auto work = net::make_work_guard(ioc);
   std::thread io_thread([&] { ioc.run(); });
 
   int status = EXIT_SUCCESS;
   try {
     // Nothing else uses the socket yet, so connecting from this thread is fine.
-    writer.next_layer().async_connect(acceptor.local_endpoint(), asio::use_future).get();
+    writer.next_layer().async_connect(acceptor.local_endpoint(), net::use_future).get();
 
     // Reads are started on the socket's strand, not from this thread.
     std::future<std::map<std::string, int>> acks =
-        asio::co_spawn(writer.get_executor(), read_acks(writer, total_requests), asio::use_future);
+        net::co_spawn(writer.get_executor(), read_acks(writer, total_requests), net::use_future);
 
     // One request at a time per thread: get() waits until the whole line has
-    // been written, and rethrows the write's error as boost::system::system_error.
+    // been written, and rethrows the write's error as serq::system_error.
     std::atomic<int> failed_sends{0};
     auto send_requests = [&](int thread) {
       try {
         for (int i = 0; i < requests_per_thread; ++i) {
-          std::future<std::size_t> written =
-              writer.async_send(request(thread, i), asio::use_future);
+          std::future<std::size_t> written = writer.async_send(request(thread, i), net::use_future);
           if (written.get() != request(thread, i).size())
             ++failed_sends;
         }
-      } catch (const boost::system::system_error& e) {
+      } catch (const serq::system_error& e) {
         std::cout << "future_client: thread " << thread << ": " << e.code().message() << '\n';
         ++failed_sends;
       }
@@ -139,11 +131,11 @@ int main() {
     for (int i = 0; i < pipelined_requests; ++i)
       batch.push_back(request(sender_threads, i));
     for (const std::string& r : batch) {
-      pending.push_back(writer.async_write(asio::buffer(r), asio::use_future));
+      pending.push_back(writer.async_write(net::buffer(r), net::use_future));
     }
     for (auto& f : pending)
       f.get();
-    writer.async_flush(asio::use_future).get();
+    writer.async_flush(net::use_future).get();
 
     // Every request acknowledged exactly once, intact.
     const std::map<std::string, int> seen = acks.get();
@@ -164,15 +156,15 @@ int main() {
 
     // Errors arrive as exceptions from get(). Shut down the sending side (on
     // the socket's strand, as every other use of the socket), then write.
-    asio::dispatch(writer.get_executor(), asio::use_future([&writer] {
-                     writer.next_layer().shutdown(tcp::socket::shutdown_send);
-                   }))
+    net::dispatch(writer.get_executor(), net::use_future([&writer] {
+                    writer.next_layer().shutdown(tcp::socket::shutdown_send);
+                  }))
         .get();
     try {
-      writer.async_send(std::string("too late\n"), asio::use_future).get();
+      writer.async_send(std::string("too late\n"), net::use_future).get();
       std::cout << "future_client: a write after shutdown succeeded\n";
       status = EXIT_FAILURE;
-    } catch (const boost::system::system_error& e) {
+    } catch (const serq::system_error& e) {
       // The writer has failed for good: error() keeps the first error.
       std::cout << "future_client: write after shutdown failed as expected: " << e.code().message()
                 << " (writer.error(): " << writer.error().message() << ")\n";
@@ -180,8 +172,8 @@ int main() {
         status = EXIT_FAILURE;
     }
 
-    asio::dispatch(writer.get_executor(),
-                   asio::use_future([&writer] { writer.next_layer().close(); }))
+    net::dispatch(writer.get_executor(),
+                  net::use_future([&writer] { writer.next_layer().close(); }))
         .get();
   } catch (const std::exception& e) {
     std::cout << "future_client: " << e.what() << '\n';

@@ -24,20 +24,14 @@
 
 #include <serq.hpp>
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/compose.hpp>
-#include <boost/asio/deferred.hpp>
-#include <boost/asio/detached.hpp>
+// The Asio serq was built on (serq::serq defines SERQ_ASIO_STANDALONE for standalone Asio).
+#if defined(SERQ_ASIO_STANDALONE)
+#include <asio.hpp>
+#include <asio/experimental/parallel_group.hpp>
+#else
+#include <boost/asio.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/read_until.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
+#endif
 
 #include <charconv>
 #include <chrono>
@@ -50,11 +44,11 @@
 #include <string_view>
 #include <vector>
 
-namespace asio = boost::asio;
-using asio::awaitable;
-using asio::use_awaitable;
-using asio::ip::tcp;
-using boost::system::error_code;
+namespace net = serq::net;
+using net::awaitable;
+using net::use_awaitable;
+using net::ip::tcp;
+using serq::error_code;
 
 namespace {
 
@@ -79,25 +73,25 @@ struct exchange_op {
     switch (state) {
       case starting:
         state = writing;
-        asio::async_write(socket, asio::buffer(*request), std::move(self));
+        net::async_write(socket, net::buffer(*request), std::move(self));
         return;
       case writing:
         state = reading_header;
-        asio::async_read_until(socket, asio::dynamic_buffer(buffer), '\n', std::move(self));
+        net::async_read_until(socket, net::dynamic_buffer(buffer), '\n', std::move(self));
         return;
       case reading_header: {
         const std::string_view header = std::string_view(buffer).substr(0, n);
         if (!header.starts_with("OK ") ||
             std::from_chars(header.data() + 3, header.data() + n - 1, body_length).ec !=
                 std::errc()) {
-          return self.complete(asio::error::invalid_argument, std::string());
+          return self.complete(net::error::invalid_argument, std::string());
         }
         buffer.erase(0, n);
         if (buffer.size() >= body_length)
           return finish(self);
         state = reading_body;
-        asio::async_read(socket, asio::dynamic_buffer(buffer),
-                         asio::transfer_exactly(body_length - buffer.size()), std::move(self));
+        net::async_read(socket, net::dynamic_buffer(buffer),
+                        net::transfer_exactly(body_length - buffer.size()), std::move(self));
         return;
       }
       case reading_body:
@@ -117,7 +111,7 @@ struct exchange_op {
 template <class CompletionToken>
 auto async_exchange(tcp::socket& socket, std::string& buffer, std::string request,
                     CompletionToken&& token) {
-  return asio::async_compose<CompletionToken, void(error_code, std::string)>(
+  return net::async_compose<CompletionToken, void(error_code, std::string)>(
       exchange_op{socket, buffer, std::make_unique<std::string>(std::move(request))}, token,
       socket);
 }
@@ -128,7 +122,7 @@ auto async_exchange(tcp::socket& socket, std::string& buffer, std::string reques
 
 class connection {
  public:
-  explicit connection(const asio::any_io_executor& ex) : socket_(ex), queue_(ex, "connection") {}
+  explicit connection(const net::any_io_executor& ex) : socket_(ex), queue_(ex, "connection") {}
 
   tcp::socket& socket() noexcept { return socket_; }
 
@@ -137,9 +131,8 @@ class connection {
   // (error_code, reply body) is passed to token unchanged.
   template <class CompletionToken>
   auto async_request(std::string request, CompletionToken&& token) {
-    return queue_.async_enqueue(
-        async_exchange(socket_, buffer_, std::move(request), asio::deferred),
-        std::forward<CompletionToken>(token));
+    return queue_.async_enqueue(async_exchange(socket_, buffer_, std::move(request), net::deferred),
+                                std::forward<CompletionToken>(token));
   }
 
   // Several exchanges as one unit: nothing else is triggered until the turn
@@ -186,13 +179,13 @@ awaitable<void> serve_one(tcp::acceptor& acceptor) {
   // Replies go out in two writes; without this, Nagle's algorithm holds the
   // body back until the client's delayed ACK of the header, 40 ms a reply.
   socket.set_option(tcp::no_delay(true));
-  asio::steady_timer pause(socket.get_executor());
+  net::steady_timer pause(socket.get_executor());
   std::string buffer;
   std::int64_t total = 0;
   std::uint32_t rng = 12345;
   for (;;) {
-    auto [ec, n] = co_await asio::async_read_until(socket, asio::dynamic_buffer(buffer), '\n',
-                                                   asio::as_tuple(use_awaitable));
+    auto [ec, n] = co_await net::async_read_until(socket, net::dynamic_buffer(buffer), '\n',
+                                                  net::as_tuple(use_awaitable));
     if (ec)
       co_return;
     const std::string line = buffer.substr(0, n - 1);
@@ -213,13 +206,13 @@ awaitable<void> serve_one(tcp::acceptor& acceptor) {
       body = "unknown request";
     }
     const std::string header = "OK " + std::to_string(body.size()) + '\n';
-    co_await asio::async_write(socket, asio::buffer(header), use_awaitable);
+    co_await net::async_write(socket, net::buffer(header), use_awaitable);
     // Up to half a millisecond between header and body: time enough for an
     // unserialized client to write another request or read a wrong reply.
     rng = rng * 1664525u + 1013904223u;
     pause.expires_after(std::chrono::microseconds(rng % 500));
     co_await pause.async_wait(use_awaitable);
-    co_await asio::async_write(socket, asio::buffer(body), use_awaitable);
+    co_await net::async_write(socket, net::buffer(body), use_awaitable);
     if (line == "QUIT")
       co_return;
   }
@@ -277,22 +270,22 @@ awaitable<void> transaction_worker(connection& conn, int id, results& r) {
 }
 
 awaitable<void> client(tcp::endpoint ep, results& r) {
-  const auto ex = co_await asio::this_coro::executor;
+  const auto ex = co_await net::this_coro::executor;
   connection conn(ex);
   co_await conn.socket().async_connect(ep, use_awaitable);
   conn.socket().set_option(tcp::no_delay(true));
 
   // Many coroutines at once, each awaiting its own exchanges.
-  using spawn_op = decltype(asio::co_spawn(ex, echo_worker(conn, 0, r), asio::deferred));
+  using spawn_op = decltype(net::co_spawn(ex, echo_worker(conn, 0, r), net::deferred));
   std::vector<spawn_op> workers;
   for (int i = 0; i < echo_workers; ++i) {
-    workers.push_back(asio::co_spawn(ex, echo_worker(conn, i, r), asio::deferred));
+    workers.push_back(net::co_spawn(ex, echo_worker(conn, i, r), net::deferred));
   }
   for (int i = 0; i < transaction_workers; ++i) {
-    workers.push_back(asio::co_spawn(ex, transaction_worker(conn, i, r), asio::deferred));
+    workers.push_back(net::co_spawn(ex, transaction_worker(conn, i, r), net::deferred));
   }
-  auto [order, errors] = co_await asio::experimental::make_parallel_group(std::move(workers))
-                             .async_wait(asio::experimental::wait_for_all(), use_awaitable);
+  auto [order, errors] = co_await net::experimental::make_parallel_group(std::move(workers))
+                             .async_wait(net::experimental::wait_for_all(), use_awaitable);
   for (const std::exception_ptr& e : errors) {
     if (e)
       ++r.failures;
@@ -321,14 +314,14 @@ awaitable<void> client(tcp::endpoint ep, results& r) {
 }  // namespace
 
 int main() {
-  asio::io_context ioc;
-  tcp::acceptor acceptor(ioc, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+  net::io_context ioc;
+  tcp::acceptor acceptor(ioc, tcp::endpoint(net::ip::address_v4::loopback(), 0));
   results r;
   std::exception_ptr failure;
   const auto started = std::chrono::steady_clock::now();
-  asio::co_spawn(ioc, serve_one(acceptor), asio::detached);
-  asio::co_spawn(ioc, client(acceptor.local_endpoint(), r),
-                 [&](std::exception_ptr e) { failure = e; });
+  net::co_spawn(ioc, serve_one(acceptor), net::detached);
+  net::co_spawn(ioc, client(acceptor.local_endpoint(), r),
+                [&](std::exception_ptr e) { failure = e; });
   ioc.run();
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
