@@ -8,14 +8,7 @@
 #ifndef SERQ_BENCH_PEERS_HPP
 #define SERQ_BENCH_PEERS_HPP
 
-#include <boost/asio/any_completion_handler.hpp>
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/system/error_code.hpp>
+#include "common/net.hpp"
 
 #include <sys/uio.h>
 #include <unistd.h>
@@ -32,31 +25,28 @@
 
 namespace serq_bench {
 
-namespace asio = boost::asio;
-using boost::system::error_code;
-
 // A one-step operation: a raw initiation that completes on the next turn of the loop, like a read
 // whose data is already there. It completes on the handler's associated executor, as an Asio
 // operation does, and never inside the initiating call.
 struct one_step_op {
-  asio::any_io_executor ex;
+  net::any_io_executor ex;
 
   template <class Handler>
   void operator()(Handler&& handler) const {
-    auto hex = asio::get_associated_executor(handler, ex);
-    asio::post(hex, [h = std::forward<Handler>(handler)]() mutable { std::move(h)(error_code()); });
+    auto hex = net::get_associated_executor(handler, ex);
+    net::post(hex, [h = std::forward<Handler>(handler)]() mutable { std::move(h)(error_code()); });
   }
 };
 
 // The same operation holding one pointer (an executor that outlives it), for the memory cases:
 // "an entry whose op captures one pointer".
 struct lean_step_op {
-  const asio::any_io_executor* ex;
+  const net::any_io_executor* ex;
 
   template <class Handler>
   void operator()(Handler&& handler) const {
-    auto hex = asio::get_associated_executor(handler, *ex);
-    asio::post(hex, [h = std::forward<Handler>(handler)]() mutable { std::move(h)(error_code()); });
+    auto hex = net::get_associated_executor(handler, *ex);
+    net::post(hex, [h = std::forward<Handler>(handler)]() mutable { std::move(h)(error_code()); });
   }
 };
 
@@ -89,8 +79,8 @@ struct park_op {
     if (!lot->release)
       lot->release = [&v] {
         for (auto& h : v) {
-          auto ex = asio::get_associated_executor(h);
-          asio::post(ex, [h = std::move(h)]() mutable { std::move(h)(error_code(), Extra{}...); });
+          auto ex = net::get_associated_executor(h);
+          net::post(ex, [h = std::move(h)]() mutable { std::move(h)(error_code(), Extra{}...); });
         }
         v.clear();
       };
@@ -107,7 +97,7 @@ struct park_op {
 template <class Fn>
 class hand_queue {
  public:
-  explicit hand_queue(asio::any_io_executor ex) : ex_(std::move(ex)) {}
+  explicit hand_queue(net::any_io_executor ex) : ex_(std::move(ex)) {}
 
   // For the memory cases only: mark the queue busy, as if a job were running, so submitted jobs
   // wait in the deque (what holding serq's turn does); release() starts them.
@@ -120,10 +110,10 @@ class hand_queue {
 
   template <class Token>
   auto async_enqueue(Token&& token) {
-    return asio::async_initiate<Token, void(error_code)>(
+    return net::async_initiate<Token, void(error_code)>(
         [this](auto handler) {
-          asio::post(ex_,
-                     [this, fn = Fn(std::move(handler))]() mutable { on_submit(std::move(fn)); });
+          net::post(ex_,
+                    [this, fn = Fn(std::move(handler))]() mutable { on_submit(std::move(fn)); });
         },
         token);
   }
@@ -149,7 +139,7 @@ class hand_queue {
     std::move(fn)(ec);
   }
 
-  asio::any_io_executor ex_;
+  net::any_io_executor ex_;
   std::deque<Fn> jobs_;
   bool busy_ = false;
 };
@@ -163,9 +153,9 @@ class hand_writer {
   explicit hand_writer(Stream& s) : stream_(s) {}
 
   template <class Token>
-  auto async_write(asio::const_buffer buf, Token&& token) {
-    return asio::async_initiate<Token, void(error_code, std::size_t)>(
-        [this](auto handler, asio::const_buffer b) {
+  auto async_write(net::const_buffer buf, Token&& token) {
+    return net::async_initiate<Token, void(error_code, std::size_t)>(
+        [this](auto handler, net::const_buffer b) {
           queue_.push_back(pending{b, std::move(handler)});
           if (queue_.size() == 1)
             start();
@@ -175,13 +165,13 @@ class hand_writer {
 
  private:
   struct pending {
-    asio::const_buffer buf;
-    asio::any_completion_handler<void(error_code, std::size_t)> handler;
+    net::const_buffer buf;
+    net::any_completion_handler<void(error_code, std::size_t)> handler;
   };
 
   void start() {
-    asio::async_write(stream_, queue_.front().buf,
-                      [this](error_code ec, std::size_t n) { on_write(ec, n); });
+    net::async_write(stream_, queue_.front().buf,
+                     [this](error_code ec, std::size_t n) { on_write(ec, n); });
   }
 
   void on_write(error_code ec, std::size_t n) {

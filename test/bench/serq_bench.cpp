@@ -6,20 +6,12 @@
 //   serq_bench [--smoke] [--rounds R] [--scale F] [--json FILE]
 //
 
+#include "common/net.hpp"
 #include "harness.hpp"
 #include "peers.hpp"
 
 #include <serq/queued_writer.hpp>
 #include <serq/serialized_queue.hpp>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/connect_pair.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/asio/use_awaitable.hpp>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -229,7 +221,7 @@ void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
 namespace serq_bench {
 namespace {
 
-using stream_socket = asio::local::stream_protocol::socket;
+using stream_socket = net::local::stream_protocol::socket;
 
 std::size_t allocations_so_far() noexcept {
   return thread_allocations;
@@ -244,8 +236,8 @@ struct rethrow {
 };
 
 template <class Token>
-auto async_one_step(asio::any_io_executor ex, Token&& token) {
-  return asio::async_initiate<Token, void(error_code)>(one_step_op{std::move(ex)}, token);
+auto async_one_step(net::any_io_executor ex, Token&& token) {
+  return net::async_initiate<Token, void(error_code)>(one_step_op{std::move(ex)}, token);
 }
 
 // ---- a window of callback operations (cases 1, 4 with callbacks, 5)
@@ -286,7 +278,7 @@ class op_window {
 
   void on_done(error_code ec) {
     if (ec)
-      throw boost::system::system_error(ec, "serq_bench: operation failed");
+      throw serq::system_error(ec, "serq_bench: operation failed");
     if (++done_ == mark_at_)
       mark_ = allocations_so_far();
     if (done_ == n_)
@@ -306,7 +298,7 @@ class op_window {
 };
 
 template <class Submit>
-double time_window(asio::io_context& ioc, std::size_t n, std::size_t window, Submit submit) {
+double time_window(net::io_context& ioc, std::size_t n, std::size_t window, Submit submit) {
   op_window<Submit> w(std::move(submit), n, window, std::numeric_limits<std::size_t>::max());
   const auto t0 = bench_clock::now();
   w.start();
@@ -319,8 +311,8 @@ double time_window(asio::io_context& ioc, std::size_t n, std::size_t window, Sub
 
 // Steady-state allocations per operation: n operations, counting only those after the first warm.
 template <class Submit>
-alloc_result count_window(asio::io_context& ioc, std::size_t n, std::size_t warm,
-                          std::size_t window, Submit submit) {
+alloc_result count_window(net::io_context& ioc, std::size_t n, std::size_t warm, std::size_t window,
+                          Submit submit) {
   op_window<Submit> w(std::move(submit), n, window, warm);
   w.start();
   ioc.run();
@@ -342,8 +334,8 @@ enum class queue_kind { serq_default, serq_inline, hand, bare };
 // steady-state allocations).
 template <class Body>
 auto with_queue(queue_kind kind, Body&& body) {
-  asio::io_context ioc(1);
-  asio::any_io_executor ex = ioc.get_executor();
+  net::io_context ioc(1);
+  net::any_io_executor ex = ioc.get_executor();
   switch (kind) {
     case queue_kind::serq_default: {
       serq::serialized_queue q(ioc);
@@ -376,7 +368,7 @@ bench_case queue_case(const std::string& id, std::size_t n, std::size_t window) 
   c.reference = "serq default";
   auto timed = [n, window](queue_kind k) {
     return [n, window, k] {
-      return with_queue(k, [&](asio::io_context& ioc, auto submit) {
+      return with_queue(k, [&](net::io_context& ioc, auto submit) {
         return time_window(ioc, n, window, std::move(submit));
       });
     };
@@ -394,7 +386,7 @@ bench_case queue_case(const std::string& id, std::size_t n, std::size_t window) 
 // Two producer threads submit n operations in all, each keeping at most 64 in flight (a semaphore,
 // the usual backpressure); two threads run the io_context.
 template <class Submit>
-double time_contended(asio::io_context& ioc, std::size_t n, Submit submit) {
+double time_contended(net::io_context& ioc, std::size_t n, Submit submit) {
   constexpr std::ptrdiff_t per_producer_window = 64;
   using slots_type = std::counting_semaphore<per_producer_window>;
   struct done_handler {
@@ -408,7 +400,7 @@ double time_contended(asio::io_context& ioc, std::size_t n, Submit submit) {
   slots_type slots[2] = {slots_type(per_producer_window), slots_type(per_producer_window)};
   std::latch done(static_cast<std::ptrdiff_t>(n));
   std::latch go(1);
-  auto work = asio::make_work_guard(ioc);
+  auto work = net::make_work_guard(ioc);
   std::thread io[2] = {std::thread([&] { ioc.run(); }), std::thread([&] { ioc.run(); })};
   auto produce = [&](int p) {
     go.wait();
@@ -439,8 +431,8 @@ bench_case contention_case(std::size_t n) {
   c.reference = "serq default";
   auto serq_variant = [n](bool inl) {
     return [n, inl] {
-      asio::io_context ioc(2);
-      asio::any_io_executor ex = ioc.get_executor();
+      net::io_context ioc(2);
+      net::any_io_executor ex = ioc.get_executor();
       serq::serialized_queue q(ioc);
       if (inl)
         return time_contended(ioc, n, [&q, ex](auto h) {
@@ -455,15 +447,15 @@ bench_case contention_case(std::size_t n) {
                 {"serq trigger_inline", serq_variant(true), {}},
                 {"hand-rolled queue (strand)",
                  [n] {
-                   asio::io_context ioc(2);
-                   hand_queue<std::function<void(error_code)>> q(asio::make_strand(ioc));
+                   net::io_context ioc(2);
+                   hand_queue<std::function<void(error_code)>> q(net::make_strand(ioc));
                    return time_contended(ioc, n, [&q](auto h) { q.async_enqueue(std::move(h)); });
                  },
                  {}},
                 {"bare post",
                  [n] {
-                   asio::io_context ioc(2);
-                   asio::any_io_executor ex = ioc.get_executor();
+                   net::io_context ioc(2);
+                   net::any_io_executor ex = ioc.get_executor();
                    return time_contended(ioc, n, [ex](auto h) { one_step_op{ex}(std::move(h)); });
                  },
                  {}}};
@@ -475,35 +467,35 @@ bench_case contention_case(std::size_t n) {
 
 constexpr std::size_t coroutines = 8;
 
-asio::awaitable<void> acquire_worker(serq::serialized_queue& q, std::size_t steps) {
-  auto ex = co_await asio::this_coro::executor;
+net::awaitable<void> acquire_worker(serq::serialized_queue& q, std::size_t steps) {
+  auto ex = co_await net::this_coro::executor;
   for (std::size_t i = 0; i < steps; ++i) {
-    serq::turn t = co_await q.async_acquire(asio::use_awaitable);
-    co_await async_one_step(ex, asio::use_awaitable);
+    serq::turn t = co_await q.async_acquire(net::use_awaitable);
+    co_await async_one_step(ex, net::use_awaitable);
   }
 }
 
-asio::awaitable<void> enqueue_worker(serq::serialized_queue& q, std::size_t steps) {
-  auto ex = co_await asio::this_coro::executor;
+net::awaitable<void> enqueue_worker(serq::serialized_queue& q, std::size_t steps) {
+  auto ex = co_await net::this_coro::executor;
   for (std::size_t i = 0; i < steps; ++i)
-    co_await q.async_enqueue<void(error_code)>(one_step_op{ex}, asio::use_awaitable);
+    co_await q.async_enqueue<void(error_code)>(one_step_op{ex}, net::use_awaitable);
 }
 
-asio::awaitable<void> hand_worker(hand_queue<asio::any_completion_handler<void(error_code)>>& q,
-                                  std::size_t steps) {
+net::awaitable<void> hand_worker(hand_queue<net::any_completion_handler<void(error_code)>>& q,
+                                 std::size_t steps) {
   for (std::size_t i = 0; i < steps; ++i)
-    co_await q.async_enqueue(asio::use_awaitable);
+    co_await q.async_enqueue(net::use_awaitable);
 }
 
-asio::awaitable<void> bare_worker(std::size_t steps) {
-  auto ex = co_await asio::this_coro::executor;
+net::awaitable<void> bare_worker(std::size_t steps) {
+  auto ex = co_await net::this_coro::executor;
   for (std::size_t i = 0; i < steps; ++i)
-    co_await async_one_step(ex, asio::use_awaitable);
+    co_await async_one_step(ex, net::use_awaitable);
 }
 
 template <class Spawn>
 double time_coroutines(Spawn spawn) {
-  asio::io_context ioc(1);
+  net::io_context ioc(1);
   const auto t0 = bench_clock::now();
   for (std::size_t i = 0; i < coroutines; ++i)
     spawn(ioc);
@@ -523,38 +515,38 @@ bench_case coroutine_case(std::size_t n) {
       {"serq acquire + step + release",
        [per] {
          std::unique_ptr<serq::serialized_queue> q;
-         return time_coroutines([&](asio::io_context& ioc) {
+         return time_coroutines([&](net::io_context& ioc) {
            if (!q)
              q = std::make_unique<serq::serialized_queue>(ioc);
-           asio::co_spawn(ioc, acquire_worker(*q, per), rethrow{});
+           net::co_spawn(ioc, acquire_worker(*q, per), rethrow{});
          });
        },
        {}},
       {"serq async_enqueue(use_awaitable)",
        [per] {
          std::unique_ptr<serq::serialized_queue> q;
-         return time_coroutines([&](asio::io_context& ioc) {
+         return time_coroutines([&](net::io_context& ioc) {
            if (!q)
              q = std::make_unique<serq::serialized_queue>(ioc);
-           asio::co_spawn(ioc, enqueue_worker(*q, per), rethrow{});
+           net::co_spawn(ioc, enqueue_worker(*q, per), rethrow{});
          });
        },
        {}},
       {"hand-rolled queue (use_awaitable)",
        [per] {
-         std::unique_ptr<hand_queue<asio::any_completion_handler<void(error_code)>>> q;
-         return time_coroutines([&](asio::io_context& ioc) {
+         std::unique_ptr<hand_queue<net::any_completion_handler<void(error_code)>>> q;
+         return time_coroutines([&](net::io_context& ioc) {
            if (!q)
-             q = std::make_unique<hand_queue<asio::any_completion_handler<void(error_code)>>>(
+             q = std::make_unique<hand_queue<net::any_completion_handler<void(error_code)>>>(
                  ioc.get_executor());
-           asio::co_spawn(ioc, hand_worker(*q, per), rethrow{});
+           net::co_spawn(ioc, hand_worker(*q, per), rethrow{});
          });
        },
        {}},
       {"bare co_await post (no queue)",
        [per] {
          return time_coroutines(
-             [&](asio::io_context& ioc) { asio::co_spawn(ioc, bare_worker(per), rethrow{}); });
+             [&](net::io_context& ioc) { net::co_spawn(ioc, bare_worker(per), rethrow{}); });
        },
        {}}};
   return c;
@@ -569,7 +561,7 @@ constexpr std::size_t producers = 64;
 class wire {
  public:
   explicit wire(std::size_t expect) : tx_(ioc_), rx_(ioc_) {
-    asio::local::connect_pair(tx_, rx_);
+    net::local::connect_pair(tx_, rx_);
     reader_ = std::thread([fd = rx_.native_handle(), expect] {
       std::vector<char> buf(256 * 1024);
       std::size_t got = 0;
@@ -590,12 +582,12 @@ class wire {
       reader_.join();
   }
 
-  asio::io_context& ioc() noexcept { return ioc_; }
+  net::io_context& ioc() noexcept { return ioc_; }
   stream_socket& tx() noexcept { return tx_; }
   void wait_drained() { reader_.join(); }
 
  private:
-  asio::io_context ioc_{1};
+  net::io_context ioc_{1};
   stream_socket tx_;
   stream_socket rx_;
   std::thread reader_;
@@ -622,53 +614,53 @@ struct payload {
 };
 
 template <class Writer>
-asio::awaitable<void> write_producer(Writer& w, asio::const_buffer msg, std::size_t count) {
+net::awaitable<void> write_producer(Writer& w, net::const_buffer msg, std::size_t count) {
   for (std::size_t i = 0; i < count; ++i)
-    co_await w.async_write(msg, asio::use_awaitable);
+    co_await w.async_write(msg, net::use_awaitable);
 }
 
 double time_serq_writer(const payload& p, bool gathering) {
-  wire net(p.bytes());
-  serq::queued_writer<stream_socket&> w(net.tx());
+  wire conn(p.bytes());
+  serq::queued_writer<stream_socket&> w(conn.tx());
   w.set_gathering(gathering);
   const auto t0 = bench_clock::now();
   for (std::size_t i = 0; i < producers; ++i)
-    asio::co_spawn(net.ioc(), write_producer(w, asio::buffer(p.messages[i]), p.count / producers),
-                   rethrow{});
-  net.ioc().run();
-  net.wait_drained();
+    net::co_spawn(conn.ioc(), write_producer(w, net::buffer(p.messages[i]), p.count / producers),
+                  rethrow{});
+  conn.ioc().run();
+  conn.wait_drained();
   return seconds_since(t0);
 }
 
 double time_hand_writer(const payload& p) {
-  wire net(p.bytes());
-  hand_writer<stream_socket> w(net.tx());
+  wire conn(p.bytes());
+  hand_writer<stream_socket> w(conn.tx());
   const auto t0 = bench_clock::now();
   for (std::size_t i = 0; i < producers; ++i)
-    asio::co_spawn(net.ioc(), write_producer(w, asio::buffer(p.messages[i]), p.count / producers),
-                   rethrow{});
-  net.ioc().run();
-  net.wait_drained();
+    net::co_spawn(conn.ioc(), write_producer(w, net::buffer(p.messages[i]), p.count / producers),
+                  rethrow{});
+  conn.ioc().run();
+  conn.wait_drained();
   return seconds_since(t0);
 }
 
 double time_contiguous_limit(const payload& p) {
-  wire net(p.bytes());
+  wire conn(p.bytes());
   const auto t0 = bench_clock::now();
   for (std::size_t i = 0; i < p.count / producers; ++i)
-    blocking_write_all(net.tx().native_handle(), p.contiguous.data(), p.contiguous.size());
-  net.wait_drained();
+    blocking_write_all(conn.tx().native_handle(), p.contiguous.data(), p.contiguous.size());
+  conn.wait_drained();
   return seconds_since(t0);
 }
 
 double time_writev_limit(const payload& p) {
-  wire net(p.bytes());
+  wire conn(p.bytes());
   std::vector<iovec> iov(p.count);
   for (std::size_t i = 0; i < p.count; ++i)
     iov[i] = iovec{const_cast<char*>(p.messages[i % producers].data()), p.size};
   const auto t0 = bench_clock::now();
-  blocking_writev_all(net.tx().native_handle(), std::move(iov), 64);
-  net.wait_drained();
+  blocking_writev_all(conn.tx().native_handle(), std::move(iov), 64);
+  conn.wait_drained();
   return seconds_since(t0);
 }
 
@@ -697,7 +689,7 @@ bench_case writer_case(const std::string& id, std::size_t size, std::size_t coun
 // ---------------------------------------------------------------
 
 alloc_result queue_allocations(queue_kind kind, std::size_t n, std::size_t window) {
-  return with_queue(kind, [&](asio::io_context& ioc, auto submit) {
+  return with_queue(kind, [&](net::io_context& ioc, auto submit) {
     return count_window(ioc, n, n / 2, window, std::move(submit));
   });
 }
@@ -706,17 +698,17 @@ alloc_result queue_allocations(queue_kind kind, std::size_t n, std::size_t windo
 // half of them to the moment the first coroutine has done its last (a coroutine's end allocates, to
 // deliver co_spawn's completion, and is not steady state).
 alloc_result awaitable_allocations(std::size_t n, std::size_t coros) {
-  asio::io_context ioc(1);
+  net::io_context ioc(1);
   serq::serialized_queue q(ioc);
   std::size_t done = 0;
   std::size_t mark = 0;
   std::size_t end = 0;
   std::size_t done_at_end = 0;
   const std::size_t warm = n / 2;
-  auto worker = [&](std::size_t steps) -> asio::awaitable<void> {
-    auto ex = co_await asio::this_coro::executor;
+  auto worker = [&](std::size_t steps) -> net::awaitable<void> {
+    auto ex = co_await net::this_coro::executor;
     for (std::size_t i = 0; i < steps; ++i) {
-      co_await q.async_enqueue<void(error_code)>(one_step_op{ex}, asio::use_awaitable);
+      co_await q.async_enqueue<void(error_code)>(one_step_op{ex}, net::use_awaitable);
       if (++done == warm)
         mark = allocations_so_far();
     }
@@ -726,7 +718,7 @@ alloc_result awaitable_allocations(std::size_t n, std::size_t coros) {
     }
   };
   for (std::size_t i = 0; i < coros; ++i)
-    asio::co_spawn(ioc, worker(n / coros), rethrow{});
+    net::co_spawn(ioc, worker(n / coros), rethrow{});
   ioc.run();
   if (done != n || done_at_end <= warm)
     throw std::logic_error("serq_bench: lost operations");
@@ -741,18 +733,18 @@ alloc_result awaitable_allocations(std::size_t n, std::size_t coros) {
 // the next, until n; counts after half were done.
 alloc_result writer_allocations(std::size_t n, std::size_t window, bool serq_writer) {
   std::vector<char> msg(64, 'x');
-  wire net(n * msg.size());
+  wire conn(n * msg.size());
   alloc_result r;
   if (serq_writer) {
-    serq::queued_writer<stream_socket&> w(net.tx());
-    r = count_window(net.ioc(), n, n / 2, window,
-                     [&](auto h) { w.async_write(asio::buffer(msg), std::move(h)); });
+    serq::queued_writer<stream_socket&> w(conn.tx());
+    r = count_window(conn.ioc(), n, n / 2, window,
+                     [&](auto h) { w.async_write(net::buffer(msg), std::move(h)); });
   } else {
-    hand_writer<stream_socket> w(net.tx());
-    r = count_window(net.ioc(), n, n / 2, window,
-                     [&](auto h) { w.async_write(asio::buffer(msg), std::move(h)); });
+    hand_writer<stream_socket> w(conn.tx());
+    r = count_window(conn.ioc(), n, n / 2, window,
+                     [&](auto h) { w.async_write(net::buffer(msg), std::move(h)); });
   }
-  net.wait_drained();
+  conn.wait_drained();
   return r;
 }
 
@@ -794,7 +786,7 @@ bench_case depth_callback_case(std::size_t n, const std::vector<std::size_t>& de
   c.reference = depth_variant("serq", depths.front());
   auto timed = [n](queue_kind k, std::size_t d) {
     return [n, k, d] {
-      return with_queue(k, [&](asio::io_context& ioc, auto submit) {
+      return with_queue(k, [&](net::io_context& ioc, auto submit) {
         return time_window(ioc, n, d, std::move(submit));
       });
     };
@@ -822,35 +814,34 @@ struct coro_clock {
   }
 };
 
-asio::awaitable<void> depth_serq_worker(serq::serialized_queue* q, std::size_t steps,
-                                        coro_clock* clock) {
-  auto ex = co_await asio::this_coro::executor;
+net::awaitable<void> depth_serq_worker(serq::serialized_queue* q, std::size_t steps,
+                                       coro_clock* clock) {
+  auto ex = co_await net::this_coro::executor;
   for (std::size_t i = 0; i < steps; ++i) {
-    co_await q->async_enqueue<void(error_code)>(one_step_op{ex}, asio::use_awaitable);
+    co_await q->async_enqueue<void(error_code)>(one_step_op{ex}, net::use_awaitable);
     clock->tick();
   }
 }
 
-asio::awaitable<void> depth_hand_worker(
-    hand_queue<asio::any_completion_handler<void(error_code)>>* q, std::size_t steps,
-    coro_clock* clock) {
+net::awaitable<void> depth_hand_worker(hand_queue<net::any_completion_handler<void(error_code)>>* q,
+                                       std::size_t steps, coro_clock* clock) {
   for (std::size_t i = 0; i < steps; ++i) {
-    co_await q->async_enqueue(asio::use_awaitable);
+    co_await q->async_enqueue(net::use_awaitable);
     clock->tick();
   }
 }
 
-asio::awaitable<void> depth_bare_worker(std::size_t steps, coro_clock* clock) {
-  auto ex = co_await asio::this_coro::executor;
+net::awaitable<void> depth_bare_worker(std::size_t steps, coro_clock* clock) {
+  auto ex = co_await net::this_coro::executor;
   for (std::size_t i = 0; i < steps; ++i) {
-    co_await async_one_step(ex, asio::use_awaitable);
+    co_await async_one_step(ex, net::use_awaitable);
     clock->tick();
   }
 }
 
 // spawn(ioc, steps, clock) co_spawns one coroutine doing `steps` operations.
 template <class Spawn>
-double time_depth_coroutines(asio::io_context& ioc, std::size_t n, std::size_t d, Spawn spawn) {
+double time_depth_coroutines(net::io_context& ioc, std::size_t n, std::size_t d, Spawn spawn) {
   coro_clock clock;
   clock.target = n;
   for (std::size_t i = 0; i < d; ++i)
@@ -873,29 +864,29 @@ bench_case depth_awaitable_case(std::size_t n, const std::vector<std::size_t>& d
     c.variants.push_back(
         {depth_variant("serq", d),
          [n, d] {
-           asio::io_context ioc(1);
+           net::io_context ioc(1);
            serq::serialized_queue q(ioc);
            return time_depth_coroutines(ioc, n, d, [&](std::size_t steps, coro_clock* clock) {
-             asio::co_spawn(ioc, depth_serq_worker(&q, steps, clock), rethrow{});
+             net::co_spawn(ioc, depth_serq_worker(&q, steps, clock), rethrow{});
            });
          },
          {}});
     c.variants.push_back(
         {depth_variant("hand-rolled", d),
          [n, d] {
-           asio::io_context ioc(1);
-           hand_queue<asio::any_completion_handler<void(error_code)>> q(ioc.get_executor());
+           net::io_context ioc(1);
+           hand_queue<net::any_completion_handler<void(error_code)>> q(ioc.get_executor());
            return time_depth_coroutines(ioc, n, d, [&](std::size_t steps, coro_clock* clock) {
-             asio::co_spawn(ioc, depth_hand_worker(&q, steps, clock), rethrow{});
+             net::co_spawn(ioc, depth_hand_worker(&q, steps, clock), rethrow{});
            });
          },
          {}});
     c.variants.push_back({depth_variant("floor (no queue)", d),
                           [n, d] {
-                            asio::io_context ioc(1);
+                            net::io_context ioc(1);
                             return time_depth_coroutines(
                                 ioc, n, d, [&](std::size_t steps, coro_clock* clock) {
-                                  asio::co_spawn(ioc, depth_bare_worker(steps, clock), rethrow{});
+                                  net::co_spawn(ioc, depth_bare_worker(steps, clock), rethrow{});
                                 });
                           },
                           {}});
@@ -994,7 +985,7 @@ struct count_handler {
 };
 
 // Runs handlers until none is ready (the io_context is kept from stopping by a work guard).
-void poll_all(asio::io_context& ioc) {
+void poll_all(net::io_context& ioc) {
   while (ioc.poll() > 0) {
   }
 }
@@ -1011,10 +1002,10 @@ void expect_done(std::size_t done, std::size_t n, const char* what) {
 class local_pair {
  public:
   explicit local_pair(bool stall) : tx_(ioc_), rx_(ioc_) {
-    asio::local::connect_pair(tx_, rx_);
+    net::local::connect_pair(tx_, rx_);
     if (!stall)
       return;
-    tx_.set_option(asio::socket_base::send_buffer_size(4096));
+    tx_.set_option(net::socket_base::send_buffer_size(4096));
     const char junk[4096] = {};
     for (;;) {
       const ssize_t n = ::send(tx_.native_handle(), junk, sizeof junk, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -1031,7 +1022,7 @@ class local_pair {
   local_pair& operator=(const local_pair&) = delete;
   ~local_pair() { finish(); }
 
-  asio::io_context& ioc() noexcept { return ioc_; }
+  net::io_context& ioc() noexcept { return ioc_; }
   stream_socket& tx() noexcept { return tx_; }
 
   void start_reader() {
@@ -1051,12 +1042,12 @@ class local_pair {
     if (!reader_.joinable())
       return;
     error_code ignored;
-    tx_.shutdown(asio::socket_base::shutdown_send, ignored);
+    tx_.shutdown(net::socket_base::shutdown_send, ignored);
     reader_.join();
   }
 
  private:
-  asio::io_context ioc_{1};
+  net::io_context ioc_{1};
   stream_socket tx_;
   stream_socket rx_;
   std::thread reader_;
@@ -1066,9 +1057,9 @@ class local_pair {
 
 // Callback entries waiting behind a held turn: handler and operation each hold one pointer.
 memory_result queue_entries_serq_callback(std::size_t n) {
-  asio::io_context ioc(1);
-  auto guard = asio::make_work_guard(ioc);
-  const asio::any_io_executor ex = ioc.get_executor();
+  net::io_context ioc(1);
+  auto guard = net::make_work_guard(ioc);
+  const net::any_io_executor ex = ioc.get_executor();
   serq::serialized_queue q(ioc);
   std::optional<serq::turn> held;
   q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
@@ -1092,8 +1083,8 @@ memory_result queue_entries_serq_callback(std::size_t n) {
 
 // The hand-rolled queue held busy: the submissions' posts have run, the jobs wait in the deque.
 memory_result queue_entries_hand_callback(std::size_t n) {
-  asio::io_context ioc(1);
-  auto guard = asio::make_work_guard(ioc);
+  net::io_context ioc(1);
+  auto guard = net::make_work_guard(ioc);
   hand_queue<std::function<void(error_code)>> q(ioc.get_executor());
   q.hold();
   std::size_t done = 0;
@@ -1115,50 +1106,50 @@ memory_result queue_entries_hand_callback(std::size_t n) {
 template <class Queue>
 struct await_ctx {
   Queue* q = nullptr;
-  const asio::any_io_executor* ex = nullptr;
+  const net::any_io_executor* ex = nullptr;
   const std::vector<char>* msg = nullptr;
   std::size_t started = 0;
   std::size_t done = 0;
 };
 
-asio::awaitable<void> await_serq_entry(await_ctx<serq::serialized_queue>* c) {
+net::awaitable<void> await_serq_entry(await_ctx<serq::serialized_queue>* c) {
   ++c->started;
-  co_await c->q->async_enqueue<void(error_code)>(lean_step_op{c->ex}, asio::use_awaitable);
+  co_await c->q->async_enqueue<void(error_code)>(lean_step_op{c->ex}, net::use_awaitable);
   ++c->done;
 }
 
-using awaitable_hand_queue = hand_queue<asio::any_completion_handler<void(error_code)>>;
+using awaitable_hand_queue = hand_queue<net::any_completion_handler<void(error_code)>>;
 
-asio::awaitable<void> await_hand_entry(await_ctx<awaitable_hand_queue>* c) {
+net::awaitable<void> await_hand_entry(await_ctx<awaitable_hand_queue>* c) {
   ++c->started;
-  co_await c->q->async_enqueue(asio::use_awaitable);
+  co_await c->q->async_enqueue(net::use_awaitable);
   ++c->done;
 }
 
 template <class... Extra>
-asio::awaitable<void> await_parked(await_ctx<parking_lot>* c) {
+net::awaitable<void> await_parked(await_ctx<parking_lot>* c) {
   ++c->started;
-  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(error_code, Extra...)>(
-      park_op<Extra...>{c->q}, asio::use_awaitable);
+  co_await net::async_initiate<const net::use_awaitable_t<>&, void(error_code, Extra...)>(
+      park_op<Extra...>{c->q}, net::use_awaitable);
   ++c->done;
 }
 
 template <class Writer>
-asio::awaitable<void> await_write(await_ctx<Writer>* c) {
+net::awaitable<void> await_write(await_ctx<Writer>* c) {
   ++c->started;
-  co_await c->q->async_write(asio::buffer(*c->msg), asio::use_awaitable);
+  co_await c->q->async_write(net::buffer(*c->msg), net::use_awaitable);
   ++c->done;
 }
 
 // Spawns n coroutines of `body` between two snapshots; `release` lets them finish afterwards.
 template <class Ctx, class Body, class Release>
-memory_result suspended_coroutines(asio::io_context& ioc, std::size_t n, Ctx& ctx, Body body,
+memory_result suspended_coroutines(net::io_context& ioc, std::size_t n, Ctx& ctx, Body body,
                                    Release release, const char* what) {
   ioc.restart();
-  auto guard = asio::make_work_guard(ioc);
+  auto guard = net::make_work_guard(ioc);
   const heap_snapshot before = heap_now();
   for (std::size_t i = 0; i < n; ++i)
-    asio::co_spawn(ioc, body(&ctx), rethrow{});
+    net::co_spawn(ioc, body(&ctx), rethrow{});
   poll_all(ioc);
   const heap_snapshot after = heap_now();
   expect_done(ctx.started, n, what);
@@ -1171,8 +1162,8 @@ memory_result suspended_coroutines(asio::io_context& ioc, std::size_t n, Ctx& ct
 }
 
 memory_result queue_entries_serq_awaitable(std::size_t n) {
-  asio::io_context ioc(1);
-  const asio::any_io_executor ex = ioc.get_executor();
+  net::io_context ioc(1);
+  const net::any_io_executor ex = ioc.get_executor();
   serq::serialized_queue q(ioc);
   std::optional<serq::turn> held;
   q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
@@ -1188,7 +1179,7 @@ memory_result queue_entries_serq_awaitable(std::size_t n) {
 }
 
 memory_result queue_entries_hand_awaitable(std::size_t n) {
-  asio::io_context ioc(1);
+  net::io_context ioc(1);
   awaitable_hand_queue q(ioc.get_executor());
   q.hold();
   await_ctx<awaitable_hand_queue> ctx;
@@ -1202,14 +1193,14 @@ memory_result queue_entries_hand_awaitable(std::size_t n) {
 // storage is reserved before the snapshots.
 template <class... Extra>
 memory_result parked_coroutines(std::size_t n) {
-  asio::io_context ioc(1);
+  net::io_context ioc(1);
   parking_lot lot;
   lot.capacity = n;
   await_ctx<parking_lot> ctx;
   ctx.q = &lot;
   {
-    auto guard = asio::make_work_guard(ioc);
-    asio::co_spawn(ioc, await_parked<Extra...>(&ctx), rethrow{});
+    auto guard = net::make_work_guard(ioc);
+    net::co_spawn(ioc, await_parked<Extra...>(&ctx), rethrow{});
     poll_all(ioc);
     lot.release();
     poll_all(ioc);
@@ -1227,66 +1218,66 @@ constexpr std::size_t pending_message_size = 64;
 // pointer, the 64 B buffer borrowed.
 template <class Writer>
 memory_result writer_messages_callback(std::size_t n) {
-  local_pair net(true);
+  local_pair conn(true);
   const std::vector<char> msg(pending_message_size, 'm');
   std::size_t done = 0;
   heap_snapshot before, after;
   {
-    Writer w(net.tx());
-    auto guard = asio::make_work_guard(net.ioc());
+    Writer w(conn.tx());
+    auto guard = net::make_work_guard(conn.ioc());
     before = heap_now();
     for (std::size_t i = 0; i < n; ++i)
-      w.async_write(asio::buffer(msg), count_handler{&done});
-    poll_all(net.ioc());
+      w.async_write(net::buffer(msg), count_handler{&done});
+    poll_all(conn.ioc());
     after = heap_now();
     expect_done(done, 0, "messages written to a full socket");
     if constexpr (std::is_same_v<Writer, serq::queued_writer<stream_socket&>>)
       expect_done(w.pending_bytes(), n * pending_message_size, "bytes pending");
-    net.start_reader();
+    conn.start_reader();
     guard.reset();
-    net.ioc().run();
+    conn.ioc().run();
     expect_done(done, n, "writer messages (callback)");
   }
-  net.finish();
+  conn.finish();
   return per_item(before, after, n);
 }
 
 template <class Writer>
 memory_result writer_messages_awaitable(std::size_t n) {
-  local_pair net(true);
+  local_pair conn(true);
   const std::vector<char> msg(pending_message_size, 'm');
-  Writer w(net.tx());
+  Writer w(conn.tx());
   await_ctx<Writer> ctx;
   ctx.q = &w;
   ctx.msg = &msg;
   auto r = suspended_coroutines(
-      net.ioc(), n, ctx, await_write<Writer>, [&] { net.start_reader(); },
+      conn.ioc(), n, ctx, await_write<Writer>, [&] { conn.start_reader(); },
       "writer messages (use_awaitable)");
-  net.finish();
+  conn.finish();
   return r;
 }
 
 // async_send of an owned 64-character std::string (its heap buffer is made inside the window).
 memory_result writer_sends_serq(std::size_t n) {
-  local_pair net(true);
+  local_pair conn(true);
   std::size_t done = 0;
   heap_snapshot before, after;
   {
-    serq::queued_writer<stream_socket&> w(net.tx());
-    auto guard = asio::make_work_guard(net.ioc());
+    serq::queued_writer<stream_socket&> w(conn.tx());
+    auto guard = net::make_work_guard(conn.ioc());
     before = heap_now();
     for (std::size_t i = 0; i < n; ++i)
       w.async_send(std::string(pending_message_size, 's'), count_handler{&done});
-    poll_all(net.ioc());
+    poll_all(conn.ioc());
     after = heap_now();
     expect_done(done, 0, "messages sent to a full socket");
     expect_done(w.pending_bytes(), n * pending_message_size, "bytes pending");
-    net.start_reader();
+    conn.start_reader();
     guard.reset();
-    net.ioc().run();
+    conn.ioc().run();
     expect_done(done, n, "writer async_send");
   }
-  net.finish();
+  conn.finish();
   return per_item(before, after, n);
 }
 
@@ -1307,8 +1298,8 @@ template <class T>
 using object_slots = std::vector<std::optional<T>>;
 
 memory_result idle_queues(std::size_t n, bool used) {
-  asio::io_context ioc(1);
-  const asio::any_io_executor ex = ioc.get_executor();
+  net::io_context ioc(1);
+  const net::any_io_executor ex = ioc.get_executor();
   {
     serq::serialized_queue warm(ioc);  // the service exists before the snapshots
     std::size_t done = 0;
@@ -1333,29 +1324,29 @@ memory_result idle_queues(std::size_t n, bool used) {
 // n writers on one socket (the stream is not what is measured; 20000 sockets would not fit the
 // descriptor limit). "used": each has written one 64 B message, and it has completed.
 memory_result idle_writers(std::size_t n, bool used) {
-  local_pair net(false);
-  net.start_reader();
+  local_pair conn(false);
+  conn.start_reader();
   const std::vector<char> msg(pending_message_size, 'i');
   {
-    serq::queued_writer<stream_socket&> warm(net.tx());
+    serq::queued_writer<stream_socket&> warm(conn.tx());
     std::size_t done = 0;
-    warm.async_write(asio::buffer(msg), count_handler{&done});
-    net.ioc().run();
-    net.ioc().restart();
+    warm.async_write(net::buffer(msg), count_handler{&done});
+    conn.ioc().run();
+    conn.ioc().restart();
   }
   object_slots<serq::queued_writer<stream_socket&>> ws(n);
   std::size_t done = 0;
   const heap_snapshot before = heap_now();
   for (auto& w : ws) {
-    w.emplace(net.tx());
+    w.emplace(conn.tx());
     if (used)
-      w->async_write(asio::buffer(msg), count_handler{&done});
+      w->async_write(net::buffer(msg), count_handler{&done});
   }
-  net.ioc().run();
+  conn.ioc().run();
   const heap_snapshot after = heap_now();
   expect_done(done, used ? n : 0, "idle writers");
   ws.clear();
-  net.finish();
+  conn.finish();
   return per_item(before, after, n);
 }
 
@@ -1444,13 +1435,13 @@ std::vector<memory_result> idle_memory(std::size_t n) {
   add("8q.used", "idle serialized_queue, after one op completed", idle_queues(n, true));
   add("8w.fresh", "idle queued_writer<local_socket&>, freshly constructed", idle_writers(n, false));
   add("8w.used", "idle queued_writer<local_socket&>, after one write", idle_writers(n, true));
-  asio::io_context ioc(1);
+  net::io_context ioc(1);
   add("8q.hand", "idle hand-rolled queue (std::deque), for reference",
       idle_peers<hand_queue<std::function<void(error_code)>>>(
           n, [&](auto& o) { o.emplace(ioc.get_executor()); }));
-  local_pair net(false);
+  local_pair conn(false);
   add("8w.hand", "idle hand-rolled writer (std::deque), for reference",
-      idle_peers<hand_writer<stream_socket>>(n, [&](auto& o) { o.emplace(net.tx()); }));
+      idle_peers<hand_writer<stream_socket>>(n, [&](auto& o) { o.emplace(conn.tx()); }));
   return out;
 }
 
