@@ -21,10 +21,10 @@ void entry_base::abandon() noexcept {
   core->finish();
 }
 
-void entry_base::attach_canceller(net::cancellation_slot slot) {
+void entry_base::attach_canceller(net::cancellation_slot slot,
+                                  const std::shared_ptr<queue_core>& core) {
   if (slot.is_connected())
-    canceller_ = &slot.template emplace<canceller>(
-        std::static_pointer_cast<queue_core>(core_->shared_from_this()));
+    canceller_ = &slot.template emplace<canceller>(core);
 }
 
 // ---- canceller / launch_guard ----------------------------------------------
@@ -94,7 +94,7 @@ queue_core::queue_core(std::string_view name) : name_(name) {}
 queue_core::~queue_core() = default;
 
 void queue_core::set_busy_locked() noexcept {
-  busy_ref_ = std::static_pointer_cast<queue_core>(shared_from_this());
+  busy_ = true;
 }
 
 void queue_core::drop_work_locked(void* work_out) noexcept {
@@ -126,7 +126,7 @@ queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
     work_started();
     work_held_ = true;
   }
-  const bool idle = !busy_ref_;
+  const bool idle = !busy_;
   if (running_ && idle && waiting_.empty()) {
     set_busy_locked();
     return allow_inline ? add_result::launch_inline : add_result::trigger;
@@ -172,7 +172,8 @@ entry_base* queue_core::finish_and_take_next(void* work_out) noexcept {
     turn_held_ = false;
     next = take_next_locked();
     if (!next) {
-      last_ref = std::move(busy_ref_);
+      busy_ = false;
+      last_ref = std::move(orphan_ref_);
       drop_work_locked(work_out);
     }
   }
@@ -189,7 +190,7 @@ void queue_core::start() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     running_ = true;
-    if (!busy_ref_) {
+    if (!busy_) {
       next = take_next_locked();
       if (next)
         set_busy_locked();
@@ -211,7 +212,7 @@ bool queue_core::running() const noexcept {
 
 std::size_t queue_core::size() const noexcept {
   std::lock_guard<std::mutex> lock(mutex_);
-  return waiting_count_ + (busy_ref_ ? 1 : 0);
+  return waiting_count_ + (busy_ ? 1 : 0);
 }
 
 namespace {
@@ -238,12 +239,14 @@ std::size_t queue_core::cancel() {
   return n;
 }
 
-void queue_core::close() {
+void queue_core::close(std::shared_ptr<queue_core> owner) {
   entry_list list;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     closed_ = true;
     list = take_all_locked();
+    if (busy_)
+      orphan_ref_ = std::move(owner);
   }
   abort_all(std::move(list));
   release_work_if_idle();
@@ -302,9 +305,10 @@ void serialized_queue_service::register_core(detail::queue_core& core) {
     core.closed_ = true;  // the context has shut down: every entry is refused
 }
 
-void serialized_queue_service::destroy(const std::shared_ptr<detail::queue_core>& core) {
+void serialized_queue_service::destroy(std::shared_ptr<detail::queue_core> core) {
   remove(*core);
-  core->close();
+  detail::queue_core& c = *core;
+  c.close(std::move(core));
 }
 
 bool serialized_queue_service::add(detail::service_member& m) {

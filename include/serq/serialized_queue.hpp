@@ -17,8 +17,6 @@
 SERQ_NAMESPACE_BEGIN
 namespace detail {
 class queue_core;
-template <class Executor>
-class basic_queue_core;
 }  // namespace detail
 
 /// Tag type of @ref serq::trigger_inline "trigger_inline".
@@ -296,10 +294,6 @@ class basic_serialized_queue {
   struct initiate_enqueue;
   template <bool HandsOutTurn>
   struct initiate_turn_entry;
-
-  detail::basic_queue_core<Executor>& typed_core() const noexcept {
-    return static_cast<detail::basic_queue_core<Executor>&>(*core_);
-  }
 
   executor_type executor_;
   serialized_queue_service* service_;

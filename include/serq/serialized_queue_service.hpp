@@ -65,7 +65,7 @@ class serialized_queue_service final : public net::execution_context::service {
 
   /// Unregisters a queue whose IO object is being destroyed and aborts its
   /// waiting entries. Its active operation, if any, runs to completion.
-  void destroy(const std::shared_ptr<detail::queue_core>& core);
+  void destroy(std::shared_ptr<detail::queue_core> core);
 
   /// Registers an object whose pending handlers must be destroyed at
   /// shutdown. Returns false (and registers nothing) once the context has

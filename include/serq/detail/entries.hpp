@@ -288,9 +288,9 @@ class handler_entry : public entry_base {
   using handler_work = work_guard<handler_executor_type>;
 
   template <class H>
-  handler_entry(func_type f, core_type& core, H&& h)
-      : entry_base(f, core), handler_(std::forward<H>(h)) {
-    attach_canceller(net::get_associated_cancellation_slot(handler_));
+  handler_entry(func_type f, const std::shared_ptr<queue_core>& core, H&& h)
+      : entry_base(f, *core), handler_(std::forward<H>(h)) {
+    attach_canceller(net::get_associated_cancellation_slot(handler_), core);
     handler_executor_type ex = handler_executor();
     bool same = false;
     if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>)
@@ -304,11 +304,12 @@ class handler_entry : public entry_base {
   // abandoned and the queue's turn handed on.
   void post_trigger() { post_to(queue_executor(), trigger_function{this, get_allocator()}); }
 
-  // Frees this entry, runs then(), and completes the handler with args as
-  // mode says.
+  // Frees this entry and completes the handler with args on ex (its
+  // executor, read before the queue's turn was handed on: the core may be
+  // gone since) as mode says, then runs then().
   template <class Derived, class Then, class... Args>
-  static void complete_after(Derived* self, completion_mode mode, Then&& then, Args&&... args) {
-    const handler_executor_type ex = self->handler_executor();
+  static void complete_after(Derived* self, const handler_executor_type& ex, completion_mode mode,
+                             Then&& then, Args&&... args) {
     std::optional<handler_work> held;
     if (handler_work* w = std::exchange(self->work_, nullptr)) {
       held.emplace(std::move(*w));
@@ -322,7 +323,8 @@ class handler_entry : public entry_base {
   // The queue's turn must already be handed on by the caller, if it held one.
   template <class Derived, class... Args>
   static void complete(Derived* self, completion_mode mode, Args&&... args) {
-    complete_after(self, mode, nothing_then{}, std::forward<Args>(args)...);
+    complete_after(self, self->handler_executor(), mode, nothing_then{},
+                   std::forward<Args>(args)...);
   }
 
   // An entry aborted by cancel() or a signal is posted; one refused inside
@@ -455,7 +457,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
 #endif
 
   template <class L, class H>
-  op_entry(typename base::core_type& core, L&& l, H&& h)
+  op_entry(const std::shared_ptr<queue_core>& core, L&& l, H&& h)
       : base(&op_entry::do_action, core, std::forward<H>(h)), launcher_(std::forward<L>(l)) {}
 
   user_allocator_type user_allocator() const noexcept {
@@ -496,10 +498,11 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
   template <class... Args>
   void finish(completion_mode mode, Args&&... args) {
     const bool on_queue_executor = running_in(this->queue_executor());
+    const auto ex = this->handler_executor();
     wait_launch_done(*this);
     work_counter<QueueExecutor> idle_work;
     entry_base* next = this->core().finish_and_take_next(&idle_work);
-    base::complete_after(this, mode, start_next{next, on_queue_executor},
+    base::complete_after(this, ex, mode, start_next{next, on_queue_executor},
                          std::forward<Args>(args)...);
   }
 
@@ -554,7 +557,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
 
  public:
   template <class H>
-  turn_entry(typename base::core_type& core, H&& h)
+  turn_entry(const std::shared_ptr<queue_core>& core, H&& h)
       : base(&turn_entry::do_action, core, std::forward<H>(h)) {}
 
  private:
@@ -572,24 +575,27 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
           cancelled = guard.cancelled();
         }
         queue_core& core = self->core();
+        const auto ex = self->handler_executor();
         if (cancelled || !HandsOutTurn) {
           const bool on_queue_executor = running_in(self->queue_executor());
           work_counter<QueueExecutor> idle_work;
           entry_base* next = core.finish_and_take_next(&idle_work);
-          finish_with(self, cancelled ? completion_mode::post : completion_mode::dispatch,
+          finish_with(self, ex, cancelled ? completion_mode::post : completion_mode::dispatch,
                       start_next{next, on_queue_executor}, cancelled ? aborted : error_code(),
                       nullptr);
         } else {
+          auto held = std::static_pointer_cast<queue_core>(core.shared_from_this());
           work_counter<QueueExecutor> idle_work;
           core.turn_granted(&idle_work);
-          finish_with(self, completion_mode::dispatch, nothing_then{}, error_code(),
-                      std::static_pointer_cast<queue_core>(core.shared_from_this()));
+          finish_with(self, ex, completion_mode::dispatch, nothing_then{}, error_code(),
+                      std::move(held));
         }
         break;
       }
       case entry_base::action::abort:
       case entry_base::action::reject:
-        finish_with(self, base::mode_of(a), nothing_then{}, aborted, nullptr);
+        finish_with(self, self->handler_executor(), base::mode_of(a), nothing_then{}, aborted,
+                    nullptr);
         break;
       case entry_base::action::destroy:
         base::deallocate(self);
@@ -599,13 +605,14 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
 
   // Completes the handler; an acquire also gets the turn (empty unless held).
   template <class Then>
-  static void finish_with(turn_entry* self, completion_mode mode, Then&& then, error_code ec,
+  static void finish_with(turn_entry* self, const typename base::handler_executor_type& ex,
+                          completion_mode mode, Then&& then, error_code ec,
                           std::shared_ptr<queue_core> held) {
     if constexpr (HandsOutTurn)
-      base::complete_after(self, mode, std::forward<Then>(then), ec,
+      base::complete_after(self, ex, mode, std::forward<Then>(then), ec,
                            held ? turn(std::move(held)) : turn());
     else
-      base::complete_after(self, mode, std::forward<Then>(then), ec);
+      base::complete_after(self, ex, mode, std::forward<Then>(then), ec);
   }
 };
 

@@ -69,7 +69,7 @@ class entry_base {
 
   // Installs the forwarding cancellation handler into the user's slot. Called
   // from the initiating function, where emplacing into the slot is allowed.
-  void attach_canceller(net::cancellation_slot slot);
+  void attach_canceller(net::cancellation_slot slot, const std::shared_ptr<queue_core>& core);
 
  private:
   friend class queue_core;
@@ -190,8 +190,9 @@ class queue_core : public service_member {
   std::size_t cancel();
   std::string_view name() const noexcept { return name_; }
 
-  // The IO object is gone: abort waiting entries; the active one runs on.
-  void close();
+  // The IO object is gone: abort waiting entries; the active one runs on,
+  // and the core keeps the IO object's reference `owner` until it is done.
+  void close(std::shared_ptr<queue_core> owner);
   // The execution context is shutting down: destroy waiting entries
   // without invoking them; later additions are aborted (posted into the
   // dying context, which destroys them).
@@ -220,20 +221,21 @@ class queue_core : public service_member {
   // after the completions of removed entries were posted, so that the
   // executor never sees its work run out before they are.
   void release_work_if_idle() noexcept;
-  bool needs_work_locked() const noexcept {
-    return !waiting_.empty() || (busy_ref_ && !turn_held_);
-  }
+  bool needs_work_locked() const noexcept { return !waiting_.empty() || (busy_ && !turn_held_); }
   // Stops counting work when nothing needs it: into *work_out when given.
   void drop_work_locked(void* work_out) noexcept;
 
   mutable std::mutex mutex_;
   entry_list waiting_;
   std::size_t waiting_count_ = 0;
-  // While an entry is active, the queue keeps itself alive: the active
-  // operation's completion calls finish() whatever became of the IO object.
-  std::shared_ptr<queue_core> busy_ref_;
+  // When the IO object goes while an entry is active, its reference moves
+  // here, so that the active operation's completion can still call
+  // finish(); released when the queue goes idle. No reference count changes
+  // per entry otherwise.
+  std::shared_ptr<queue_core> orphan_ref_;
+  bool busy_ = false;
   bool turn_held_ = false;  // the active entry is a turn handed out
-  bool work_held_ = false;  // == !waiting_.empty() || (busy_ref_ && !turn_held_), but lazily
+  bool work_held_ = false;  // == needs_work_locked(), updated lazily
   bool running_ = true;
   bool closed_ = false;
   const std::string name_;

@@ -49,7 +49,7 @@ template <class Executor>
 basic_serialized_queue<Executor>& basic_serialized_queue<Executor>::operator=(
     basic_serialized_queue&& other) {
   if (this != &other) {
-    service_->destroy(core_);
+    service_->destroy(std::move(core_));
     executor_ = other.executor_;
     service_ = other.service_;
     core_ =
@@ -60,7 +60,7 @@ basic_serialized_queue<Executor>& basic_serialized_queue<Executor>::operator=(
 
 template <class Executor>
 basic_serialized_queue<Executor>::~basic_serialized_queue() {
-  service_->destroy(core_);
+  service_->destroy(std::move(core_));
 }
 
 template <class Executor>
@@ -105,9 +105,8 @@ struct basic_serialized_queue<Executor>::initiate_enqueue {
   void operator()(Handler&& handler, Launcher&& launcher, Signature*) const {
     using entry =
         detail::op_entry<std::decay_t<Launcher>, std::decay_t<Handler>, Executor, Signature>;
-    detail::entry_base* e =
-        detail::allocate_node<entry>(handler, self->typed_core(), std::forward<Launcher>(launcher),
-                                     std::forward<Handler>(handler));
+    detail::entry_base* e = detail::allocate_node<entry>(
+        handler, self->core_, std::forward<Launcher>(launcher), std::forward<Handler>(handler));
     detail::submit(*self->core_, e, allow_inline && detail::may_launch_here(self->executor_));
   }
 };
@@ -124,7 +123,7 @@ struct basic_serialized_queue<Executor>::initiate_turn_entry {
   void operator()(Handler&& handler) const {
     using entry = detail::turn_entry<std::decay_t<Handler>, Executor, HandsOutTurn>;
     detail::entry_base* e =
-        detail::allocate_node<entry>(handler, self->typed_core(), std::forward<Handler>(handler));
+        detail::allocate_node<entry>(handler, self->core_, std::forward<Handler>(handler));
     detail::submit(*self->core_, e, false);
   }
 };
