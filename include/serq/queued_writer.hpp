@@ -9,6 +9,7 @@
 #include <serq/detail/writer_core.hpp>
 #include <serq/serialized_queue.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <type_traits>
@@ -19,6 +20,16 @@ namespace detail {
 template <class Stream>
 class writer_state;
 }
+
+/// Tag type of @ref serq::urgent "urgent".
+struct urgent_t {
+  explicit urgent_t() = default;
+};
+
+/// Puts a write, a send or a composed operation into a writer's urgent lane:
+/// `writer.async_write(serq::urgent, buffers, token)`. See
+/// `queued_writer::async_write(urgent_t, ...)`.
+inline constexpr urgent_t urgent{};
 
 /// A per-stream writer: any number of callers, whole messages, in order.
 /**
@@ -54,6 +65,37 @@ class writer_state;
  *
  * Operations run with `async_enqueue` report their own results; an error
  * they report does not fail the writer.
+ *
+ * @par Urgent lane
+ * `async_write(serq::urgent, ...)`, `async_send(serq::urgent, ...)` and
+ * `async_enqueue(serq::urgent, ...)` queue into a second FIFO that goes ahead
+ * of every normal message and composed operation not yet started: an urgent
+ * item runs after the message the stream is writing (which is never
+ * interrupted) and before anything normal after it. Urgent items run in the
+ * order they were queued, writes and composed operations alike. Urgent
+ * messages count in `pending_bytes()`, `size()` and the watermarks like any
+ * other; no write ever waits for the watermarks. A normal composed operation
+ * whose turn came while urgent items were queued runs behind them, and behind
+ * urgent items queued while it waits for them.
+ *
+ * @par Closing
+ * `async_close` is queued behind everything already queued (as a flush is),
+ * then runs the stream's graceful shutdown. From the call on, every new
+ * request (writes, sends, flushes, composed operations, urgent ones,
+ * `async_wait_writable`) completes at once with `net::error::shut_down` and
+ * never reaches the stream; `writable()` is false. Once the close has
+ * completed, `error()` returns `net::error::shut_down` (or the closing
+ * operation's error, if it failed). A write error before the close fails the
+ * close with that error. A close that has not started can be cancelled: the
+ * writer then stays open.
+ *
+ * @par Stall deadline
+ * With `set_stall_timeout(d)`, a `write_some` of the writer that the stream
+ * has not completed for `d` fails the writer with `net::error::timed_out`:
+ * that `write_some` is cancelled and every request completes exactly once
+ * with the error. Each completed `write_some` (progress of any size)
+ * restarts the clock. Time the stream spends in composed operations or in a
+ * close does not count. Off by default.
  *
  * @par Backpressure
  * `pending_bytes()` counts the bytes queued and not yet written.
@@ -172,8 +214,46 @@ class queued_writer {
    * success and 0 bytes in its turn.
    */
   template <class ConstBufferSequence,
-            class CompletionToken = net::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>,
+            std::enable_if_t<!std::is_same_v<ConstBufferSequence, urgent_t>, int> = 0>
   auto async_write(const ConstBufferSequence& buffers, CompletionToken&& token = CompletionToken());
+
+  /// Queues one message in the urgent lane: it is written next after the
+  /// message the stream is writing, ahead of every normal one not started.
+  /**
+   * Urgent messages are written in the order they were queued, in turn with
+   * urgent composed operations. Each is still written whole; the message in
+   * flight is never interrupted. Urgent and normal messages are not
+   * gathered into one `write_some`.
+   *
+   * @param buffers The message, kept valid by the caller until the handler
+   * runs.
+   * @param token The completion token.
+   *
+   * @par Handler signature
+   * `void(error_code, std::size_t bytes_written)`.
+   *
+   * @par Executor
+   * The handler's associated executor (default: the writer's), never inside
+   * this call. On a failed or closing writer it completes at once: through
+   * the handler's associated immediate executor (Asio 1.28 and later), else
+   * posted.
+   *
+   * @par Per-operation cancellation
+   * As `async_write`: all types while queued; once started, only
+   * `terminal`, which fails the writer.
+   *
+   * @par Errors
+   * As `async_write`; `net::error::shut_down` once `async_close` was called.
+   *
+   * @par Backpressure
+   * Counted in `pending_bytes()`, `size()` and the watermarks like any
+   * message; it does not wait for them (no write does).
+   */
+  template <class ConstBufferSequence,
+            class CompletionToken = net::default_completion_token_t<executor_type>>
+  auto async_write(urgent_t, const ConstBufferSequence& buffers,
+                   CompletionToken&& token = CompletionToken());
 
   /// Queues one message that the writer owns until it is written.
   /**
@@ -182,8 +262,14 @@ class queued_writer {
    * `std::shared_ptr` to a (const) one of those, so one broadcast buffer can
    * be shared by many writers without a copy. Otherwise as `async_write`.
    */
-  template <class Message, class CompletionToken = net::default_completion_token_t<executor_type>>
+  template <class Message, class CompletionToken = net::default_completion_token_t<executor_type>,
+            std::enable_if_t<!std::is_same_v<Message, urgent_t>, int> = 0>
   auto async_send(Message msg, CompletionToken&& token = CompletionToken());
+
+  /// Queues one message that the writer owns in the urgent lane: as
+  /// `async_send`, in the order of `async_write(urgent_t, ...)`.
+  template <class Message, class CompletionToken = net::default_completion_token_t<executor_type>>
+  auto async_send(urgent_t, Message msg, CompletionToken&& token = CompletionToken());
 
   /// Completes when everything queued before it has been written.
   /**
@@ -200,6 +286,72 @@ class queued_writer {
   template <class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_flush(CompletionToken&& token = CompletionToken());
 
+  /// Writes everything queued before this call, then shuts the stream down
+  /// gracefully: `shutdown(shutdown_send)` on its `lowest_layer()` for a
+  /// socket (or `beast::tcp_stream`), `async_shutdown` for a stream that has
+  /// one (`ssl::stream`).
+  /**
+   * The close is queued like a flush: behind every message, composed
+   * operation and urgent item already queued. From this call on, every new
+   * request completes at once with `net::error::shut_down` and never reaches
+   * the stream. Reads (`async_read_some`) are not affected: they go on until
+   * the peer closes its side.
+   *
+   * For other streams (a websocket) pass the closing operation:
+   * `async_close(op, token)`; this overload does not compile for them.
+   *
+   * @param token The completion token.
+   *
+   * @par Handler signature
+   * `void(error_code)`.
+   *
+   * @par Executor
+   * The handler's associated executor (default: the writer's), never inside
+   * this call. When it completes at once (failed writer, or a close already
+   * completed): through the handler's associated immediate executor (Asio
+   * 1.28 and later), else posted.
+   *
+   * @par Per-operation cancellation
+   * All types while the close is queued: it completes with
+   * `operation_aborted`, the writer stays open (new requests are accepted
+   * again), and the `async_close` calls that joined it are aborted too. Once
+   * the shutdown runs, signals are passed to it: the stream's rules apply (a
+   * socket's shutdown is instantaneous; a TLS shutdown honours every type).
+   *
+   * @par Errors
+   * The first write error before the close (the writer's sticky error); the
+   * shutdown's own error; `operation_aborted` if cancelled while queued or
+   * if the writer is destroyed first. On a failed writer: its error, at once.
+   * A second call while a close is pending completes with the first close's
+   * result, when it has one; after the close has completed, at once with
+   * that result.
+   *
+   * @par Object lifetimes
+   * After the close completed, `error()` returns `net::error::shut_down`
+   * (or the shutdown's error): the writer is closed, and every later request
+   * completes with that error. The stream itself stays open for reading
+   * until it is destroyed.
+   */
+  template <
+      class CompletionToken = net::default_completion_token_t<executor_type>,
+      std::enable_if_t<!net::is_async_operation<std::decay_t<CompletionToken>>::value, int> = 0>
+  auto async_close(CompletionToken&& token = CompletionToken());
+
+  /// As `async_close(token)`, running `op` as the closing operation.
+  /**
+   * @param op A deferred operation that closes the stream gracefully, for
+   * example `ws.async_close(websocket::close_code::normal, net::deferred)`.
+   * Its completion signature is `void(error_code, Ts...)`; the error becomes
+   * the close's result. It is launched on the writer's executor when the
+   * close's turn comes, with a handler whose cancellation slot receives the
+   * close's signals; it is never launched if the close completes otherwise
+   * (cancelled while queued, failed writer, second close).
+   * @param token The completion token.
+   */
+  template <class Op, class CompletionToken = net::default_completion_token_t<executor_type>,
+            std::enable_if_t<net::is_async_operation<std::decay_t<Op>>::value, int> = 0>
+  auto async_close(Op&& op, CompletionToken&& token = CompletionToken());
+
   /// Runs a composed operation on the stream in turn with the writes.
   /**
    * Same contract as `serialized_queue::async_enqueue`: `op` is launched
@@ -208,13 +360,34 @@ class queued_writer {
    * writer's error (and value-initialised other arguments) and `op` is never
    * launched.
    */
-  template <class Op, class CompletionToken = net::default_completion_token_t<executor_type>>
+  template <class Op, class CompletionToken = net::default_completion_token_t<executor_type>,
+            std::enable_if_t<!std::is_same_v<std::decay_t<Op>, urgent_t>, int> = 0>
   auto async_enqueue(Op&& op, CompletionToken&& token = CompletionToken());
 
   /// Raw-initiation form of `async_enqueue`, with an explicit `Signature`.
   template <class Signature, class Initiation,
-            class CompletionToken = net::default_completion_token_t<executor_type>>
+            class CompletionToken = net::default_completion_token_t<executor_type>,
+            std::enable_if_t<!std::is_same_v<std::decay_t<Initiation>, urgent_t>, int> = 0>
   auto async_enqueue(Initiation&& init, CompletionToken&& token = CompletionToken());
+
+  /// Runs a composed operation on the stream in the urgent lane.
+  /**
+   * `op` is launched after the message the stream is writing, before any
+   * normal message or composed operation not yet started, and in order with
+   * the other urgent items. Otherwise the contract of `async_enqueue`: the
+   * handler gets `op`'s results; `op` runs on the writer's executor;
+   * cancellation removes it while it waits and is forwarded once it runs;
+   * on a failed writer the handler gets the writer's error (at once, through
+   * its immediate executor where Asio has them, else posted) and `op` is
+   * never launched; `net::error::shut_down` once `async_close` was called.
+   */
+  template <class Op, class CompletionToken = net::default_completion_token_t<executor_type>>
+  auto async_enqueue(urgent_t, Op&& op, CompletionToken&& token = CompletionToken());
+
+  /// Raw-initiation form of the urgent `async_enqueue`.
+  template <class Signature, class Initiation,
+            class CompletionToken = net::default_completion_token_t<executor_type>>
+  auto async_enqueue(urgent_t, Initiation&& init, CompletionToken&& token = CompletionToken());
 
   /// AsyncWriteStream: one whole queued write of `buffers`.
   /**
@@ -255,7 +428,8 @@ class queued_writer {
   void set_watermarks(std::size_t low, std::size_t high);
 
   /// False while `pending_bytes()` is above the high watermark and has not
-  /// yet dropped to the low one, and once the writer has failed.
+  /// yet dropped to the low one, once `async_close` was called, and once the
+  /// writer has failed.
   bool writable() const noexcept { return state_->writable(); }
 
   /// Completes when `writable()` is true: at once (but never inside this
@@ -268,8 +442,9 @@ class queued_writer {
    * All types: `operation_aborted`.
    *
    * @par Errors
-   * The writer's error if it has failed; `operation_aborted` if the writer
-   * is destroyed first.
+   * The writer's error if it has failed; `net::error::shut_down` once
+   * `async_close` was called (at once) or if the close completes first;
+   * `operation_aborted` if the writer is destroyed first.
    */
   template <class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_wait_writable(CompletionToken&& token = CompletionToken());
@@ -287,7 +462,36 @@ class queued_writer {
     state_->set_gather_limits(max_buffers, max_bytes);
   }
 
-  /// The sticky error, once the writer has failed; empty before.
+  /// Sets the stall deadline: how long a `write_some` may go without the
+  /// stream accepting any byte before the writer fails. Zero or negative
+  /// turns it off (the default).
+  /**
+   * The deadline applies while bytes are pending and a `write_some` of the
+   * writer is in flight; each `write_some` that completes has made progress
+   * and restarts the clock. When it passes, the writer fails with
+   * `net::error::timed_out` (sticky, as a write error): the `write_some` in
+   * flight is cancelled (terminal), every request not in it completes at
+   * once with the error, and the messages in it complete when it returns,
+   * with the bytes each wrote. Time the stream spends in composed
+   * operations or in a close does not count.
+   *
+   * One timer per writer at most, on the writer's executor, created on first
+   * use and armed only while a `write_some` is in flight; it is re-armed
+   * when it fires, not per `write_some`. Takes effect at once, also for the
+   * `write_some` in flight (counted from this call).
+   *
+   * @par Thread safety
+   * May be called from any thread, at any time.
+   */
+  template <class Rep, class Period>
+  void set_stall_timeout(const std::chrono::duration<Rep, Period>& timeout);
+
+  /// The sticky error, once the writer has failed or closed; empty before.
+  /**
+   * `net::error::shut_down` after `async_close` has completed;
+   * `net::error::timed_out` after the stall deadline passed; otherwise the
+   * error that failed the writer.
+   */
   error_code error() const noexcept { return state_->error(); }
 
   /// Aborts every message not yet handed to the stream
@@ -300,11 +504,13 @@ class queued_writer {
   std::size_t cancel();
 
  private:
-  void add_node(detail::writer_node* n);
+  void add_node(detail::writer_node* n, bool urgent);
+  void start_lender();
 
   struct initiate_write;
   struct initiate_signal;
-  template <class Signature>
+  struct initiate_close;
+  template <class Signature, bool Urgent>
   struct initiate_enqueue;
 
   using state_type = detail::writer_state<Stream>;

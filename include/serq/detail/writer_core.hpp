@@ -1,11 +1,13 @@
 //
 // serq/detail/writer_core.hpp
 //
-// The non-template state machine behind queued_writer: the FIFO of
-// messages, gathering them into one write window, attributing written bytes
-// to messages, byte backpressure, and the error and cancellation policy. It
-// does no I/O; the templated pump in impl/queued_writer.hpp feeds it the
-// results of write_some calls. Compiled once into libserq.
+// The non-template state machine behind queued_writer: the FIFOs of messages
+// (normal and urgent), gathering them into one write window, attributing
+// written bytes to messages, byte backpressure, the close, the stall
+// deadline, and the error and cancellation policy. It does no I/O of its
+// own (the stall timer only wakes it up); the templated pumps in
+// impl/queued_writer.hpp feed it the results of write_some calls. Compiled
+// once into libserq.
 //
 
 #ifndef SERQ_DETAIL_WRITER_CORE_HPP
@@ -16,10 +18,19 @@
 #include <serq/detail/intrusive_list.hpp>
 #include <serq/serialized_queue_service.hpp>
 
+// The stall timer. (config.hpp does not include a timer header.)
+#if defined(SERQ_ASIO_STANDALONE)
+#include <asio/steady_timer.hpp>
+#else
+#include <boost/asio/steady_timer.hpp>
+#endif
+
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 SERQ_NAMESPACE_BEGIN
@@ -69,11 +80,31 @@ class window_builder {
   std::size_t bytes_ = 0;
 };
 
-// A queued write, flush or wait_writable request, type-erased through a
-// static table of functions.
+// The writer's two FIFOs. Each has its own pumps, each holding a turn of its
+// own serialized queue: the normal one of the writer, the urgent one of a
+// second queue that runs only while a holder of the normal queue's turn
+// lends it the stream (see writer_core::next_step).
+enum class lane : unsigned char { normal, urgent };
+
+// Names a pump: its lane and the segment of that lane it writes.
+struct pump_id {
+  lane l = lane::normal;
+  std::uint64_t segment = 0;
+};
+
+// What a pump does next (writer_core::next_step).
+enum class step_action : unsigned char {
+  write,    // a write_some was started
+  drained,  // nothing left in its segment: release the turn
+  lend,     // urgent items wait: the urgent queue was started; resume when it is quiet
+  close,    // the close is due: run it
+};
+
+// A queued write, flush, close or wait_writable request, type-erased
+// through a static table of functions.
 class writer_node {
  public:
-  enum class kind : unsigned char { write, flush, waiter };
+  enum class kind : unsigned char { write, flush, waiter, close };
 
   struct ops {
     // Frees the node and invokes the handler with (ec, bytes) as mode says.
@@ -109,6 +140,9 @@ class writer_node {
   friend class intrusive_list;
   friend class node_canceller;
 
+  // Which list of the core holds the node.
+  enum class place : unsigned char { none, normal, urgent, waiters, followers };
+
   const ops* ops_;
   std::size_t size_;
   std::size_t written_ = 0;
@@ -119,8 +153,8 @@ class writer_node {
   writer_node* next_ = nullptr;
   writer_node* prev_ = nullptr;
   kind kind_;
+  place place_ = place::none;
   bool started_ = false;
-  bool queued_ = false;
 };
 
 // A list of writer nodes that owns them: nodes still in it when it is
@@ -140,8 +174,9 @@ class node_list : public intrusive_list<writer_node> {
   void complete_all(completion_mode mode);
 };
 
-// Lives in a write's cancellation slot: removes a queued write; forwards a
-// terminal signal for a started one to the stream operation.
+// Lives in a request's cancellation slot: removes a queued request; forwards
+// a terminal signal for a started write to the stream operation, and any
+// signal for a started close to the closing operation.
 class node_canceller {
  public:
   node_canceller(std::shared_ptr<writer_core> core, writer_node* n) noexcept
@@ -154,6 +189,30 @@ class node_canceller {
   writer_node* node_;  // guarded by core_->mutex_; null once completed
 };
 
+// A composed operation whose turn came while urgent items were waiting. It
+// runs in the urgent queue behind them, and its result is held here until
+// that queue is quiet again: only then does the writer's queue move on.
+class held_completion {
+ public:
+  held_completion(const held_completion&) = delete;
+  held_completion& operator=(const held_completion&) = delete;
+
+  // Frees this and invokes the held handler with the stored result.
+  void finish() { finish_(this); }
+  // Frees this without invoking the handler.
+  void destroy() noexcept { destroy_(this); }
+
+ protected:
+  using finish_fn = void (*)(held_completion*);
+  using destroy_fn = void (*)(held_completion*) noexcept;
+  held_completion(finish_fn f, destroy_fn d) noexcept : finish_(f), destroy_(d) {}
+  ~held_completion() = default;
+
+ private:
+  finish_fn finish_;
+  destroy_fn destroy_;
+};
+
 class writer_core : public service_member {
  public:
   static constexpr std::size_t default_low_watermark = 32 * 1024;
@@ -161,30 +220,49 @@ class writer_core : public service_member {
   static constexpr std::size_t default_max_buffers = 64;
   static constexpr std::size_t default_max_bytes = 256 * 1024;
 
+  using clock = std::chrono::steady_clock;
+
   writer_core();
   ~writer_core();
 
-  // Adds a write or a flush. If the writer has failed or closed, the node is
-  // returned in `rejected` with its result set. When the current segment has
-  // no pump yet, start_pump(segment) is called under the lock, so pumps and
-  // composed operations reach the serialized queue in the order of the calls.
+  // Adds a write or a flush. If the writer has failed, closed or is closing,
+  // the node is returned in `rejected` with its result set. When the current
+  // segment has no pump yet, start_pump(segment) is called under the lock, so
+  // pumps and composed operations reach the serialized queue in the order of
+  // the calls.
   template <class StartPump>
   void add(writer_node* n, node_list& rejected, StartPump&& start_pump) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (add_locked(n, rejected))
+    bool needs_pump = false;
+    if (add_locked(n, lane::normal, rejected, needs_pump) && needs_pump)
       start_pump(segment_);
   }
 
+  // Adds an urgent write: as add, on the urgent lane, whose pumps wait in the
+  // urgent queue (start_pump(segment), under the lock). When nobody is lending
+  // the stream to the urgent queue and no lender is queued yet,
+  // start_lender() queues one in the writer's queue (under the lock).
+  template <class StartPump, class StartLender>
+  void add_urgent(writer_node* n, node_list& rejected, StartPump&& start_pump,
+                  StartLender&& start_lender) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    bool needs_pump = false;
+    if (!add_locked(n, lane::urgent, rejected, needs_pump))
+      return;
+    if (needs_pump)
+      start_pump(urgent_segment_);
+    if (note_urgent_locked())
+      start_lender();
+  }
+
   // Orders a composed operation after every write added so far: calls
-  // enqueue() under the lock unless the writer has failed, in which case it
-  // returns the error.
+  // enqueue() under the lock unless the writer has failed, closed or is
+  // closing, in which case it returns the error.
   template <class Enqueue>
   error_code add_operation(Enqueue&& enqueue) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (error_)
-      return error_;
-    if (closed_)
-      return net::error::operation_aborted;
+    if (const error_code ec = refusal_locked())
+      return ec;
     if (segment_has_pump_) {
       ++segment_;
       segment_has_pump_ = false;
@@ -193,42 +271,156 @@ class writer_core : public service_member {
     return {};
   }
 
+  // The same for an urgent composed operation: enqueue() puts it into the
+  // urgent queue, in order with the urgent writes; start_lender() as for
+  // add_urgent.
+  template <class Enqueue, class StartLender>
+  error_code add_urgent_operation(Enqueue&& enqueue, StartLender&& start_lender) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (const error_code ec = refusal_locked())
+      return ec;
+    if (urgent_segment_has_pump_) {
+      ++urgent_segment_;
+      urgent_segment_has_pump_ = false;
+    }
+    enqueue();
+    if (note_urgent_locked())
+      start_lender();
+    return {};
+  }
+
+  // Adds an async_close request. Returned in `rejected` (with its result set)
+  // when it can complete at once: the first close has completed (its result),
+  // or the writer has failed or closed. While another close is pending it
+  // joins that one and completes with its result. Otherwise it is queued like
+  // a flush and from now on every new request is refused with shut_down.
+  template <class StartPump>
+  void add_close(writer_node* n, node_list& rejected, StartPump&& start_pump) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (add_close_locked(n, rejected))
+      start_pump(segment_);
+  }
+
   // Adds an async_wait_writable request; returned in `ready` when it can
-  // complete at once (writable, failed or closed).
+  // complete at once (writable, failed, closing or closed).
   void add_waiter(writer_node* n, node_list& ready);
 
-  // The pump for `segment` has the queue's turn: builds the next window of
-  // that segment and calls start_write(window) under the lock. Returns false
-  // when the segment is drained (the pump must release its turn). Nodes that
-  // completed without a write (zero-length, or failed) go to `done`.
+  // A composed operation's turn has come. Returns the writer's error if it
+  // has failed (the operation must not start). Otherwise, if urgent items
+  // wait, calls defer() under the lock, which must hand the operation to the
+  // urgent queue (behind them) and start lending, and sets deferred.
+  template <class Defer>
+  error_code before_launch(Defer&& defer, bool& deferred) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    deferred = false;
+    if (error_)
+      return error_;
+    if (urgent_pending_ && !lending_) {
+      lending_ = true;
+      held_state_ = held_state::running;
+      defer();
+      deferred = true;
+    }
+    return {};
+  }
+
+  // The lender queued by start_lender has the writer's queue's turn: if urgent
+  // items wait, calls start_lending() under the lock and returns true.
+  template <class StartLending>
+  bool lender_turn(StartLending&& start_lending) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    lender_queued_ = false;
+    if (!urgent_pending_ || lending_)
+      return false;
+    lending_ = true;
+    start_lending();
+    return true;
+  }
+
+  // The lender's acquire was aborted (the writer is gone).
+  void lender_gone() noexcept;
+
+  // The urgent queue has passed the barrier of a lend: returns true when it
+  // holds entries still (urgent_size() > 0), and the lend goes on; otherwise
+  // calls stop_urgent() under the lock, ends the lend and returns false.
+  template <class Size, class Stop>
+  bool keep_lending(Size&& urgent_size, Stop&& stop_urgent) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (urgent_size() != 0)
+      return true;
+    stop_urgent();
+    lending_ = false;
+    urgent_pending_ = false;
+    return false;
+  }
+
+  // The result of the operation deferred by before_launch has arrived.
+  // Finishes h now if the lend is over, else keeps it for release_held().
+  void hold(held_completion* h);
+  // The lend that before_launch started is over: finishes the held
+  // operation if its result is in, else lets hold() finish it.
+  void release_held();
+
+  // The pump `id` has its queue's turn: builds the next window of its
+  // segment and calls start_write(window) under the lock (step_action::write).
+  // Nodes that completed without a write (zero-length, or failed) go to
+  // `done`. For a normal pump, when urgent items wait and no message is
+  // half written, calls start_lending() under the lock instead
+  // (step_action::lend); when the close is due, sets `closing` to its node,
+  // which the pump must run (step_action::close). step_action::drained: the
+  // segment is empty, the pump must release its turn.
+  template <class StartWrite, class StartLending>
+  step_action next_step(pump_id id, node_list& done, StartWrite&& start_write,
+                        StartLending&& start_lending, writer_node*& closing) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const step_action a = build_window_locked(id, done, closing);
+    if (a == step_action::write) {
+      note_write_started_locked();
+      start_write(window_);
+    } else if (a == step_action::lend) {
+      start_lending();
+    }
+    return a;
+  }
+
+  // next_step for a normal pump that never meets urgent items nor a close.
   template <class StartWrite>
   bool next_write(std::uint64_t segment, node_list& done, StartWrite&& start_write) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!build_window_locked(segment, done))
-      return false;
-    start_write(window_);
-    return true;
+    writer_node* closing = nullptr;
+    return next_step(
+               pump_id{lane::normal, segment}, done, std::forward<StartWrite>(start_write), [] {},
+               closing) == step_action::write;
   }
 
   // Attributes the result of one write_some to the messages in order.
   void on_written(const error_code& ec, std::size_t n, node_list& done);
 
+  // The closing operation started by a close's pump has finished with ec.
+  void on_closed(const error_code& ec, node_list& done);
+
   // The stream operation's cancellation signal; emitted (under the lock)
-  // by a terminal cancellation of a started write.
+  // by a terminal cancellation of a started write or by the stall deadline.
   net::cancellation_slot write_slot() noexcept { return write_signal_.slot(); }
+  // The closing operation's cancellation signal.
+  net::cancellation_slot close_slot() noexcept { return close_signal_.slot(); }
 
   // Fails the writer with ec, as a write error would.
   void fail(const error_code& ec);
 
   std::size_t cancel(node_list& done);
   // The writer object is going away: queued requests abort; started writes
-  // are completed by the outstanding write_some's result.
+  // and a running close are completed by their operations' results.
   void close(node_list& done);
   void shutdown() noexcept override;
 
   void set_watermarks(std::size_t low, std::size_t high, node_list& done);
   void set_gathering(bool on) noexcept;
   void set_gather_limits(std::size_t max_buffers, std::size_t max_bytes);
+
+  // The stall deadline: 0 (or less) turns it off. The timer is created on
+  // the executor given to set_timer_executor, which the writer sets first.
+  void set_stall_timeout(clock::duration timeout);
+  void set_timer_executor(const net::any_io_executor& ex);
 
   std::size_t pending_bytes() const noexcept;
   std::size_t size() const noexcept;
@@ -237,21 +429,40 @@ class writer_core : public service_member {
 
  private:
   friend class node_canceller;
+  struct stall_check;
 
-  bool add_locked(writer_node* n, node_list& rejected);
-  bool build_window_locked(std::uint64_t segment, node_list& done);
-  void fail_locked(const error_code& ec, node_list& done);
+  enum class held_state : unsigned char { none, running, ready, released };
+
+  error_code refusal_locked() const noexcept;
+  // Queues n on lane l, or rejects it; needs_pump: its segment has no pump.
+  bool add_locked(writer_node* n, lane l, node_list& rejected, bool& needs_pump);
+  bool add_close_locked(writer_node* n, node_list& rejected);
+  bool note_urgent_locked() noexcept;
+  node_list& list_of(lane l) noexcept { return l == lane::urgent ? urgent_nodes_ : nodes_; }
+  step_action build_window_locked(pump_id id, node_list& done, writer_node*& closing);
+  void fail_locked(const error_code& ec, node_list& done, bool keep_window = false);
+  void fail_list_locked(node_list& list, std::size_t keep, node_list& done);
+  void end_close_locked(const error_code& ec, node_list& done);
   void remove_queued_locked(writer_node* n);
   void finish_node_locked(writer_node* n, node_list& done);
   void update_writable_locked(node_list& done);
   void cancel_node(writer_node* n, net::cancellation_type_t type);
 
+  void note_write_started_locked();
+  void arm_stall_timer_locked(clock::time_point deadline);
+  void disarm_stall_timer_locked() noexcept;
+  void on_stall_timer(std::uint64_t generation);
+
   mutable std::mutex mutex_;
-  node_list nodes_;    // writes and flushes, in order
-  node_list waiters_;  // async_wait_writable
+  node_list nodes_;                      // writes, flushes and the close, in order
+  node_list urgent_nodes_;               // urgent writes, in order
+  node_list waiters_;                    // async_wait_writable
+  node_list followers_;                  // async_close calls made while a close is pending
+  writer_node* closing_node_ = nullptr;  // the close whose operation runs
   std::vector<net::const_buffer> window_storage_;
   buffer_window window_;
-  std::size_t window_nodes_ = 0;  // nodes (from the front) the window touches
+  std::size_t window_nodes_ = 0;  // nodes (from the front of window_lane_) the window touches
+  lane window_lane_ = lane::normal;
   std::size_t pending_bytes_ = 0;
   std::size_t pending_writes_ = 0;
   std::size_t low_ = default_low_watermark;
@@ -259,13 +470,37 @@ class writer_core : public service_member {
   std::size_t max_buffers_ = default_max_buffers;
   std::size_t max_bytes_ = default_max_bytes;
   std::uint64_t segment_ = 0;
+  std::uint64_t urgent_segment_ = 0;
   bool segment_has_pump_ = false;
+  bool urgent_segment_has_pump_ = false;
   bool gathering_ = true;
   bool writable_ = true;
-  bool closed_ = false;
+  bool closed_ = false;   // the writer object is gone
+  bool closing_ = false;  // async_close was called and has not completed
+  bool close_done_ = false;
   bool terminal_requested_ = false;
+  // Urgent items were queued and the urgent queue may hold some: every
+  // holder of the writer queue's turn lends it the stream first.
+  bool urgent_pending_ = false;
+  bool lending_ = false;        // the urgent queue runs
+  bool lender_queued_ = false;  // a lender waits in the writer's queue
+  held_state held_state_ = held_state::none;
+  held_completion* held_ = nullptr;
   error_code error_;
+  error_code close_result_;
   net::cancellation_signal write_signal_;
+  net::cancellation_signal close_signal_;
+
+  // The stall deadline. The timer exists once a deadline was armed; it is
+  // armed only while a write_some is in flight and re-armed from its own
+  // handler for the remainder, not per write_some.
+  clock::duration stall_timeout_{};
+  clock::time_point write_started_{};
+  net::any_io_executor timer_executor_;
+  std::optional<net::steady_timer> stall_timer_;
+  std::uint64_t timer_generation_ = 0;
+  bool write_in_flight_ = false;
+  bool timer_armed_ = false;
 };
 
 }  // namespace detail

@@ -145,6 +145,38 @@ struct has_close : std::false_type {};
 template <class T>
 struct has_close<T, std::void_t<decltype(std::declval<T&>().close())>> : std::true_type {};
 
+// What async_close(token) runs, by stream: a TLS-like stream's own shutdown
+// (ssl::stream, beast::ssl_stream: async_shutdown), else a socket's
+// shutdown(send), found through the stream's own lowest_layer() (a socket,
+// beast::tcp_stream). Streams with a closing protocol of their own (a
+// websocket) have no lowest_layer(): they pass their closing operation.
+struct shutdown_probe {
+  void operator()(error_code) const {}
+};
+
+template <class T, class = void>
+struct has_async_shutdown : std::false_type {};
+template <class T>
+struct has_async_shutdown<
+    T, std::void_t<decltype(std::declval<T&>().async_shutdown(std::declval<shutdown_probe>()))>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct has_shutdown_send : std::false_type {};
+template <class T>
+struct has_shutdown_send<T, std::void_t<decltype(std::declval<T&>().shutdown(
+                                net::socket_base::shutdown_send, std::declval<error_code&>()))>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct is_socket_stream : std::false_type {};
+template <class T>
+struct is_socket_stream<T, std::enable_if_t<has_lowest_layer<T>::value>>
+    : has_shutdown_send<std::remove_reference_t<decltype(std::declval<T&>().lowest_layer())>> {};
+
+template <class T>
+constexpr bool has_default_close = has_async_shutdown<T>::value || is_socket_stream<T>::value;
+
 // The bottom of a stack of stream layers: what lowest_layer() names, else
 // the bottom of next_layer(), else the stream itself.
 template <class Stream>
@@ -174,23 +206,194 @@ void close_lowest_layer(Stream& s) noexcept {
   }
 }
 
+// The stream's own graceful shutdown (see has_default_close).
+struct stream_closer {
+  template <class Stream, class Done>
+  static void launch(Stream& s, Done&& done) {
+    if constexpr (has_async_shutdown<Stream>::value) {
+      s.async_shutdown(std::forward<Done>(done));
+    } else {
+      // A socket's shutdown does not block: the peer reads what was sent,
+      // then end of file; reads on this end go on.
+      error_code ec;
+      s.lowest_layer().shutdown(net::socket_base::shutdown_send, ec);
+      std::forward<Done>(done)(ec);
+    }
+  }
+};
+
+// A closing operation given to async_close(op, token): a deferred operation.
+template <class Op>
+struct op_closer {
+  Op op;
+
+  template <class Stream, class Done>
+  void launch(Stream&, Done&& done) && {
+    std::move(op)(std::forward<Done>(done));
+  }
+};
+
+// A close request whose closing operation the writer's state (State) can
+// start: type-erased like the other nodes, plus its launch function.
+template <class State>
+class close_request : public writer_node {
+ public:
+  // Starts the closing operation; done is invoked with its result. The node
+  // may be gone when this returns.
+  void launch(State& state, typename State::close_done done) {
+    launch_(this, state, std::move(done));
+  }
+
+ protected:
+  using launch_fn = void (*)(close_request*, State&, typename State::close_done);
+  close_request(const ops* o, launch_fn l) noexcept : writer_node(o, kind::close, 0), launch_(l) {}
+  ~close_request() = default;
+
+ private:
+  launch_fn launch_;
+};
+
+// An async_close request: the user's handler, and what closes the stream.
+template <class Closer, class Handler, class Executor, class State>
+class close_node final : public close_request<State> {
+ public:
+  template <class C, class H>
+  close_node(C&& c, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
+      : close_request<State>(&table, &do_launch),
+        closer_(std::forward<C>(c)),
+        handler_(std::forward<H>(h)),
+        work_(net::get_associated_executor(handler_, ex)) {
+    this->attach_canceller(net::get_associated_cancellation_slot(handler_), core);
+  }
+
+ private:
+  using handler_executor = net::associated_executor_t<Handler, Executor>;
+  using base = close_request<State>;
+
+  static void do_complete(writer_node* b, error_code ec, std::size_t, completion_mode mode) {
+    auto* self = static_cast<close_node*>(b);
+    free_then_deliver(self, self->handler_, self->work_, mode, ec);
+  }
+
+  static void do_destroy(writer_node* b) noexcept {
+    auto* self = static_cast<close_node*>(b);
+    deallocate_node(self, node_allocator(self->handler_));
+  }
+
+  static void do_fill(const writer_node*, std::size_t, window_builder&) noexcept {}
+
+  static void do_launch(base* b, State& state, typename State::close_done done) {
+    // The closing operation may complete (and the node go) inside the launch.
+    Closer closer(std::move(static_cast<close_node*>(b)->closer_));
+    std::move(closer).launch(state.stream(), std::move(done));
+  }
+
+  static constexpr writer_node::ops table{&do_complete, &do_destroy, &do_fill};
+
+  Closer closer_;
+  Handler handler_;
+  work_guard<handler_executor> work_;
+};
+
+// The result of a composed operation that ran in the urgent queue on behalf
+// of the writer queue's entry whose handler this holds (see
+// writer_core::before_launch).
+template <class Handler, class Signature>
+class held_box final : public held_completion {
+ public:
+  using result_type = decltype(queueable_signature<Signature>::aborted());
+
+  template <class H>
+  explicit held_box(H&& h)
+      : held_completion(&do_finish, &do_destroy), handler_(std::forward<H>(h)) {}
+
+  const Handler& handler() const noexcept { return handler_; }
+
+  template <class... Args>
+  void set_result(Args&&... args) {
+    result_.emplace(std::forward<Args>(args)...);
+  }
+
+ private:
+  static void do_finish(held_completion* b) {
+    auto* self = static_cast<held_box*>(b);
+    const auto alloc = node_allocator(self->handler_);
+    Handler h(std::move(self->handler_));
+    result_type r(std::move(*self->result_));
+    deallocate_node(self, alloc);
+    std::apply(std::move(h), std::move(r));
+  }
+
+  static void do_destroy(held_completion* b) noexcept {
+    auto* self = static_cast<held_box*>(b);
+    deallocate_node(self, node_allocator(self->handler_));
+  }
+
+  Handler handler_;
+  std::optional<result_type> result_;
+};
+
+// The handler of a deferred composed operation's entry in the urgent queue.
+// It owns the box until invoked; every associator (executor, allocator,
+// cancellation slot, immediate executor) is that of the held handler, so the
+// operation runs as it would have from the writer's queue.
+template <class Box, class State>
+class held_handler {
+ public:
+  held_handler(Box* b, std::shared_ptr<State> s) noexcept : box_(b), state_(std::move(s)) {}
+  held_handler(held_handler&& o) noexcept
+      : box_(std::exchange(o.box_, nullptr)), state_(std::move(o.state_)) {}
+  held_handler& operator=(held_handler&&) = delete;
+  ~held_handler() {
+    if (box_)
+      box_->destroy();  // destroyed unrun: the held handler goes unrun too
+  }
+
+  template <class... Args>
+  void operator()(Args&&... args) {
+    Box* b = std::exchange(box_, nullptr);
+    b->set_result(std::forward<Args>(args)...);
+    const std::shared_ptr<State> s = std::move(state_);
+    s->hold(b);
+  }
+
+  const Box* box() const noexcept { return box_; }
+
+ private:
+  Box* box_;
+  std::shared_ptr<State> state_;
+};
+
+// What ends a lend of the stream to the urgent queue.
+enum class lend_kind : unsigned char {
+  pump,    // a pump between two windows: it goes on
+  lender,  // a lender: it releases the writer queue's turn
+  held,    // a deferred composed operation: its held result is delivered
+};
+
 // The writer's shared state: the state machine, the stream (owned, or
-// referenced for queued_writer<S&>) and the pump that feeds the state
-// machine the stream's write_some results. One pump holds the serialized
-// queue's turn at a time, so at most one write_some is ever in flight. An
-// owned stream lives here, not in the writer object, so that it outlives
-// the operation in flight whenever the writer is destroyed.
+// referenced for queued_writer<S&>), the urgent queue, and the pumps that
+// feed the state machine the stream's write_some results. One pump holds a
+// turn at a time (of the writer's queue, or of the urgent queue while the
+// holder of the writer queue's turn lends it the stream), so at most one
+// write_some is ever in flight. An owned stream lives here, not in the
+// writer object, so that it outlives the operation in flight whenever the
+// writer is destroyed.
 template <class Stream>
 class writer_state final : public writer_core {
  public:
   using next_layer_type = std::remove_reference_t<Stream>;
   using executor_type = typename next_layer_type::executor_type;
+  using queue_type = basic_serialized_queue<executor_type>;
   static constexpr bool owns_stream = !std::is_reference_v<Stream>;
 
   // Constructs (or, for a reference, binds) the stream from args.
   template <class... Args>
   explicit writer_state(std::in_place_t, Args&&... args)
-      : stream_(make_storage(std::forward<Args>(args)...)), executor_(stream_->get_executor()) {}
+      : stream_(make_storage(std::forward<Args>(args)...)), executor_(stream_->get_executor()) {
+    if constexpr (std::is_convertible_v<executor_type, net::any_io_executor>)
+      set_timer_executor(net::any_io_executor(executor_));
+  }
 
   // The state a moved-from writer is left with: no stream, failed.
   explicit writer_state(const executor_type& ex) : executor_(ex) {
@@ -200,6 +403,24 @@ class writer_state final : public writer_core {
   bool has_stream() const noexcept { return static_cast<bool>(stream_); }
   next_layer_type& stream() noexcept { return *stream_; }
   const next_layer_type& stream() const noexcept { return *stream_; }
+
+  // The urgent lane's queue, created stopped on first use. Called under the
+  // core's lock (from its callbacks); elsewhere only once the lock has shown
+  // that urgent items were queued.
+  queue_type& urgent_queue() {
+    if (!urgent_queue_) {
+      urgent_queue_.emplace(executor_, "serq.queued_writer.urgent");
+      urgent_queue_->stop();
+    }
+    return *urgent_queue_;
+  }
+
+  // The writer object is going away: urgent entries that have not started
+  // are aborted, as the writer queue's are by its destructor.
+  void abort_urgent() {
+    if (urgent_queue_)
+      urgent_queue_->cancel();
+  }
 
   // The writer owning the stream is gone. Closes the stream's bottom layer so
   // that a write_some in flight returns now; the stream itself goes when the
@@ -214,25 +435,127 @@ class writer_state final : public writer_core {
     }
   }
 
-  // The pump's turn has come (async_acquire's handler).
+  // A pump's turn has come (async_acquire's handler, on the writer's queue
+  // or the urgent one).
   struct pump_start {
     std::shared_ptr<writer_state> self;
-    std::uint64_t segment;
+    pump_id id;
 
     void operator()(const error_code& ec, turn t) {
       if (ec)
         return;  // the writer is gone: its messages were aborted
-      self->turn_ = std::move(t);
-      step(std::move(self), segment, node_list());
+      self->turn_of(id.l) = std::move(t);
+      step(std::move(self), id, node_list());
     }
   };
+
+  // A lender's turn of the writer's queue has come: it lends the stream to
+  // the urgent queue if urgent items wait there.
+  struct lender_start {
+    std::shared_ptr<writer_state> self;
+
+    void operator()(const error_code& ec, turn t) {
+      if (ec) {
+        self->lender_gone();
+        return;
+      }
+      writer_state& s = *self;
+      s.turn_ = std::move(t);
+      if (!s.lender_turn([&] { s.begin_lending(self, lend_kind::lender, pump_id{}); }))
+        s.turn_.release();
+    }
+  };
+
+  // The urgent queue has passed a lend's barrier: another barrier while it
+  // holds entries, else the lend is over.
+  struct lend_resume {
+    std::shared_ptr<writer_state> self;
+    lend_kind kind;
+    pump_id id;
+
+    void operator()(const error_code&) {
+      writer_state& s = *self;
+      queue_type& u = *s.urgent_queue_;
+      if (s.keep_lending([&] { return u.size(); }, [&] { u.stop(); })) {
+        u.async_wait(std::move(*this));
+        return;
+      }
+      switch (kind) {
+        case lend_kind::pump:
+          step(std::move(self), id, node_list());
+          break;
+        case lend_kind::lender:
+          s.turn_.release();
+          break;
+        case lend_kind::held:
+          s.release_held();
+          break;
+      }
+    }
+  };
+
+  // Starts a lend: the urgent queue runs, and a barrier behind what it holds
+  // resumes the lender. Called under the core's lock.
+  void begin_lending(const std::shared_ptr<writer_state>& self, lend_kind kind, pump_id id) {
+    queue_type& u = urgent_queue();
+    u.start();
+    u.async_wait(lend_resume{self, kind, id});
+  }
+
+  // A composed operation launched from the writer's queue, in turn with the
+  // writes. Unless the writer has failed (then the handler gets its error,
+  // and op never starts) it starts now, or, if urgent items wait
+  // (MayDefer), runs in the urgent queue behind them (defer_op).
+  template <class Signature, class Launcher, bool MayDefer>
+  struct guarded {
+    Launcher launcher;
+    std::shared_ptr<writer_state> state;
+
+    template <class Handler>
+    void operator()(Handler&& handler) {
+      bool deferred = false;
+      error_code ec;
+      if constexpr (MayDefer) {
+        ec = state->before_launch(
+            [&] {
+              state->template defer_op<Signature>(state, std::move(launcher),
+                                                  std::forward<Handler>(handler));
+            },
+            deferred);
+      } else {
+        ec = state->error();
+      }
+      if (ec) {
+        // Completed inside the launch: the queue detects it and posts.
+        std::apply(std::forward<Handler>(handler), queueable_signature<Signature>::failed(ec));
+        return;
+      }
+      if (!deferred)
+        std::move(launcher)(std::forward<Handler>(handler));
+    }
+  };
+
+  // Runs a composed operation whose turn came while urgent items waited in
+  // the urgent queue, behind them; its result is held, and the writer's
+  // queue moves on, when the urgent queue is quiet. handler is the writer
+  // queue's: it is still inside that operation's launch, so the urgent
+  // queue takes over its cancellation slot safely. Called under the lock.
+  template <class Signature, class Launcher, class Handler>
+  void defer_op(const std::shared_ptr<writer_state>& self, Launcher&& launcher, Handler&& handler) {
+    using box_type = held_box<std::decay_t<Handler>, Signature>;
+    box_type* box = allocate_node<box_type>(handler, std::forward<Handler>(handler));
+    urgent_queue().template async_enqueue<Signature>(
+        guarded<Signature, std::decay_t<Launcher>, false>{std::forward<Launcher>(launcher), self},
+        held_handler<box_type, writer_state>(box, self));
+    begin_lending(self, lend_kind::held, pump_id{});
+  }
 
   // One write_some finished. Destroyed unrun only when the context shuts
   // down; the messages it was carrying are then destroyed too.
   class write_done {
    public:
-    write_done(std::shared_ptr<writer_state> s, std::uint64_t segment) noexcept
-        : self_(std::move(s)), segment_(segment) {}
+    write_done(std::shared_ptr<writer_state> s, pump_id id) noexcept
+        : self_(std::move(s)), id_(id) {}
     write_done(write_done&&) noexcept = default;
     write_done& operator=(write_done&&) = delete;
     ~write_done() {
@@ -244,51 +567,52 @@ class writer_state final : public writer_core {
       std::shared_ptr<writer_state> self = std::move(self_);
       node_list done;
       self->on_written(ec, n, done);
-      step(std::move(self), segment_, std::move(done));
+      step(std::move(self), id_, std::move(done));
     }
 
    private:
     std::shared_ptr<writer_state> self_;
-    std::uint64_t segment_;
+    pump_id id_;
   };
 
-  static void step(std::shared_ptr<writer_state> self, std::uint64_t segment, node_list done) {
+  // The closing operation finished. Its executor is the stream's, and its
+  // cancellation slot the close's (signals reach a running close). Destroyed
+  // unrun only when the context shuts down.
+  class close_done {
+   public:
+    close_done(std::shared_ptr<writer_state> s, pump_id id) noexcept
+        : self_(std::move(s)), id_(id) {}
+    close_done(close_done&&) noexcept = default;
+    close_done& operator=(close_done&&) = delete;
+    ~close_done() {
+      if (self_)
+        self_->shutdown();
+    }
+
+    using executor_type = typename writer_state::executor_type;
+    executor_type get_executor() const noexcept { return self_->executor_; }
+
+    using cancellation_slot_type = net::cancellation_slot;
+    cancellation_slot_type get_cancellation_slot() const noexcept { return self_->close_slot(); }
+
+    template <class... Ts>
+    void operator()(const error_code& ec, Ts&&...) {
+      std::shared_ptr<writer_state> self = std::move(self_);
+      node_list done;
+      self->on_closed(ec, done);
+      step(std::move(self), id_, std::move(done));
+    }
+
+   private:
+    std::shared_ptr<writer_state> self_;
+    pump_id id_;
+  };
+
+  static void step(std::shared_ptr<writer_state> self, pump_id id, node_list done) {
     // Complete first: the callers resumed here queue their next messages
     // before the next window is cut, so it gathers them too.
-    complete(self, &segment, done);
-    writer_state& s = *self;
-    const std::shared_ptr<writer_state> keep = self;
-    const bool writing = s.next_write(segment, done, [&](const buffer_window& window) {
-      s.stream_->async_write_some(
-          window,
-          net::bind_cancellation_slot(s.write_slot(), write_done(std::move(self), segment)));
-    });
-    if (!writing)
-      s.turn_.release();
-    complete(keep, nullptr, done);
-  }
-
-  // Completes done in order. A handler that throws propagates out of run(),
-  // as in Asio, but must not lose the others nor stall the writer: the rest
-  // complete, and the pump goes on (when resume is set), from a continuation
-  // posted before the exception leaves.
-  static void complete(const std::shared_ptr<writer_state>& self, const std::uint64_t* resume,
-                       node_list& done) {
-    try {
-      done.complete_all(completion_mode::dispatch);
-    } catch (...) {
-      const bool go_on = resume != nullptr;
-      const std::uint64_t segment = go_on ? *resume : 0;
-      // Not through stream_: the handler that threw may have destroyed the
-      // writer, and the stream with it.
-      net::post(self->executor_, [self, go_on, segment, rest = std::move(done)]() mutable {
-        if (go_on)
-          step(std::move(self), segment, std::move(rest));
-        else
-          complete(self, nullptr, rest);
-      });
-      throw;
-    }
+    complete_then(std::move(self), done,
+                  [id](std::shared_ptr<writer_state> s) { advance(std::move(s), id); });
   }
 
  private:
@@ -302,9 +626,72 @@ class writer_state final : public writer_core {
       return storage(&static_cast<next_layer_type&>(args)...);
   }
 
+  turn& turn_of(lane l) noexcept { return l == lane::urgent ? urgent_turn_ : turn_; }
+
+  struct no_next {
+    void operator()(const std::shared_ptr<writer_state>&) const noexcept {}
+  };
+
+  // The pump `id` goes on: a write_some, a lend, a close, or the end of its
+  // segment.
+  static void advance(std::shared_ptr<writer_state> self, pump_id id) {
+    writer_state& s = *self;
+    const std::shared_ptr<writer_state> keep = self;
+    node_list done;
+    writer_node* closing = nullptr;
+    const step_action a = s.next_step(
+        id, done,
+        [&](const buffer_window& window) {
+          s.stream_->async_write_some(
+              window, net::bind_cancellation_slot(s.write_slot(), write_done(std::move(self), id)));
+        },
+        [&] { s.begin_lending(keep, lend_kind::pump, id); }, closing);
+    switch (a) {
+      case step_action::write:
+      case step_action::lend:
+        complete_then(keep, done, no_next());
+        break;
+      case step_action::drained:
+        s.turn_of(id.l).release();
+        complete_then(keep, done, no_next());
+        break;
+      case step_action::close:
+        // What finished before the close completes before it starts.
+        complete_then(keep, done, [closing, id](std::shared_ptr<writer_state> st) {
+          writer_state& state = *st;
+          static_cast<close_request<writer_state>*>(closing)->launch(state,
+                                                                     close_done(std::move(st), id));
+        });
+        break;
+    }
+  }
+
+  // Completes done in order, then runs next(self). A handler that throws
+  // propagates out of run(), as in Asio, but must not lose the others nor
+  // stall the writer: the rest complete, and next runs, from a continuation
+  // posted before the exception leaves.
+  template <class Next>
+  static void complete_then(std::shared_ptr<writer_state> self, node_list& done, Next next) {
+    try {
+      done.complete_all(completion_mode::dispatch);
+    } catch (...) {
+      // Not through stream_: the handler that threw may have destroyed the
+      // writer, and the stream with it.
+      const executor_type ex = self->executor_;
+      net::post(ex,
+                [self = std::move(self), next = std::move(next), rest = std::move(done)]() mutable {
+                  complete_then(std::move(self), rest, std::move(next));
+                });
+      throw;
+    }
+    next(std::move(self));
+  }
+
   storage stream_{};
   const executor_type executor_;
-  turn turn_;  // touched only by the active pump
+  turn turn_;         // the writer queue's, held by its active pump or lender
+  turn urgent_turn_;  // the urgent queue's, held by its active pump
+  std::optional<queue_type> urgent_queue_;
 };
 
 }  // namespace detail
@@ -351,22 +738,40 @@ void queued_writer<Stream>::close_state() {
   detail::queue_service(queue_.get_executor()).remove(*state_);
   detail::node_list done;
   state_->close(done);
+  state_->abort_urgent();
   done.complete_all(detail::completion_mode::post);
   state_type::close_owned_stream(std::move(state_));  // state_ is reassigned or gone next
 }
 
 template <class Stream>
-void queued_writer<Stream>::add_node(detail::writer_node* n) {
+void queued_writer<Stream>::start_lender() {
+  queue_.async_acquire(typename state_type::lender_start{state_});
+}
+
+template <class Stream>
+void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
   detail::node_list rejected;
-  state_->add(n, rejected, [this](std::uint64_t segment) {
-    queue_.async_acquire(typename state_type::pump_start{state_, segment});
-  });
+  if (urgent) {
+    state_->add_urgent(
+        n, rejected,
+        [this](std::uint64_t segment) {
+          state_->urgent_queue().async_acquire(
+              typename state_type::pump_start{state_, {detail::lane::urgent, segment}});
+        },
+        [this] { start_lender(); });
+  } else {
+    state_->add(n, rejected, [this](std::uint64_t segment) {
+      queue_.async_acquire(
+          typename state_type::pump_start{state_, {detail::lane::normal, segment}});
+    });
+  }
   rejected.complete_all(detail::completion_mode::immediate);  // still inside the initiating call
 }
 
 template <class Stream>
 struct queued_writer<Stream>::initiate_write {
   queued_writer* self;
+  bool urgent;
 
   using executor_type = typename queued_writer::executor_type;
   executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
@@ -378,7 +783,7 @@ struct queued_writer<Stream>::initiate_write {
     detail::writer_node* n = detail::allocate_node<node_type>(
         handler, detail::writer_node::kind::write, std::forward<Buffers>(buffers),
         std::forward<Handler>(handler), get_executor(), self->state_);
-    self->add_node(n);
+    self->add_node(n, urgent);
   }
 };
 
@@ -397,7 +802,7 @@ struct queued_writer<Stream>::initiate_signal {
                                                               std::forward<Handler>(handler),
                                                               get_executor(), self->state_);
     if (kind == detail::writer_node::kind::flush) {
-      self->add_node(n);
+      self->add_node(n, false);
     } else {
       detail::node_list ready;
       self->state_->add_waiter(n, ready);
@@ -407,38 +812,57 @@ struct queued_writer<Stream>::initiate_signal {
 };
 
 template <class Stream>
-template <class Signature>
+struct queued_writer<Stream>::initiate_close {
+  queued_writer* self;
+
+  using executor_type = typename queued_writer::executor_type;
+  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+
+  template <class Handler, class Closer>
+  void operator()(Handler&& handler, Closer&& closer) const {
+    using node_type =
+        detail::close_node<std::decay_t<Closer>, std::decay_t<Handler>, executor_type, state_type>;
+    detail::writer_node* n = detail::allocate_node<node_type>(handler, std::forward<Closer>(closer),
+                                                              std::forward<Handler>(handler),
+                                                              get_executor(), self->state_);
+    detail::node_list rejected;
+    self->state_->add_close(n, rejected, [this](std::uint64_t segment) {
+      self->queue_.async_acquire(
+          typename state_type::pump_start{self->state_, {detail::lane::normal, segment}});
+    });
+    rejected.complete_all(detail::completion_mode::immediate);
+  }
+};
+
+template <class Stream>
+template <class Signature, bool Urgent>
 struct queued_writer<Stream>::initiate_enqueue {
   queued_writer* self;
 
   using executor_type = typename queued_writer::executor_type;
   executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
 
-  // Launches the user's operation unless the writer failed while it waited.
-  template <class Launcher>
-  struct guarded {
-    Launcher launcher;
-    std::shared_ptr<detail::writer_core> state;
-
-    template <class Handler>
-    void operator()(Handler&& handler) {
-      if (const error_code ec = state->error()) {
-        // Completed inside the launch: the queue detects it and posts.
-        std::apply(std::forward<Handler>(handler),
-                   detail::queueable_signature<Signature>::failed(ec));
-        return;
-      }
-      std::move(launcher)(std::forward<Handler>(handler));
-    }
-  };
-
   template <class Handler, class Launcher>
   void operator()(Handler&& handler, Launcher&& launcher) const {
-    const error_code ec = self->state_->add_operation([&] {
-      self->queue_.template async_enqueue<Signature>(
-          guarded<std::decay_t<Launcher>>{std::forward<Launcher>(launcher), self->state_},
-          std::forward<Handler>(handler));
-    });
+    using launcher_type = std::decay_t<Launcher>;
+    error_code ec;
+    if constexpr (Urgent) {
+      ec = self->state_->add_urgent_operation(
+          [&] {
+            self->state_->urgent_queue().template async_enqueue<Signature>(
+                typename state_type::template guarded<Signature, launcher_type, false>{
+                    std::forward<Launcher>(launcher), self->state_},
+                std::forward<Handler>(handler));
+          },
+          [&] { self->start_lender(); });
+    } else {
+      ec = self->state_->add_operation([&] {
+        self->queue_.template async_enqueue<Signature>(
+            typename state_type::template guarded<Signature, launcher_type, true>{
+                std::forward<Launcher>(launcher), self->state_},
+            std::forward<Handler>(handler));
+      });
+    }
     if (ec) {
       std::apply(
           [&](auto&&... args) {
@@ -451,21 +875,41 @@ struct queued_writer<Stream>::initiate_enqueue {
 };
 
 template <class Stream>
-template <class ConstBufferSequence, class CompletionToken>
+template <class ConstBufferSequence, class CompletionToken,
+          std::enable_if_t<!std::is_same_v<ConstBufferSequence, urgent_t>, int>>
 auto queued_writer<Stream>::async_write(const ConstBufferSequence& buffers,
                                         CompletionToken&& token) {
   return net::async_initiate<CompletionToken, void(error_code, std::size_t)>(
-      initiate_write{this}, token, detail::borrowed_buffers<ConstBufferSequence>{buffers});
+      initiate_write{this, false}, token, detail::borrowed_buffers<ConstBufferSequence>{buffers});
 }
 
 template <class Stream>
-template <class Message, class CompletionToken>
+template <class ConstBufferSequence, class CompletionToken>
+auto queued_writer<Stream>::async_write(urgent_t, const ConstBufferSequence& buffers,
+                                        CompletionToken&& token) {
+  return net::async_initiate<CompletionToken, void(error_code, std::size_t)>(
+      initiate_write{this, true}, token, detail::borrowed_buffers<ConstBufferSequence>{buffers});
+}
+
+template <class Stream>
+template <class Message, class CompletionToken,
+          std::enable_if_t<!std::is_same_v<Message, urgent_t>, int>>
 auto queued_writer<Stream>::async_send(Message msg, CompletionToken&& token) {
   static_assert(detail::is_message<Message>::value,
                 "serq::queued_writer::async_send takes std::string, std::vector<char>, "
                 "std::vector<unsigned char>, std::vector<std::byte>, or a std::shared_ptr to one");
   return net::async_initiate<CompletionToken, void(error_code, std::size_t)>(
-      initiate_write{this}, token, detail::owned_message<Message>{std::move(msg)});
+      initiate_write{this, false}, token, detail::owned_message<Message>{std::move(msg)});
+}
+
+template <class Stream>
+template <class Message, class CompletionToken>
+auto queued_writer<Stream>::async_send(urgent_t, Message msg, CompletionToken&& token) {
+  static_assert(detail::is_message<Message>::value,
+                "serq::queued_writer::async_send takes std::string, std::vector<char>, "
+                "std::vector<unsigned char>, std::vector<std::byte>, or a std::shared_ptr to one");
+  return net::async_initiate<CompletionToken, void(error_code, std::size_t)>(
+      initiate_write{this, true}, token, detail::owned_message<Message>{std::move(msg)});
 }
 
 template <class Stream>
@@ -476,6 +920,27 @@ auto queued_writer<Stream>::async_flush(CompletionToken&& token) {
 }
 
 template <class Stream>
+template <class CompletionToken,
+          std::enable_if_t<!net::is_async_operation<std::decay_t<CompletionToken>>::value, int>>
+auto queued_writer<Stream>::async_close(CompletionToken&& token) {
+  static_assert(detail::has_default_close<next_layer_type>,
+                "serq::queued_writer::async_close(token) closes sockets (shutdown of the send "
+                "side) and streams with async_shutdown (TLS); for another stream pass its "
+                "closing operation: async_close(op, token)");
+  return net::async_initiate<CompletionToken, void(error_code)>(initiate_close{this}, token,
+                                                                detail::stream_closer());
+}
+
+template <class Stream>
+template <class Op, class CompletionToken,
+          std::enable_if_t<net::is_async_operation<std::decay_t<Op>>::value, int>>
+auto queued_writer<Stream>::async_close(Op&& op, CompletionToken&& token) {
+  detail::check_queueable<detail::op_signature_t<Op>>();
+  return net::async_initiate<CompletionToken, void(error_code)>(
+      initiate_close{this}, token, detail::op_closer<std::decay_t<Op>>{std::forward<Op>(op)});
+}
+
+template <class Stream>
 template <class CompletionToken>
 auto queued_writer<Stream>::async_wait_writable(CompletionToken&& token) {
   return net::async_initiate<CompletionToken, void(error_code)>(
@@ -483,20 +948,39 @@ auto queued_writer<Stream>::async_wait_writable(CompletionToken&& token) {
 }
 
 template <class Stream>
-template <class Op, class CompletionToken>
+template <class Op, class CompletionToken,
+          std::enable_if_t<!std::is_same_v<std::decay_t<Op>, urgent_t>, int>>
 auto queued_writer<Stream>::async_enqueue(Op&& op, CompletionToken&& token) {
   using signature = detail::op_signature_t<Op>;
   detail::check_queueable<signature>();
-  return net::async_initiate<CompletionToken, signature>(initiate_enqueue<signature>{this}, token,
-                                                         std::forward<Op>(op));
+  return net::async_initiate<CompletionToken, signature>(initiate_enqueue<signature, false>{this},
+                                                         token, std::forward<Op>(op));
+}
+
+template <class Stream>
+template <class Signature, class Initiation, class CompletionToken,
+          std::enable_if_t<!std::is_same_v<std::decay_t<Initiation>, urgent_t>, int>>
+auto queued_writer<Stream>::async_enqueue(Initiation&& init, CompletionToken&& token) {
+  detail::check_queueable<Signature>();
+  return net::async_initiate<CompletionToken, Signature>(initiate_enqueue<Signature, false>{this},
+                                                         token, std::forward<Initiation>(init));
+}
+
+template <class Stream>
+template <class Op, class CompletionToken>
+auto queued_writer<Stream>::async_enqueue(urgent_t, Op&& op, CompletionToken&& token) {
+  using signature = detail::op_signature_t<Op>;
+  detail::check_queueable<signature>();
+  return net::async_initiate<CompletionToken, signature>(initiate_enqueue<signature, true>{this},
+                                                         token, std::forward<Op>(op));
 }
 
 template <class Stream>
 template <class Signature, class Initiation, class CompletionToken>
-auto queued_writer<Stream>::async_enqueue(Initiation&& init, CompletionToken&& token) {
+auto queued_writer<Stream>::async_enqueue(urgent_t, Initiation&& init, CompletionToken&& token) {
   detail::check_queueable<Signature>();
-  return net::async_initiate<CompletionToken, Signature>(initiate_enqueue<Signature>{this}, token,
-                                                         std::forward<Initiation>(init));
+  return net::async_initiate<CompletionToken, Signature>(initiate_enqueue<Signature, true>{this},
+                                                         token, std::forward<Initiation>(init));
 }
 
 template <class Stream>
@@ -504,6 +988,25 @@ void queued_writer<Stream>::set_watermarks(std::size_t low, std::size_t high) {
   detail::node_list done;
   state_->set_watermarks(low, high, done);
   done.complete_all(detail::completion_mode::post);
+}
+
+template <class Stream>
+template <class Rep, class Period>
+void queued_writer<Stream>::set_stall_timeout(const std::chrono::duration<Rep, Period>& timeout) {
+  static_assert(std::is_convertible_v<executor_type, net::any_io_executor>,
+                "serq::queued_writer::set_stall_timeout: the stall timer runs on the stream's "
+                "executor, which must convert to any_io_executor");
+  using clock_duration = detail::writer_core::clock::duration;
+  clock_duration d = clock_duration::zero();
+  if (timeout > timeout.zero()) {
+    // About 95 years: past that the deadline would overflow the clock.
+    constexpr double longest = 3.0e9;
+    if (std::chrono::duration<double>(timeout).count() >= longest)
+      d = std::chrono::duration_cast<clock_duration>(std::chrono::duration<double>(longest));
+    else
+      d = std::chrono::ceil<clock_duration>(timeout);
+  }
+  state_->set_stall_timeout(d);
 }
 
 template <class Stream>
@@ -515,5 +1018,23 @@ std::size_t queued_writer<Stream>::cancel() {
 }
 
 SERQ_NAMESPACE_END
+
+// Every associator of a deferred composed operation's handler in the urgent
+// queue is that of the writer queue's handler it holds.
+template <template <class, class> class Associator, class Box, class State, class DefaultCandidate>
+struct serq::net::associator<Associator, serq::detail::held_handler<Box, State>, DefaultCandidate> {
+  using handler_type = std::decay_t<decltype(std::declval<const Box&>().handler())>;
+  using type = typename Associator<handler_type, DefaultCandidate>::type;
+
+  static type get(const serq::detail::held_handler<Box, State>& h) noexcept {
+    return Associator<handler_type, DefaultCandidate>::get(h.box()->handler());
+  }
+
+  static auto get(const serq::detail::held_handler<Box, State>& h,
+                  const DefaultCandidate& c) noexcept
+      -> decltype(Associator<handler_type, DefaultCandidate>::get(h.box()->handler(), c)) {
+    return Associator<handler_type, DefaultCandidate>::get(h.box()->handler(), c);
+  }
+};
 
 #endif  // SERQ_IMPL_QUEUED_WRITER_HPP
