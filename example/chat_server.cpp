@@ -12,8 +12,10 @@
 // watermark of bytes is waiting for that client. A sender's session then
 // waits (async_wait_writable) before reading the sender's next line, which
 // carries TCP's backpressure through the room instead of buffering without
-// bound; and a watchdog drops any client whose writer stays unwritable past a
-// time limit, so one stalled reader cannot hold up the room for long.
+// bound; and each writer's stall deadline (set_stall_timeout) drops a client
+// that accepts no bytes at all for a time limit, so one stalled reader cannot
+// hold up the room for long: its writer fails with timed_out, which fails its
+// pending sends and wakes the senders waiting for it.
 //
 // Usage:
 //   chat_server [--port P] [--threads T] [--drop-after MS]
@@ -25,6 +27,8 @@
 //       talkers send for S seconds (default 2), then each checks that it got
 //       every talker's messages intact and in order; the demo also checks that
 //       every silent client was dropped. Exits 0 only if everything checked out.
+//   --drop-after MS: the stall deadline, how long a client may accept no
+//       bytes at all before it is dropped (default 5000, 500 in the demo).
 //
 
 #include <serq.hpp>
@@ -111,7 +115,7 @@ class session : public std::enable_shared_from_this<session> {
   void deliver(const std::shared_ptr<const std::string>& line);
 
   // Completes once this client's writer is writable again, or has failed
-  // (the session is then going away and its watchdog or reader cleans up).
+  // (the session is then going away).
   awaitable<void> wait_writable();
 
   // Closes the connection. Callable from any thread.
@@ -119,14 +123,15 @@ class session : public std::enable_shared_from_this<session> {
 
  private:
   awaitable<void> read_lines();
-  awaitable<void> watch_backpressure();
+  // A send failed: if the writer's stall deadline passed, the client is
+  // dropped (once).
+  void on_sent(boost::system::error_code ec);
   void do_close();  // on the session's strand
 
   serq::queued_writer<tcp::socket> writer_;
   room& room_;
   std::uint64_t id_;
-  asio::steady_timer watchdog_;
-  std::atomic<bool> watching_{false};
+  std::atomic<bool> dropped_{false};
   bool closed_ = false;  // on the strand
 };
 
@@ -195,16 +200,20 @@ class room {
 };
 
 session::session(tcp::socket socket, room& r, std::uint64_t id)
-    : writer_(std::move(socket)), room_(r), id_(id), watchdog_(writer_.get_executor()) {
+    : writer_(std::move(socket)), room_(r), id_(id) {
   // Small watermarks keep a chat room's memory per client small; the
   // defaults (32 KiB / 64 KiB) suit bulk transfers better.
   writer_.set_watermarks(16 * 1024, 64 * 1024);
+  // A client that takes no bytes at all for this long is gone or stuck.
+  writer_.set_stall_timeout(room_.options().drop_after);
 }
 
 void session::start() {
   room_.join(shared_from_this());
   writer_.async_send(std::string("* welcome, you are client ") + std::to_string(id_) + '\n',
-                     asio::detached);
+                     [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                       self->on_sent(ec);
+                     });
   // The spawned function object, and with it the session, lives as long as
   // the coroutine.
   asio::co_spawn(
@@ -216,15 +225,20 @@ void session::deliver(const std::shared_ptr<const std::string>& line) {
   // No copy of the bytes: the writer keeps a reference to the shared line
   // until it is written, and completes the handler on this session's strand.
   // The handler holds the session so that the writer outlives its messages.
-  writer_.async_send(line, [self = shared_from_this()](boost::system::error_code, std::size_t) {});
+  writer_.async_send(line, [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+    self->on_sent(ec);
+  });
   room_.note_pending(writer_.pending_bytes());
-  // Exactly one watchdog per unwritable stretch: whoever flips the flag
-  // starts it, and the watchdog clears it when the writer drains.
-  if (!writer_.writable() && !watching_.exchange(true)) {
-    asio::co_spawn(
-        writer_.get_executor(), [self = shared_from_this()] { return self->watch_backpressure(); },
-        asio::detached);
-  }
+}
+
+void session::on_sent(boost::system::error_code ec) {
+  // Every pending send fails with the same error: drop the client once.
+  if (ec != asio::error::timed_out || dropped_.exchange(true))
+    return;
+  log("dropping client ", id_, ": it accepted no bytes for ", room_.options().drop_after.count(),
+      " ms");
+  room_.note_dropped();
+  close();
 }
 
 awaitable<void> session::wait_writable() {
@@ -246,7 +260,6 @@ void session::do_close() {
   // Lines not yet started will never reach the client: release them now
   // rather than when the last write fails.
   writer_.cancel();
-  watchdog_.cancel();
 }
 
 awaitable<void> session::read_lines() {
@@ -260,37 +273,13 @@ awaitable<void> session::read_lines() {
     std::vector<std::shared_ptr<session>> recipients = room_.broadcast(buffer.substr(0, n));
     buffer.erase(0, n);
     // Do not read this client's next line before everyone can take it. A
-    // stalled recipient holds us up at most until its watchdog drops it.
+    // stalled recipient holds us up at most until its stall deadline drops
+    // it (its writer fails, which completes the wait).
     for (const auto& r : recipients)
       co_await r->wait_writable();
   }
   room_.leave(*this);
   do_close();
-}
-
-awaitable<void> session::watch_backpressure() {
-  for (;;) {
-    watchdog_.expires_after(room_.options().drop_after);
-    auto result = co_await (writer_.async_wait_writable(nothrow_awaitable) ||
-                            watchdog_.async_wait(nothrow_awaitable));
-    if (result.index() == 1) {
-      // The timer won unless do_close() cancelled it.
-      if (auto [ec] = std::get<1>(result); !ec && !closed_) {
-        log("dropping client ", id_, ": unwritable for ", room_.options().drop_after.count(),
-            " ms with ", writer_.pending_bytes(), " bytes pending");
-        room_.note_dropped();
-        do_close();
-      }
-      co_return;
-    }
-    if (auto [ec] = std::get<0>(result); ec)
-      co_return;  // failed: the reader cleans up
-    watching_ = false;
-    // A deliver() that saw the writer unwritable after we woke, but before
-    // the flag was cleared, started no watchdog: carry on as that one.
-    if (writer_.writable() || watching_.exchange(true))
-      co_return;
-  }
 }
 
 class chat_server {
@@ -317,8 +306,8 @@ class chat_server {
   awaitable<void> accept_loop() {
     for (;;) {
       // Each session gets its own strand: its reader, its writer's pump and
-      // its watchdog never run at once, while different sessions run on
-      // different threads.
+      // its writer's stall timer never run at once, while different sessions
+      // run on different threads.
       auto [ec, socket] =
           co_await acceptor_.async_accept(asio::make_strand(ioc_), nothrow_awaitable);
       if (ec == asio::error::operation_aborted || !acceptor_.is_open())
