@@ -33,19 +33,14 @@
 
 #include <serq.hpp>
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/dispatch.hpp>
+// The Asio serq was built on (serq::serq defines SERQ_ASIO_STANDALONE for standalone Asio).
+#if defined(SERQ_ASIO_STANDALONE)
+#include <asio.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#else
+#include <boost/asio.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/multiple_exceptions.hpp>
-#include <boost/asio/read_until.hpp>
-#include <boost/asio/signal_set.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/asio/use_awaitable.hpp>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -66,17 +61,17 @@
 #include <utility>
 #include <vector>
 
-namespace asio = boost::asio;
-using asio::awaitable;
-using asio::use_awaitable;
-using asio::ip::tcp;
-using namespace asio::experimental::awaitable_operators;
+namespace net = serq::net;
+using net::awaitable;
+using net::use_awaitable;
+using net::ip::tcp;
+using namespace net::experimental::awaitable_operators;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
 namespace {
 
-constexpr auto nothrow_awaitable = asio::as_tuple(use_awaitable);
+constexpr auto nothrow_awaitable = net::as_tuple(use_awaitable);
 
 // Longer lines end the session: a client cannot make the server buffer
 // without bound while it waits for a newline.
@@ -125,7 +120,7 @@ class session : public std::enable_shared_from_this<session> {
   awaitable<void> read_lines();
   // A send failed: if the writer's stall deadline passed, the client is
   // dropped (once).
-  void on_sent(boost::system::error_code ec);
+  void on_sent(serq::error_code ec);
   void do_close();  // on the session's strand
 
   serq::queued_writer<tcp::socket> writer_;
@@ -210,30 +205,28 @@ session::session(tcp::socket socket, room& r, std::uint64_t id)
 
 void session::start() {
   room_.join(shared_from_this());
-  writer_.async_send(std::string("* welcome, you are client ") + std::to_string(id_) + '\n',
-                     [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                       self->on_sent(ec);
-                     });
+  writer_.async_send(
+      std::string("* welcome, you are client ") + std::to_string(id_) + '\n',
+      [self = shared_from_this()](serq::error_code ec, std::size_t) { self->on_sent(ec); });
   // The spawned function object, and with it the session, lives as long as
   // the coroutine.
-  asio::co_spawn(
+  net::co_spawn(
       writer_.get_executor(), [self = shared_from_this()] { return self->read_lines(); },
-      asio::detached);
+      net::detached);
 }
 
 void session::deliver(const std::shared_ptr<const std::string>& line) {
   // No copy of the bytes: the writer keeps a reference to the shared line
   // until it is written, and completes the handler on this session's strand.
   // The handler holds the session so that the writer outlives its messages.
-  writer_.async_send(line, [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-    self->on_sent(ec);
-  });
+  writer_.async_send(
+      line, [self = shared_from_this()](serq::error_code ec, std::size_t) { self->on_sent(ec); });
   room_.note_pending(writer_.pending_bytes());
 }
 
-void session::on_sent(boost::system::error_code ec) {
+void session::on_sent(serq::error_code ec) {
   // Every pending send fails with the same error: drop the client once.
-  if (ec != asio::error::timed_out || dropped_.exchange(true))
+  if (ec != net::error::timed_out || dropped_.exchange(true))
     return;
   log("dropping client ", id_, ": it accepted no bytes for ", room_.options().drop_after.count(),
       " ms");
@@ -247,14 +240,14 @@ awaitable<void> session::wait_writable() {
 }
 
 void session::close() {
-  asio::dispatch(writer_.get_executor(), [self = shared_from_this()] { self->do_close(); });
+  net::dispatch(writer_.get_executor(), [self = shared_from_this()] { self->do_close(); });
 }
 
 void session::do_close() {
   if (closed_)
     return;
   closed_ = true;
-  boost::system::error_code ignored;
+  serq::error_code ignored;
   writer_.next_layer().shutdown(tcp::socket::shutdown_both, ignored);
   writer_.next_layer().close(ignored);
   // Lines not yet started will never reach the client: release them now
@@ -266,8 +259,8 @@ awaitable<void> session::read_lines() {
   std::string buffer;
   for (;;) {
     // The writer forwards reads to its socket, so it stands in for it here.
-    auto [ec, n] = co_await asio::async_read_until(
-        writer_, asio::dynamic_buffer(buffer, max_line_length), '\n', nothrow_awaitable);
+    auto [ec, n] = co_await net::async_read_until(
+        writer_, net::dynamic_buffer(buffer, max_line_length), '\n', nothrow_awaitable);
     if (ec)
       break;
     std::vector<std::shared_ptr<session>> recipients = room_.broadcast(buffer.substr(0, n));
@@ -284,18 +277,18 @@ awaitable<void> session::read_lines() {
 
 class chat_server {
  public:
-  chat_server(asio::io_context& ioc, const tcp::endpoint& ep, server_options opts)
-      : ioc_(ioc), acceptor_(asio::make_strand(ioc), ep), room_(opts) {}
+  chat_server(net::io_context& ioc, const tcp::endpoint& ep, server_options opts)
+      : ioc_(ioc), acceptor_(net::make_strand(ioc), ep), room_(opts) {}
 
   tcp::endpoint local_endpoint() const { return acceptor_.local_endpoint(); }
   room& chat_room() noexcept { return room_; }
 
-  void start() { asio::co_spawn(acceptor_.get_executor(), accept_loop(), asio::detached); }
+  void start() { net::co_spawn(acceptor_.get_executor(), accept_loop(), net::detached); }
 
   // Stops accepting and closes every session. Callable from any thread.
   void stop() {
-    asio::dispatch(acceptor_.get_executor(), [this] {
-      boost::system::error_code ignored;
+    net::dispatch(acceptor_.get_executor(), [this] {
+      serq::error_code ignored;
       acceptor_.close(ignored);
     });
     for (const auto& s : room_.snapshot())
@@ -309,21 +302,21 @@ class chat_server {
       // its writer's stall timer never run at once, while different sessions
       // run on different threads.
       auto [ec, socket] =
-          co_await acceptor_.async_accept(asio::make_strand(ioc_), nothrow_awaitable);
-      if (ec == asio::error::operation_aborted || !acceptor_.is_open())
+          co_await acceptor_.async_accept(net::make_strand(ioc_), nothrow_awaitable);
+      if (ec == net::error::operation_aborted || !acceptor_.is_open())
         co_return;
       if (ec)
         continue;
       // A small kernel send buffer keeps the bytes queued for a client in the
       // writer, where the watermarks can see them, rather than in the kernel.
-      boost::system::error_code ignored;
-      socket.set_option(asio::socket_base::send_buffer_size(64 * 1024), ignored);
+      serq::error_code ignored;
+      socket.set_option(net::socket_base::send_buffer_size(64 * 1024), ignored);
       socket.set_option(tcp::no_delay(true), ignored);
       std::make_shared<session>(std::move(socket), room_, room_.next_id())->start();
     }
   }
 
-  asio::io_context& ioc_;
+  net::io_context& ioc_;
   tcp::acceptor acceptor_;
   room room_;
 };
@@ -371,7 +364,7 @@ std::optional<parsed_line> parse_line(std::string_view line) {
 // pass while its queue is stopped, and start() lets every barrier pass.
 class event {
  public:
-  explicit event(const asio::any_io_executor& ex) : queue_(ex, "event") { queue_.stop(); }
+  explicit event(const net::any_io_executor& ex) : queue_(ex, "event") { queue_.stop(); }
   void set() { queue_.start(); }
   template <class CompletionToken>
   auto async_wait(CompletionToken&& token) {
@@ -393,7 +386,7 @@ struct demo_options {
 // What all demo clients share.
 class demo {
  public:
-  demo(asio::io_context& ioc, const demo_options& opts, room& r)
+  demo(net::io_context& ioc, const demo_options& opts, room& r)
       : opts_(opts), room_(r), all_joined_(ioc.get_executor()), all_done_(ioc.get_executor()) {}
 
   const demo_options& options() const noexcept { return opts_; }
@@ -452,7 +445,7 @@ class demo {
 // A demo client that talks and checks everything it hears.
 class talker {
  public:
-  talker(const asio::any_io_executor& ex, std::uint64_t index, demo& d)
+  talker(const net::any_io_executor& ex, std::uint64_t index, demo& d)
       : writer_(ex),
         index_(index),
         demo_(d),
@@ -460,7 +453,7 @@ class talker {
         echo_signal_(ex, steady_clock::time_point::max()) {}
 
   // The talker's strand: its reads, its writer's pump and its coroutines.
-  asio::any_io_executor get_executor() { return writer_.get_executor(); }
+  net::any_io_executor get_executor() { return writer_.get_executor(); }
 
   awaitable<void> run(tcp::endpoint ep) {
     bool ok = false;
@@ -477,7 +470,7 @@ class talker {
       co_await demo_.all_joined().async_wait(use_awaitable);
       co_await (talk() && listen());
       ok = true;
-    } catch (const asio::multiple_exceptions& e) {
+    } catch (const net::multiple_exceptions& e) {
       // One failed and the other was cancelled: report the cause.
       try {
         std::rethrow_exception(e.first_exception());
@@ -487,7 +480,7 @@ class talker {
     } catch (const std::exception& e) {
       log("demo client ", index_, ": ", e.what());
     }
-    boost::system::error_code ignored;
+    serq::error_code ignored;
     writer_.next_layer().close(ignored);
     demo_.finished(ok, sent_, received_, bytes_);
   }
@@ -498,22 +491,22 @@ class talker {
     while (demo_.keep_talking()) {
       // Sends are fire-and-forget: the writer keeps them in order, and a
       // failed one fails the final flush.
-      writer_.async_send(make_message(seq++), asio::detached);
+      writer_.async_send(make_message(seq++), net::detached);
       // Stay at most a window of messages ahead of our own echo, as a person
       // who waits to see their words in the room would. Without this, a
       // talker runs ahead by whatever the kernel buffers hold, and the room
       // needs seconds to relay that backlog to everyone after time is up.
       while (seq - echoed_ >= echo_window) {
         co_await echo_signal_.async_wait(nothrow_awaitable);
-        auto cs = co_await asio::this_coro::cancellation_state;
+        auto cs = co_await net::this_coro::cancellation_state;
         // listen() failed: its error is the one to report.
-        if (cs.cancelled() != asio::cancellation_type::none)
+        if (cs.cancelled() != net::cancellation_type::none)
           co_return;
       }
     }
     sent_ = seq;
     writer_.async_send("E " + std::to_string(index_) + ' ' + std::to_string(seq) + " 0 0 \n",
-                       asio::detached);
+                       net::detached);
     // Reports the writer's error, if any of the detached sends failed.
     co_await writer_.async_flush(use_awaitable);
   }
@@ -567,8 +560,8 @@ class talker {
   }
 
   awaitable<std::string_view> read_line() {
-    line_length_ = co_await asio::async_read_until(
-        writer_, asio::dynamic_buffer(buffer_, max_line_length), '\n', use_awaitable);
+    line_length_ = co_await net::async_read_until(
+        writer_, net::dynamic_buffer(buffer_, max_line_length), '\n', use_awaitable);
     co_return std::string_view(buffer_).substr(0, line_length_);
   }
   void consume_line() { buffer_.erase(0, line_length_); }
@@ -589,51 +582,51 @@ class talker {
   std::uint64_t sent_ = 0, received_ = 0, bytes_ = 0;
   static constexpr std::uint64_t echo_window = 128;
   std::uint64_t echoed_ = 0;
-  asio::steady_timer echo_signal_;  // never expires; cancelled to signal an echo
+  net::steady_timer echo_signal_;  // never expires; cancelled to signal an echo
 };
 
 // A demo client that joins and then never reads: the server must drop it.
 awaitable<void> silent_client(tcp::endpoint ep, demo& d, std::shared_ptr<event> release) {
-  tcp::socket socket(co_await asio::this_coro::executor);
+  tcp::socket socket(co_await net::this_coro::executor);
   socket.open(ep.protocol());
   // A tiny receive window makes the server's writer for this client back up
   // after a few kilobytes instead of after the kernel's megabytes.
-  socket.set_option(asio::socket_base::receive_buffer_size(4096));
+  socket.set_option(net::socket_base::receive_buffer_size(4096));
   co_await socket.async_connect(ep, use_awaitable);
   std::string welcome;
-  co_await asio::async_read_until(socket, asio::dynamic_buffer(welcome), '\n', use_awaitable);
+  co_await net::async_read_until(socket, net::dynamic_buffer(welcome), '\n', use_awaitable);
   d.joined();
   co_await release->async_wait(nothrow_awaitable);
 }
 
 int run_demo(const demo_options& opts) {
-  asio::io_context ioc(static_cast<int>(opts.threads));
-  chat_server server(ioc, tcp::endpoint(asio::ip::address_v4::loopback(), 0),
+  net::io_context ioc(static_cast<int>(opts.threads));
+  chat_server server(ioc, tcp::endpoint(net::ip::address_v4::loopback(), 0),
                      server_options{opts.drop_after, false});
   server.start();
   const tcp::endpoint ep = server.local_endpoint();
   demo d(ioc, opts, server.chat_room());
 
   for (std::size_t i = 0; i < opts.clients; ++i) {
-    auto t = std::make_shared<talker>(asio::make_strand(ioc), i, d);
-    asio::co_spawn(
-        t->get_executor(), [t, ep] { return t->run(ep); }, asio::detached);
+    auto t = std::make_shared<talker>(net::make_strand(ioc), i, d);
+    net::co_spawn(
+        t->get_executor(), [t, ep] { return t->run(ep); }, net::detached);
   }
   // The silent clients hang up when released at the end of the demo.
   auto release_silent = std::make_shared<event>(ioc.get_executor());
   for (std::size_t i = 0; i < opts.slow; ++i) {
-    asio::co_spawn(asio::make_strand(ioc), silent_client(ep, d, release_silent),
-                   [](std::exception_ptr e) {
-                     if (e)
-                       log("silent client failed to connect");
-                   });
+    net::co_spawn(net::make_strand(ioc), silent_client(ep, d, release_silent),
+                  [](std::exception_ptr e) {
+                    if (e)
+                      log("silent client failed to connect");
+                  });
   }
 
   bool timed_out = false;
-  asio::co_spawn(
-      asio::make_strand(ioc),
+  net::co_spawn(
+      net::make_strand(ioc),
       [&]() -> awaitable<void> {
-        asio::steady_timer deadline(co_await asio::this_coro::executor);
+        net::steady_timer deadline(co_await net::this_coro::executor);
         deadline.expires_after(std::chrono::duration_cast<steady_clock::duration>(
                                    std::chrono::duration<double>(opts.seconds)) +
                                std::chrono::seconds(30));
@@ -647,7 +640,7 @@ int run_demo(const demo_options& opts) {
         if (timed_out)
           ioc.stop();
       },
-      asio::detached);
+      net::detached);
 
   std::vector<std::thread> threads;
   for (std::size_t i = 1; i < opts.threads; ++i)
@@ -692,14 +685,14 @@ int run_demo(const demo_options& opts) {
 }
 
 int run_server(unsigned short port, std::size_t threads, milliseconds drop_after) {
-  asio::io_context ioc(static_cast<int>(threads));
-  chat_server server(ioc, tcp::endpoint(asio::ip::address_v4::loopback(), port),
+  net::io_context ioc(static_cast<int>(threads));
+  chat_server server(ioc, tcp::endpoint(net::ip::address_v4::loopback(), port),
                      server_options{drop_after, true});
   server.start();
   log("listening on ", server.local_endpoint());
 
-  asio::signal_set signals(ioc, SIGINT, SIGTERM);
-  signals.async_wait([&](boost::system::error_code, int) {
+  net::signal_set signals(ioc, SIGINT, SIGTERM);
+  signals.async_wait([&](serq::error_code, int) {
     log("shutting down");
     server.stop();
   });
