@@ -246,7 +246,7 @@ void queue_core::close(std::shared_ptr<queue_core> owner) {
     closed_ = true;
     list = take_all_locked();
     if (busy_)
-      orphan_ref_ = std::move(owner);
+      orphan_ref_ = owner;  // a copy: owner keeps the core alive to the end of this call
   }
   abort_all(std::move(list));
   release_work_if_idle();
