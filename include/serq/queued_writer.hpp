@@ -21,7 +21,7 @@ template <class Stream>
 class writer_state;
 }
 
-/// Tag type of @ref serq::urgent "urgent".
+/// Tag type of `serq::urgent`.
 struct urgent_t {
   explicit urgent_t() = default;
 };
