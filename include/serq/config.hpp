@@ -83,6 +83,7 @@
 #include <asio/prefer.hpp>
 #include <asio/query.hpp>
 #include <asio/socket_base.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
 #if SERQ_ASIO_VERSION >= 102800
 #include <asio/associated_immediate_executor.hpp>
@@ -112,6 +113,7 @@
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/query.hpp>
 #include <boost/asio/socket_base.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #if SERQ_ASIO_VERSION >= 102800
 #include <boost/asio/associated_immediate_executor.hpp>
@@ -128,7 +130,7 @@
 SERQ_NAMESPACE_BEGIN
 
 #if defined(SERQ_ASIO_STANDALONE)
-/// The Asio namespace serq is built on (`::asio` or `::boost::asio`).
+/// The Asio namespace serq is built on (`asio` or `boost::asio`).
 namespace net = ::asio;
 /// The error code type of that Asio (`std::error_code` or
 /// `boost::system::error_code`).
@@ -136,8 +138,12 @@ using error_code = std::error_code;
 /// The exception type that carries an `error_code`.
 using system_error = std::system_error;
 #else
+/// The Asio namespace serq is built on (`asio` or `boost::asio`).
 namespace net = ::boost::asio;
+/// The error code type of that Asio (`std::error_code` or
+/// `boost::system::error_code`).
 using error_code = ::boost::system::error_code;
+/// The exception type that carries an `error_code`.
 using system_error = ::boost::system::system_error;
 #endif
 

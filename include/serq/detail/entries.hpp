@@ -541,7 +541,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
       }
     }
     // Cancelled after it was triggered but before it started: it never ran.
-    std::apply([this](auto&&... args) { finish_posted(std::move(args)...); },
+    std::apply([this](auto&&... args) { this->finish_posted(std::move(args)...); },
                queueable_signature<Signature>::aborted());
   }
 

@@ -18,13 +18,6 @@
 #include <serq/detail/intrusive_list.hpp>
 #include <serq/serialized_queue_service.hpp>
 
-// The stall timer. (config.hpp does not include a timer header.)
-#if defined(SERQ_ASIO_STANDALONE)
-#include <asio/steady_timer.hpp>
-#else
-#include <boost/asio/steady_timer.hpp>
-#endif
-
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
