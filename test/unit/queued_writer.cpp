@@ -15,12 +15,10 @@
 #include "common/exactly_once.hpp"
 #include "common/net.hpp"
 #include "common/test_stream.hpp"
+#include "common/tls.hpp"
 #include "common/tracking_executor.hpp"
 
 #include <boost/test/unit_test.hpp>
-
-#include <openssl/evp.h>
-#include <openssl/x509.h>
 
 #include <cstddef>
 #include <functional>
@@ -1091,48 +1089,11 @@ BOOST_AUTO_TEST_CASE(sequences_of_more_than_64_pieces_are_written_exactly) {
 
 // ---- TLS ---------------------------------------------------------------------------
 
-namespace {
-
-struct pkey_deleter {
-  void operator()(EVP_PKEY* p) const noexcept { EVP_PKEY_free(p); }
-};
-struct x509_deleter {
-  void operator()(X509* p) const noexcept { X509_free(p); }
-};
-
-// A fresh P-256 key and a self-signed certificate for CN=serq.test.
-std::pair<std::unique_ptr<EVP_PKEY, pkey_deleter>, std::unique_ptr<X509, x509_deleter>>
-make_self_signed() {
-  std::unique_ptr<EVP_PKEY, pkey_deleter> key(EVP_EC_gen("P-256"));
-  BOOST_REQUIRE(key);
-  std::unique_ptr<X509, x509_deleter> cert(X509_new());
-  BOOST_REQUIRE(cert);
-  BOOST_REQUIRE(X509_set_version(cert.get(), 2) == 1);
-  BOOST_REQUIRE(ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 1) == 1);
-  BOOST_REQUIRE(X509_gmtime_adj(X509_getm_notBefore(cert.get()), -60));
-  BOOST_REQUIRE(X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600));
-  BOOST_REQUIRE(X509_set_pubkey(cert.get(), key.get()) == 1);
-  X509_NAME* name = X509_get_subject_name(cert.get());
-  BOOST_REQUIRE(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                           reinterpret_cast<const unsigned char*>("serq.test"), -1,
-                                           -1, 0) == 1);
-  BOOST_REQUIRE(X509_set_issuer_name(cert.get(), name) == 1);
-  BOOST_REQUIRE(X509_sign(cert.get(), key.get(), EVP_sha256()) > 0);
-  return {std::move(key), std::move(cert)};
-}
-
-}  // namespace
-
 BOOST_AUTO_TEST_CASE(queued_writes_over_tls_arrive_exactly_and_shutdown_takes_its_turn) {
   using tls_stream = net::ssl::stream<net::local::stream_protocol::socket>;
-  auto [key, cert] = make_self_signed();
-  net::ssl::context server_ctx(net::ssl::context::tls_server);
-  BOOST_REQUIRE(SSL_CTX_use_certificate(server_ctx.native_handle(), cert.get()) == 1);
-  BOOST_REQUIRE(SSL_CTX_use_PrivateKey(server_ctx.native_handle(), key.get()) == 1);
-  net::ssl::context client_ctx(net::ssl::context::tls_client);
-  BOOST_REQUIRE(
-      X509_STORE_add_cert(SSL_CTX_get_cert_store(client_ctx.native_handle()), cert.get()) == 1);
-  client_ctx.set_verify_mode(net::ssl::verify_peer);
+  serq_test::tls_contexts tls;
+  net::ssl::context& server_ctx = tls.server;
+  net::ssl::context& client_ctx = tls.client;
 
   serq_test::handler_tracker tracker;
   net::io_context ioc;
