@@ -87,7 +87,8 @@ namespace serq_test {
 // ---- fail_count ------------------------------------------------------------------------------
 
 /// Counts the operations of the streams that share it: the n-th (from 1)
-/// and every later one fail with `ec`, before doing anything else.
+/// and every later one fail with `ec`, before doing anything else. Not
+/// thread-safe: share one only between streams used from one thread.
 class fail_count {
  public:
   explicit fail_count(std::size_t n, error_code ec = test_error::test_failure) : n_(n), ec_(ec) {}
