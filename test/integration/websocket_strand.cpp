@@ -335,7 +335,9 @@ BOOST_AUTO_TEST_CASE(queued_websocket_operations_stay_on_the_queues_strand) {
   net::co_spawn(
       server_strand,
       [&]() -> net::awaitable<void> {
-        co_await ws.async_accept(net::use_awaitable);
+        // An rvalue token: with Asio 1.31+ (deferred as the default token) Boost 1.81's Beast
+        // would take an lvalue one for the buffer sequence of its other async_accept overload.
+        co_await ws.async_accept(net::use_awaitable_t<>());
         net::co_spawn(server_strand, reader(),
                       [&](std::exception_ptr e) { party_done("server reader", e); });
         for (int k = 0; k < kProducers; ++k)
