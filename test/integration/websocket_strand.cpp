@@ -335,9 +335,10 @@ BOOST_AUTO_TEST_CASE(queued_websocket_operations_stay_on_the_queues_strand) {
   net::co_spawn(
       server_strand,
       [&]() -> net::awaitable<void> {
-        // An rvalue token: with Asio 1.31+ (deferred as the default token) Boost 1.81's Beast
-        // would take an lvalue one for the buffer sequence of its other async_accept overload.
-        co_await ws.async_accept(net::use_awaitable_t<>());
+        // The overload with a (here empty) buffer sequence of bytes already read: with Asio
+        // 1.31+ (deferred as the default token) Boost 1.81's Beast takes a lone token for the
+        // buffer sequence of that overload.
+        co_await ws.async_accept(net::const_buffer(), net::use_awaitable);
         net::co_spawn(server_strand, reader(),
                       [&](std::exception_ptr e) { party_done("server reader", e); });
         for (int k = 0; k < kProducers; ++k)
