@@ -28,7 +28,7 @@
 //       every talker's messages intact and in order; the demo also checks that
 //       every silent client was dropped. Exits 0 only if everything checked out.
 //   --drop-after MS: the stall deadline, how long a client may accept no
-//       bytes at all before it is dropped (default 5000, 500 in the demo).
+//       bytes at all before it is dropped (default 5000, 2000 in the demo).
 //
 
 #include <serq.hpp>
@@ -380,7 +380,7 @@ struct demo_options {
   std::size_t slow = 1;
   double seconds = 2.0;
   std::size_t threads = 2;
-  milliseconds drop_after{500};
+  milliseconds drop_after{2000};
 };
 
 // What all demo clients share.

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <future>
 #include <memory>
 #include <string>
 #include <thread>
@@ -226,19 +227,29 @@ BOOST_AUTO_TEST_CASE(cancel_after_is_forwarded_to_an_active_operation) {
 }
 
 BOOST_AUTO_TEST_CASE(cancel_after_from_another_thread_on_a_strand_queue) {
+  // A foreign thread waits on futures of operations queued on a strand queue run by another
+  // thread. cancel_after's own rule (its timer and the operation must share an implicit or
+  // explicit strand) is kept by initiating on the io_context's single thread: the main thread
+  // only posts the calls there and waits.
   net::io_context ioc;
   auto strand = net::make_strand(ioc);
   serq::serialized_queue q(strand);
   auto work = net::make_work_guard(ioc);
   std::thread runner([&] { ioc.run(); });
 
-  // An hour-long operation at the head, then a waiting entry with a deadline.
   net::steady_timer long_wait(strand, 1h);
-  auto active = q.async_enqueue(long_wait.async_wait(net::deferred),
-                                net::cancel_after(50ms, net::as_tuple(net::use_future)));
   net::steady_timer never(strand, 1h);
-  auto waiting = q.async_enqueue(never.async_wait(net::deferred),
-                                 net::cancel_after(1ms, net::as_tuple(net::use_future)));
+  using result = std::tuple<error_code>;
+  std::promise<std::pair<std::future<result>, std::future<result>>> started;
+  net::post(ioc, [&] {
+    // An hour-long operation at the head, then a waiting entry with a deadline.
+    auto active = q.async_enqueue(long_wait.async_wait(net::deferred),
+                                  net::cancel_after(50ms, net::as_tuple(net::use_future)));
+    auto waiting = q.async_enqueue(never.async_wait(net::deferred),
+                                   net::cancel_after(1ms, net::as_tuple(net::use_future)));
+    started.set_value({std::move(active), std::move(waiting)});
+  });
+  auto [active, waiting] = started.get_future().get();
   BOOST_TEST(std::get<0>(waiting.get()) == net::error::operation_aborted);
   BOOST_TEST(std::get<0>(active.get()) == net::error::operation_aborted);
   work.reset();
