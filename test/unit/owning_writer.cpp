@@ -45,6 +45,26 @@ std::vector<std::string> make_messages(std::size_t n, std::size_t size) {
   return messages;
 }
 
+// Queues every message on w, recording each completion in results.
+template <class Writer>
+void write_all(Writer& w, const std::vector<std::string>& messages,
+               std::vector<write_result>& results, serq_test::handler_tracker& tr) {
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    w.async_write(net::buffer(messages[i]), tr.wrap([&results, i](error_code ec, std::size_t n) {
+      results[i].ec = ec;
+      results[i].bytes = n;
+      ++results[i].calls;
+    }));
+  }
+}
+
+std::string concatenated(const std::vector<std::string>& messages) {
+  std::string all;
+  for (const auto& m : messages)
+    all += m;
+  return all;
+}
+
 // Runs every ready handler until none is left: a write to a peer that does
 // not read then sits in flight, waiting for room.
 void drain_ready(net::io_context& ioc) {
@@ -117,13 +137,7 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_tls_writer_with_a_write_in_flight_is_s
   constexpr std::size_t count = 400, size = 64 * 1024;
   const auto messages = make_messages(count, size);
   std::vector<write_result> results(count);
-  for (std::size_t i = 0; i < count; ++i) {
-    w->async_write(net::buffer(messages[i]), tr.wrap([&results, i](error_code ec, std::size_t n) {
-      results[i].ec = ec;
-      results[i].bytes = n;
-      ++results[i].calls;
-    }));
-  }
+  write_all(*w, messages, results, tr);
   drain_ready(ioc);
   BOOST_REQUIRE(w->pending_bytes() > 0u);
   BOOST_REQUIRE(w->pending_bytes() < count * size);  // some went out: a write is in flight
@@ -138,9 +152,7 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_tls_writer_with_a_write_in_flight_is_s
   ioc.run();
 
   BOOST_TEST(read_ec);  // the client's socket was closed
-  std::string expected;
-  for (const auto& m : messages)
-    expected += m;
+  const std::string expected = concatenated(messages);
   BOOST_TEST(received.size() <= expected.size());
   BOOST_TEST((received == expected.substr(0, received.size())));
   check_aborted_run(results, size);
@@ -180,13 +192,7 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_writer_mid_write_closes_the_socket_onc
   constexpr std::size_t count = 64, size = 256 * 1024;
   const auto messages = make_messages(count, size);
   std::vector<write_result> results(count);
-  for (std::size_t i = 0; i < count; ++i) {
-    w->async_write(net::buffer(messages[i]), tr.wrap([&results, i](error_code ec, std::size_t n) {
-      results[i].ec = ec;
-      results[i].bytes = n;
-      ++results[i].calls;
-    }));
-  }
+  write_all(*w, messages, results, tr);
   drain_ready(ioc);
   BOOST_REQUIRE(w->pending_bytes() > 0u);
   w.reset();
@@ -197,9 +203,7 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_writer_mid_write_closes_the_socket_onc
   ioc.restart();
   ioc.run();
   BOOST_TEST(read_ec == net::error::eof);
-  std::string expected;
-  for (const auto& m : messages)
-    expected += m;
+  const std::string expected = concatenated(messages);
   BOOST_TEST((received == expected.substr(0, received.size())));
   check_aborted_run(results, size);
   BOOST_TEST(tr.invoked() == count);
@@ -219,13 +223,7 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_beast_tcp_stream_writer_mid_write_is_s
   constexpr std::size_t count = 64, size = 256 * 1024;
   const auto messages = make_messages(count, size);
   std::vector<write_result> results(count);
-  for (std::size_t i = 0; i < count; ++i) {
-    w->async_write(net::buffer(messages[i]), tr.wrap([&results, i](error_code ec, std::size_t n) {
-      results[i].ec = ec;
-      results[i].bytes = n;
-      ++results[i].calls;
-    }));
-  }
+  write_all(*w, messages, results, tr);
   drain_ready(ioc);
   BOOST_REQUIRE(w->pending_bytes() > 0u);
   w.reset();
@@ -236,9 +234,7 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_beast_tcp_stream_writer_mid_write_is_s
   ioc.restart();
   ioc.run();
   BOOST_TEST(read_ec);
-  std::string expected;
-  for (const auto& m : messages)
-    expected += m;
+  const std::string expected = concatenated(messages);
   BOOST_TEST((received == expected.substr(0, received.size())));
   check_aborted_run(results, size);
   BOOST_TEST(tr.invoked() == count);
