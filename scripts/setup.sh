@@ -3,7 +3,7 @@
 # Usage: scripts/setup.sh [extra-package ...]     e.g. scripts/setup.sh doxygen clang-14
 set -euo pipefail
 
-packages=(g++ cmake ninja-build libboost1.81-dev libboost-test1.81-dev libssl-dev chromium "$@")
+packages=(g++ cmake ninja-build libboost1.81-dev libboost-test1.81-dev libssl-dev chromium redis-server redis-tools "$@")
 
 missing=()
 for package in "${packages[@]}"; do
