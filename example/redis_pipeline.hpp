@@ -46,6 +46,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -141,7 +142,13 @@ class client {
   template <class CompletionToken>
   auto async_command(std::string request, CompletionToken&& token) {
     return net::async_initiate<CompletionToken, void(error_code, reply)>(
-        [this](auto handler, std::string req) { submit(slot(std::move(handler)), std::move(req)); },
+        [this](auto handler, std::string req) {
+          bool direct = false;
+          using handler_executor = net::associated_executor_t<decltype(handler), executor_type>;
+          if constexpr (std::is_same_v<handler_executor, executor_type>)
+            direct = net::get_associated_executor(handler, get_executor()) == get_executor();
+          submit(slot{std::move(handler), direct}, std::move(req));
+        },
         token, std::move(request));
   }
 
@@ -190,7 +197,14 @@ class client {
   }
 
  private:
-  using slot = net::any_completion_handler<void(error_code, reply)>;
+  // A caller waiting for its reply.
+  struct slot {
+    net::any_completion_handler<void(error_code, reply)> handler;
+    // The handler's executor is the socket's, which runs the reader: the
+    // reader may call it directly (what dispatch would do, minus the
+    // type-erased detour).
+    bool direct = false;
+  };
 
   // A write error leaves the connection's framing unknown: close the socket,
   // so that run() fails every waiting call. Runs on the socket's executor.
@@ -244,7 +258,11 @@ class client {
   // thread runs that executor already (a reply), else posted. Never inside
   // async_command (may_run_here false).
   void finish(slot s, error_code ec, reply r, bool may_run_here) {
-    auto call = net::append(std::move(s), ec, std::move(r));
+    if (may_run_here && s.direct) {
+      std::move(s.handler)(ec, std::move(r));
+      return;
+    }
+    auto call = net::append(std::move(s.handler), ec, std::move(r));
     if (may_run_here)
       net::dispatch(get_executor(), std::move(call));
     else

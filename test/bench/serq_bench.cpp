@@ -9,6 +9,7 @@
 #include "common/net.hpp"
 #include "harness.hpp"
 #include "peers.hpp"
+#include "redis_case.hpp"
 
 #include <serq/queued_writer.hpp>
 #include <serq/serialized_queue.hpp>
@@ -1499,7 +1500,7 @@ options parse(int argc, char** argv) {
           "  --rounds R   measured rounds after the warm-up (default 9, at least 5 advised)\n"
           "  --scale F    multiply every operation count by F (default 1)\n"
           "  --json FILE  also write the results as JSON\n"
-          "  --only ID[:VARIANT]  run one case (1a 1b 2 3 4a 4b 4c 6a 6b), or one variant of it\n"
+          "  --only ID[:VARIANT]  run one case (1a 1b 2 3 4a 4b 4c 6a 6b 9), or one variant of it\n"
           "               (6a: \"serq D=1024\"), and skip allocations and targets: for profiling\n"
           "               (valgrind, perf); --only 7 or --only 8 prints one memory table\n");
       std::exit(0);
@@ -1550,6 +1551,10 @@ int run(const options& o) {
   const std::vector<std::size_t> depths = depths_for(depth_ops);
   cases.push_back(depth_callback_case(depth_ops, depths));
   cases.push_back(depth_awaitable_case(depth_ops, depths));
+  // Redis: needs redis-server and redis-benchmark (scripts/setup.sh); skipped, said so, without.
+  std::string redis_missing;
+  if (auto c = redis_case(o.smoke ? 2048 : scaled(200000, 2048), redis_missing))
+    cases.push_back(std::move(*c));
   // Memory: pending items, idle objects.
   const std::size_t pending_items = o.smoke ? 2048 : scaled(262144, 2048, 1024);
   const std::size_t idle_objects = o.smoke ? 256 : scaled(20000, 256, 16);
@@ -1678,6 +1683,12 @@ int run(const options& o) {
                      speed("4b", "serq gathering on", "limit: writev x64"), 0.5, true});
   targets.push_back({"4 (64 KiB): serq vs contiguous limit",
                      speed("4c", "serq gathering on", "limit: contiguous write"), 0.9, true});
+  if (redis_missing.empty())
+    targets.push_back({"9: serq RESP client (writer defaults) vs redis-benchmark -P 32",
+                       speed("9", "serq client, writer defaults", "redis-benchmark -c 1 -P 32"),
+                       1.0, true});
+  else
+    std::printf("\n9  Redis pipelining: skipped, %s\n", redis_missing.c_str());
   targets.push_back(
       {"5: allocations per queue op, callback (1 in flight)", alloc("5q1"), 0.0, false});
   targets.push_back(
