@@ -8,6 +8,7 @@
 #include <serq/queued_writer.hpp>
 #include <serq/serialized_queue.hpp>
 #include <serq/serialized_queue_service.hpp>
+#include <serq/trace.hpp>
 #include <serq/turn.hpp>
 
 #endif  // SERQ_HPP

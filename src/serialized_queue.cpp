@@ -7,6 +7,7 @@
 #include <serq/serialized_queue_service.hpp>
 #include <serq/turn.hpp>
 
+#include <exception>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,7 @@ namespace detail {
 void entry_base::abandon() noexcept {
   queue_core* core = core_;
   destroy();
+  core->trace_done(net::error::shut_down);
   core->finish();
 }
 
@@ -25,6 +27,80 @@ void entry_base::attach_canceller(net::cancellation_slot slot,
                                   const std::shared_ptr<queue_core>& core) {
   if (slot.is_connected())
     canceller_ = &slot.template emplace<canceller>(core);
+}
+
+// ---- entry_list -------------------------------------------------------------
+
+void entry_list::set_prev(entry_base* e, entry_base* prev) noexcept {
+  if (e->canceller_)
+    e->canceller_->prev_ = prev;
+}
+
+void entry_list::push_back(entry_base* e) noexcept {
+  e->next_ = nullptr;
+  set_prev(e, back_);
+  if (back_)
+    back_->next_ = e;
+  else
+    front_ = e;
+  back_ = e;
+}
+
+void entry_list::push_front(entry_base* e) noexcept {
+  e->next_ = front_;
+  set_prev(e, nullptr);
+  if (front_)
+    set_prev(front_, e);
+  else
+    back_ = e;
+  front_ = e;
+}
+
+entry_base* entry_list::pop_front() noexcept {
+  entry_base* e = front_;
+  if (e) {
+    front_ = e->next_;
+    if (front_)
+      set_prev(front_, nullptr);
+    else
+      back_ = nullptr;
+    e->next_ = nullptr;
+  }
+  return e;
+}
+
+void entry_list::unlink(entry_base* e) noexcept {
+  entry_base* prev = e->canceller_->prev_;
+  entry_base* next = e->next_;
+  if (prev)
+    prev->next_ = next;
+  else
+    front_ = next;
+  if (next)
+    set_prev(next, prev);
+  else
+    back_ = prev;
+  e->next_ = nullptr;
+  e->canceller_->prev_ = nullptr;
+}
+
+// ---- hook_slot ----------------------------------------------------------------
+
+void hook_slot::store(trace_hook h) {
+  std::shared_ptr<const trace_hook> p;
+  if (h)
+    p = std::make_shared<const trace_hook>(std::move(h));
+  std::shared_ptr<const trace_hook> old;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    old = std::exchange(hook_, std::move(p));
+    set_.store(hook_ != nullptr, std::memory_order_relaxed);
+  }
+}
+
+std::shared_ptr<const trace_hook> hook_slot::load() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return hook_;
 }
 
 // ---- canceller / launch_guard ----------------------------------------------
@@ -38,11 +114,15 @@ void canceller::operator()(net::cancellation_type_t type) {
   {
     std::lock_guard<std::mutex> lock(core_->mutex_);
     e = waiting_;
-    if (e)
+    if (e) {
       core_->unlink_locked(e);
+      core_->left_locked(*e, queue_core::clock::now().time_since_epoch().count());
+    }
   }
   if (e) {
     // Still waiting: it leaves the queue and its operation never starts.
+    if (core_->tracing())
+      core_->trace_entry(trace_point::detach, *e, net::error::operation_aborted);
     e->abort();
     core_->release_work_if_idle();
     return;
@@ -89,13 +169,15 @@ void wait_launch_done(entry_base& e) noexcept {
 
 // ---- queue_core ------------------------------------------------------------
 
+namespace {
+std::chrono::steady_clock::rep now_ticks() noexcept {
+  return std::chrono::steady_clock::now().time_since_epoch().count();
+}
+}  // namespace
+
 queue_core::queue_core(std::string_view name) : name_(name) {}
 
 queue_core::~queue_core() = default;
-
-void queue_core::set_busy_locked() noexcept {
-  busy_ = true;
-}
 
 void queue_core::drop_work_locked(void* work_out) noexcept {
   if (!work_held_ || needs_work_locked())
@@ -118,21 +200,61 @@ void queue_core::turn_granted(void* work_out) noexcept {
   drop_work_locked(work_out);
 }
 
+queue_core::clock::rep queue_core::waited_locked(const entry_base& e,
+                                                 clock::rep now) const noexcept {
+  const clock::rep before = &e == untriggered_ ? untriggered_waited_ : 0;
+  return e.attach_ ? before + (now - e.attach_) : before;
+}
+
+void queue_core::count_wait_locked(clock::rep waited) noexcept {
+  const clock::duration d(waited);
+  stats_.total_wait += d;
+  if (d > stats_.max_wait)
+    stats_.max_wait = d;
+}
+
+void queue_core::activate_locked(entry_base* e, clock::rep now) noexcept {
+  busy_ = true;
+  active_triggered_ = false;
+  active_kind_ = e->kind();
+  active_tag_ = e->tag_;
+  if (e == untriggered_) {
+    // Its first wait was counted when it was first triggered.
+    active_waited_ = waited_locked(*e, now);
+    count_wait_locked(active_waited_ - untriggered_waited_);
+    untriggered_ = nullptr;
+  } else {
+    active_waited_ = e->attach_ ? now - e->attach_ : 0;
+    if (e->attach_)
+      count_wait_locked(active_waited_);
+  }
+}
+
 queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (closed_)
+  ++stats_.added;
+  if (closed_) {
+    ++stats_.aborted;
     return add_result::closed;
+  }
   if (!work_held_) {
     work_started();
     work_held_ = true;
   }
-  const bool idle = !busy_;
-  if (running_ && idle && waiting_.empty()) {
-    set_busy_locked();
+  std::size_t depth = waiting_count_ + 1;
+  if (running_ && !busy_ && waiting_.empty()) {
+    activate_locked(e, 0);
+    if (depth > stats_.peak_depth)
+      stats_.peak_depth = depth;
     return allow_inline ? add_result::launch_inline : add_result::trigger;
   }
+  e->attach_ = now_ticks();
   waiting_.push_back(e);
   ++waiting_count_;
+  if (busy_)
+    ++depth;
+  if (depth > stats_.peak_depth)
+    stats_.peak_depth = depth;
   if (e->canceller_)
     e->canceller_->waiting_ = e;
   return add_result::queued;
@@ -141,11 +263,11 @@ queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
 entry_base* queue_core::take_next_locked() noexcept {
   if (!running_ || closed_ || waiting_.empty())
     return nullptr;
-  entry_base* e = waiting_.front();
-  waiting_.unlink(e);
+  entry_base* e = waiting_.pop_front();
   --waiting_count_;
   if (e->canceller_)
     e->canceller_->waiting_ = nullptr;
+  activate_locked(e, now_ticks());
   return e;
 }
 
@@ -157,11 +279,28 @@ void queue_core::unlink_locked(entry_base* e) noexcept {
 }
 
 entry_list queue_core::take_all_locked() noexcept {
-  for (entry_base* e = waiting_.front(); e; e = e->next_)
+  const clock::rep now = waiting_.empty() ? 0 : now_ticks();
+  for (entry_base* e = waiting_.front(); e; e = e->next_) {
     if (e->canceller_)
       e->canceller_->waiting_ = nullptr;
+    left_locked(*e, now);
+  }
   waiting_count_ = 0;
   return waiting_.take();
+}
+
+void queue_core::left_locked(entry_base& e, clock::rep now) noexcept {
+  ++stats_.aborted;
+  e.attach_ = waited_locked(e, now);  // from here on, its final wait
+  count_wait_locked(e.attach_);
+  if (&e == untriggered_)
+    untriggered_ = nullptr;
+}
+
+void queue_core::trace_left(const entry_list& list, error_code result) noexcept {
+  if (tracing())
+    for (entry_base* e = list.front(); e; e = e->next_)
+      trace_entry(trace_point::detach, *e, result);
 }
 
 entry_base* queue_core::finish_and_take_next(void* work_out) noexcept {
@@ -169,6 +308,7 @@ entry_base* queue_core::finish_and_take_next(void* work_out) noexcept {
   std::shared_ptr<queue_core> last_ref;  // released with the lock, after it
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    ++stats_.completed;
     turn_held_ = false;
     next = take_next_locked();
     if (!next) {
@@ -185,16 +325,36 @@ void queue_core::finish() noexcept {
     next->trigger();
 }
 
+queue_core::untrigger_result queue_core::untrigger(entry_base* e) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (closed_)
+    return untrigger_result::closed;
+  if (running_ || !busy_ || !turn_held_)
+    return untrigger_result::refused;
+  busy_ = false;
+  turn_held_ = false;
+  e->tag_ = active_tag_;
+  e->attach_ = now_ticks();
+  untriggered_ = e;
+  untriggered_waited_ = active_waited_;
+  waiting_.push_front(e);
+  ++waiting_count_;
+  if (e->canceller_)
+    e->canceller_->waiting_ = e;
+  if (!work_held_) {
+    work_started();  // noexcept in practice: a work count on an executor
+    work_held_ = true;
+  }
+  return untrigger_result::done;
+}
+
 void queue_core::start() {
   entry_base* next = nullptr;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     running_ = true;
-    if (!busy_) {
+    if (!busy_)
       next = take_next_locked();
-      if (next)
-        set_busy_locked();
-    }
   }
   if (next)
     next->trigger();
@@ -213,6 +373,53 @@ bool queue_core::running() const noexcept {
 std::size_t queue_core::size() const noexcept {
   std::lock_guard<std::mutex> lock(mutex_);
   return waiting_count_ + (busy_ ? 1 : 0);
+}
+
+queue_stats queue_core::stats() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  queue_stats s = stats_;
+  s.depth = waiting_count_ + (busy_ ? 1 : 0);
+  return s;
+}
+
+// ---- tracing -----------------------------------------------------------------
+
+void queue_core::call_hook(trace_point p, entry_info& info) noexcept {
+  std::shared_ptr<const trace_hook> hook = hook_.load();
+  if (!hook && default_hook_)
+    hook = default_hook_->load();
+  if (hook)
+    (*hook)(p, info);  // noexcept: a hook that throws terminates
+}
+
+void queue_core::trace_entry(trace_point p, entry_base& e, error_code result) noexcept {
+  const clock::rep waited = p == trace_point::attach ? 0 : e.attach_;
+  entry_info info{e.tag_, e.kind(), name_, clock::duration(waited), result};
+  call_hook(p, info);
+  e.tag_ = info.tag;
+}
+
+void queue_core::trace_trigger() noexcept {
+  active_triggered_ = true;
+  if (!tracing())
+    return;
+  entry_info info{active_tag_, active_kind_, name_, clock::duration(active_waited_), {}};
+  call_hook(trace_point::before_trigger, info);
+  active_tag_ = info.tag;
+}
+
+void queue_core::trace_done(error_code result) noexcept {
+  if (!tracing())
+    return;
+  entry_info info{active_tag_, active_kind_, name_, clock::duration(active_waited_), result};
+  if (active_triggered_)
+    call_hook(trace_point::after_complete, info);
+  call_hook(trace_point::detach, info);
+}
+
+void queue_core::release_turn() noexcept {
+  trace_done(error_code());
+  finish();
 }
 
 namespace {
@@ -234,6 +441,7 @@ std::size_t queue_core::cancel() {
     std::lock_guard<std::mutex> lock(mutex_);
     list = take_all_locked();
   }
+  trace_left(list, net::error::operation_aborted);
   const std::size_t n = abort_all(std::move(list));
   release_work_if_idle();
   return n;
@@ -248,6 +456,7 @@ void queue_core::close(std::shared_ptr<queue_core> owner) {
     if (busy_)
       orphan_ref_ = owner;  // a copy: owner keeps the core alive to the end of this call
   }
+  trace_left(list, net::error::operation_aborted);
   abort_all(std::move(list));
   release_work_if_idle();
 }
@@ -259,6 +468,7 @@ void queue_core::shutdown() noexcept {
     closed_ = true;
     list = take_all_locked();
   }
+  trace_left(list, net::error::shut_down);
   // Outside the lock: destroying a handler runs user destructors, which may
   // release a turn or destroy a queue and so call back in here.
   while (entry_base* e = list.pop_front())
@@ -267,6 +477,8 @@ void queue_core::shutdown() noexcept {
 }
 
 void submit(queue_core& core, entry_base* e, bool allow_inline) {
+  if (core.tracing())
+    core.trace_entry(trace_point::attach, *e, error_code());
   switch (core.add(e, allow_inline)) {
     case queue_core::add_result::queued:
       break;
@@ -277,6 +489,8 @@ void submit(queue_core& core, entry_base* e, bool allow_inline) {
       e->launch();
       break;
     case queue_core::add_result::closed:
+      if (core.tracing())
+        core.trace_entry(trace_point::detach, *e, net::error::operation_aborted);
       e->reject();
       break;
   }
@@ -288,7 +502,7 @@ void submit(queue_core& core, entry_base* e, bool allow_inline) {
 
 void turn::release() noexcept {
   if (auto core = std::move(core_))
-    core->finish();
+    core->release_turn();
 }
 
 // ---- serialized_queue_service ----------------------------------------------
@@ -296,11 +510,12 @@ void turn::release() noexcept {
 net::execution_context::id serialized_queue_service::id;
 
 serialized_queue_service::serialized_queue_service(net::execution_context& ctx)
-    : net::execution_context::service(ctx) {}
+    : net::execution_context::service(ctx), default_hook_(std::make_shared<detail::hook_slot>()) {}
 
 serialized_queue_service::~serialized_queue_service() = default;
 
 void serialized_queue_service::register_core(detail::queue_core& core) {
+  core.default_hook_ = default_hook_;
   if (!add(core))
     core.closed_ = true;  // the context has shut down: every entry is refused
 }
@@ -351,6 +566,10 @@ void serialized_queue_service::shutdown() {
   }
   for (auto& m : members)
     m->shutdown();
+}
+
+void set_default_trace_hook(net::execution_context& ctx, trace_hook hook) {
+  net::use_service<serialized_queue_service>(ctx).default_hook_->store(std::move(hook));
 }
 
 SERQ_NAMESPACE_END

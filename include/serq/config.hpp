@@ -126,6 +126,14 @@
 #define SERQ_HAS_IMMEDIATE_EXECUTOR 1
 #endif
 
+// Asio's handler tracking (BOOST_ASIO_ENABLE_HANDLER_TRACKING or
+// ASIO_ENABLE_HANDLER_TRACKING, defined for the whole program): queued
+// operations then show up as tracked handlers.
+#if (defined(SERQ_ASIO_STANDALONE) && defined(ASIO_ENABLE_HANDLER_TRACKING)) || \
+    (!defined(SERQ_ASIO_STANDALONE) && defined(BOOST_ASIO_ENABLE_HANDLER_TRACKING))
+#define SERQ_HANDLER_TRACKING 1
+#endif
+
 /// serq: serialized asynchronous operations for Asio.
 SERQ_NAMESPACE_BEGIN
 

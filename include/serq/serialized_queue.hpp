@@ -7,6 +7,7 @@
 
 #include <serq/config.hpp>
 #include <serq/serialized_queue_service.hpp>
+#include <serq/trace.hpp>
 #include <serq/turn.hpp>
 
 #include <cstddef>
@@ -289,6 +290,27 @@ class basic_serialized_queue {
    * @returns The number of entries aborted.
    */
   std::size_t cancel();
+
+  /// Installs this queue's trace hook, replacing the context's default
+  /// (`serq::set_default_trace_hook`) for it; an empty function removes it.
+  /**
+   * The hook is called at each @ref serq::trace_point "trace_point" of every
+   * entry, exactly once per point: `attach` when the entry is added (before
+   * anything can trigger it), `before_trigger` and `after_complete` only if
+   * it was triggered (an untriggered turn sees `before_trigger` again), and
+   * `detach` when it goes, however it goes. It runs with no serq lock held,
+   * on the thread where the point happens; it must not throw (an exception
+   * leaving it calls `std::terminate`). Points that happen before the call
+   * are not reported.
+   *
+   * Without a hook (here or the context's default), a point costs two
+   * relaxed atomic loads.
+   */
+  void set_trace_hook(trace_hook hook);
+
+  /// Returns the queue's counters (see @ref serq::queue_stats "queue_stats").
+  /** May be called from any thread at any time. */
+  queue_stats stats() const noexcept;
 
  private:
   struct initiate_enqueue;

@@ -8,12 +8,14 @@
 #include <memory>
 #include <mutex>
 #include <serq/config.hpp>
+#include <serq/trace.hpp>
 #include <string_view>
 
 SERQ_NAMESPACE_BEGIN
 class serialized_queue_service;
 namespace detail {
 class queue_core;
+class hook_slot;
 
 // Something a service tracks so that context shutdown can destroy its
 // pending handlers: queues and writers.
@@ -76,9 +78,12 @@ class serialized_queue_service final : public net::execution_context::service {
   void remove(detail::service_member& m) noexcept;
 
  private:
+  friend void set_default_trace_hook(net::execution_context& ctx, trace_hook hook);
+
   void register_core(detail::queue_core& core);
   void shutdown() override;
 
+  const std::shared_ptr<detail::hook_slot> default_hook_;
   std::mutex mutex_;
   detail::service_member* first_ = nullptr;
   bool shut_down_ = false;

@@ -7,12 +7,53 @@
 
 #include <memory>
 #include <serq/config.hpp>
+#include <utility>
 
 SERQ_NAMESPACE_BEGIN
+class turn;
 namespace detail {
 class queue_core;
+class entry_base;
 template <class Handler, class QueueExecutor, bool HandsOutTurn>
 class turn_entry;
+
+// The handler of an async_untrigger, with its type erased: the turn does not
+// know its queue's executor type, the entry that waits for the new turn
+// does. Invoked on the queue's executor; hands the result on to the user
+// handler's own associated executor when it has one.
+class erased_turn_handler {
+ public:
+  template <class Handler>
+  explicit erased_turn_handler(Handler&& h)
+      : slot_(net::get_associated_cancellation_slot(h)),
+        impl_(std::make_unique<impl<std::decay_t<Handler>>>(std::forward<Handler>(h))) {}
+
+  void operator()(error_code ec, turn t);
+
+  using cancellation_slot_type = net::cancellation_slot;
+  cancellation_slot_type get_cancellation_slot() const noexcept { return slot_; }
+
+ private:
+  struct base {
+    virtual ~base() = default;
+    virtual void invoke(error_code ec, turn t) = 0;
+  };
+  template <class Handler>
+  struct impl final : base {
+    template <class H>
+    explicit impl(H&& h) : handler(std::forward<H>(h)) {}
+    void invoke(error_code ec, turn t) override;
+    Handler handler;
+  };
+
+  net::cancellation_slot slot_;
+  std::unique_ptr<base> impl_;
+};
+
+// Creates the acquire entry, on the queue's executor type, that waits for
+// an untriggered turn's new grant.
+using untrigger_factory = entry_base* (*)(const std::shared_ptr<queue_core>&,
+                                          erased_turn_handler&&);
 }  // namespace detail
 
 /// A held turn of a serialized_queue, obtained from `async_acquire`.
@@ -39,13 +80,15 @@ class turn {
   turn() noexcept = default;
 
   /// Move constructor: takes `other`'s turn, leaving `other` empty.
-  turn(turn&& other) noexcept = default;
+  turn(turn&& other) noexcept
+      : core_(std::move(other.core_)), untrigger_(std::exchange(other.untrigger_, nullptr)) {}
 
   /// Releases the turn held by `*this`, if any, then takes `other`'s.
   turn& operator=(turn&& other) noexcept {
     if (this != &other) {
       release();
       core_ = std::move(other.core_);
+      untrigger_ = std::exchange(other.untrigger_, nullptr);
     }
     return *this;
   }
@@ -63,15 +106,56 @@ class turn {
   /// nothing on an empty turn; the turn is empty afterwards.
   void release() noexcept;
 
+  /// Gives the turn back without losing its place (tevent's
+  /// `tevent_queue_entry_untrigger`), to have it again at the next `start()`.
+  /**
+   * Allowed only while the queue is stopped and `*this` holds its turn: the
+   * turn is given back, `*this` becomes empty, and the entry it came from
+   * waits again at the head of the queue. The next `start()` grants it a new
+   * turn, posted (never inside `start()`), before anything queued behind it;
+   * that turn is what this operation completes with. Trace hooks see a
+   * second `before_trigger` for the entry, with its tag. This is how
+   * winbindd's domain queue steps back when every child is busy: stop the
+   * queue, untrigger, and `start()` when a child frees up.
+   *
+   * Called while the queue runs or on an empty turn, it changes nothing and
+   * completes at once (posted) with `net::error::invalid_argument` and an
+   * empty turn. When the queue object has been destroyed, the turn is
+   * released and the operation completes with `operation_aborted`.
+   *
+   * @par Handler signature
+   * `void(error_code, serq::turn)`.
+   *
+   * @par Executor
+   * The handler's associated executor; without one, the queue's (the
+   * `system_executor` when the turn is empty). Never inside this call.
+   *
+   * @par Per-operation cancellation
+   * All cancellation types, while the entry waits for its new turn: it
+   * completes with `operation_aborted` and an empty turn, and the next entry
+   * of the queue gets through at the next `start()`.
+   *
+   * @par Errors
+   * `invalid_argument` as above; `operation_aborted` if cancelled, if the
+   * queue is destroyed (or its `cancel()` called) before the new turn came.
+   */
+  template <class CompletionToken = net::default_completion_token_t<net::any_io_executor>>
+  auto async_untrigger(CompletionToken&& token = CompletionToken());
+
  private:
   template <class Handler, class QueueExecutor, bool HandsOutTurn>
   friend class detail::turn_entry;
+  struct initiate_untrigger;
 
-  explicit turn(std::shared_ptr<detail::queue_core> core) noexcept : core_(std::move(core)) {}
+  turn(std::shared_ptr<detail::queue_core> core, detail::untrigger_factory untrigger) noexcept
+      : core_(std::move(core)), untrigger_(untrigger) {}
 
   std::shared_ptr<detail::queue_core> core_;
+  detail::untrigger_factory untrigger_ = nullptr;
 };
 
 SERQ_NAMESPACE_END
+
+#include <serq/impl/turn.hpp>
 
 #endif  // SERQ_TURN_HPP

@@ -265,12 +265,36 @@ struct start_next {
   }
 };
 
+// The execution context of executor ex.
+template <class Executor>
+net::execution_context& context_of(const Executor& ex) noexcept {
+  if constexpr (net::execution::is_executor<Executor>::value)
+    return net::query(ex, net::execution::context);
+  else
+    return ex.context();
+}
+
+#if defined(SERQ_HANDLER_TRACKING)
+// With Asio's handler tracking on, an entry is a tracked handler: created by
+// its initiating function, invoked at its trigger and, for an operation,
+// created again as the operation is launched and invoked at its completion.
+using tracked_entry = net::detail::handler_tracking::tracked_handler;
+#else
+struct tracked_entry {};
+#endif
+
+inline const char* tracking_name(entry_kind k) noexcept {
+  return k == entry_kind::operation ? "async_enqueue"
+         : k == entry_kind::acquire ? "async_acquire"
+                                    : "async_wait";
+}
+
 // State shared by every typed entry: the user's handler. The queue's
 // executor is its core's; outstanding work on it is counted once per queue.
 // Only a handler whose associated executor is not the queue's needs work of
 // its own, allocated with the handler's allocator then.
 template <class Handler, class QueueExecutor>
-class handler_entry : public entry_base {
+class handler_entry : public entry_base, public tracked_entry {
  public:
   using handler_executor_type = net::associated_executor_t<Handler, QueueExecutor>;
   using allocator_type = node_allocator_t<Handler>;
@@ -288,8 +312,9 @@ class handler_entry : public entry_base {
   using handler_work = work_guard<handler_executor_type>;
 
   template <class H>
-  handler_entry(func_type f, const std::shared_ptr<queue_core>& core, H&& h)
+  handler_entry(func_type f, const std::shared_ptr<queue_core>& core, H&& h, entry_kind kind)
       : entry_base(f, *core), handler_(std::forward<H>(h)) {
+    track_creation(tracking_name(kind));
     attach_canceller(net::get_associated_cancellation_slot(handler_), core);
     handler_executor_type ex = handler_executor();
     bool same = false;
@@ -299,10 +324,21 @@ class handler_entry : public entry_base {
       work_ = allocate_node<handler_work>(handler_, std::move(ex));
   }
 
+  // Records, with handler tracking on, that this entry's next tracked
+  // handler was created: by its initiating function, or by its launch.
+  void track_creation([[maybe_unused]] const char* what) {
+#if defined(SERQ_HANDLER_TRACKING)
+    net::detail::handler_tracking::creation(context_of(queue_executor()), *this, "serialized_queue",
+                                            &core(), 0, what);
+#endif
+  }
+
   // Posts the queue's trigger for this entry. The posted function owns the
   // entry: if it is destroyed unrun (the context shuts down), the entry is
   // abandoned and the queue's turn handed on.
-  void post_trigger() { post_to(queue_executor(), trigger_function{this, get_allocator()}); }
+  void post_trigger() {
+    post_to(queue_executor(), trigger_function{this, get_allocator()});
+  }
 
   // Frees this entry and completes the handler with args on ex (its
   // executor, read before the queue's turn was handed on: the core may be
@@ -458,7 +494,8 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
 
   template <class L, class H>
   op_entry(const std::shared_ptr<queue_core>& core, L&& l, H&& h)
-      : base(&op_entry::do_action, core, std::forward<H>(h)), launcher_(std::forward<L>(l)) {}
+      : base(&op_entry::do_action, core, std::forward<H>(h), entry_kind::operation),
+        launcher_(std::forward<L>(l)) {}
 
   user_allocator_type user_allocator() const noexcept {
     return net::get_associated_allocator(this->handler_);
@@ -480,7 +517,14 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
                                           this, std::forward<Args>(args)...));
       return;
     }
+#if defined(SERQ_HANDLER_TRACKING)
+    net::detail::handler_tracking::completion tracked(*this);
+    tracked.invocation_begin();
     finish(completion_mode::dispatch, std::forward<Args>(args)...);
+    tracked.invocation_end();
+#else
+    finish(completion_mode::dispatch, std::forward<Args>(args)...);
+#endif
   }
 
   template <class... Args>
@@ -495,20 +539,23 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
   // The operation is over: the queue's turn goes to the next entry, which
   // starts once this entry's handler has been handed on. A queue left empty
   // releases its outstanding work only after that, too.
-  template <class... Args>
-  void finish(completion_mode mode, Args&&... args) {
+  template <class Arg0, class... Args>
+  void finish(completion_mode mode, Arg0&& ec, Args&&... args) {
     const bool on_queue_executor = running_in(this->queue_executor());
     const auto ex = this->handler_executor();
     wait_launch_done(*this);
+    this->core().trace_done(ec);
     work_counter<QueueExecutor> idle_work;
     entry_base* next = this->core().finish_and_take_next(&idle_work);
     base::complete_after(this, ex, mode, start_next{next, on_queue_executor},
-                         std::forward<Args>(args)...);
+                         std::forward<Arg0>(ec), std::forward<Args>(args)...);
   }
 
-  static void do_action(entry_base* b, entry_base::action a) {
+  static int do_action(entry_base* b, entry_base::action a) {
     auto* self = static_cast<op_entry*>(b);
     switch (a) {
+      case entry_base::action::kind:
+        return static_cast<int>(entry_kind::operation);
       case entry_base::action::trigger:
         self->post_trigger();
         break;
@@ -517,6 +564,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
         break;
       case entry_base::action::abort:
       case entry_base::action::reject:
+      case entry_base::action::refuse:
         std::apply(
             [self, a](auto&&... args) {
               base::complete(self, base::mode_of(a), std::move(args)...);
@@ -527,9 +575,16 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
         base::deallocate(self);
         break;
     }
+    return 0;
   }
 
   void do_launch() {
+#if defined(SERQ_HANDLER_TRACKING)
+    net::detail::handler_tracking::completion tracked(*this);
+    tracked.invocation_begin();
+    this->track_creation("operation");
+#endif
+    this->core().trace_trigger();
     bool cancelled = false;
     {
       launch_guard guard(*this);
@@ -537,9 +592,15 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
       if (!cancelled) {
         Launcher l(std::move(launcher_));
         std::move(l)(launched_handler<op_entry>(this));
+#if defined(SERQ_HANDLER_TRACKING)
+        tracked.invocation_end();
+#endif
         return;  // the entry may already be gone
       }
     }
+#if defined(SERQ_HANDLER_TRACKING)
+    tracked.invocation_end();
+#endif
     // Cancelled after it was triggered but before it started: it never ran.
     std::apply([this](auto&&... args) { this->finish_posted(std::move(args)...); },
                queueable_signature<Signature>::aborted());
@@ -547,6 +608,9 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
 
   Launcher launcher_;
 };
+
+template <class QueueExecutor>
+entry_base* make_untrigger_entry(const std::shared_ptr<queue_core>& core, erased_turn_handler&& h);
 
 // An entry whose only work is its turn. An acquire (HandsOutTurn) gives the
 // turn itself to its handler, as a serq::turn that keeps the queue busy; a
@@ -556,19 +620,28 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
   using base = handler_entry<Handler, QueueExecutor>;
 
  public:
+  static constexpr entry_kind kind = HandsOutTurn ? entry_kind::acquire : entry_kind::barrier;
+
   template <class H>
   turn_entry(const std::shared_ptr<queue_core>& core, H&& h)
-      : base(&turn_entry::do_action, core, std::forward<H>(h)) {}
+      : base(&turn_entry::do_action, core, std::forward<H>(h), kind) {}
 
  private:
-  static void do_action(entry_base* b, entry_base::action a) {
+  static int do_action(entry_base* b, entry_base::action a) {
     auto* self = static_cast<turn_entry*>(b);
     const error_code aborted(net::error::operation_aborted);
     switch (a) {
+      case entry_base::action::kind:
+        return static_cast<int>(kind);
       case entry_base::action::trigger:
         self->post_trigger();
         break;
       case entry_base::action::launch: {
+#if defined(SERQ_HANDLER_TRACKING)
+        net::detail::handler_tracking::completion tracked(*self);
+        tracked.invocation_begin();
+#endif
+        self->core().trace_trigger();
         bool cancelled = false;
         {
           launch_guard guard(*self);
@@ -578,6 +651,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
         const auto ex = self->handler_executor();
         if (cancelled || !HandsOutTurn) {
           const bool on_queue_executor = running_in(self->queue_executor());
+          core.trace_done(cancelled ? aborted : error_code());
           work_counter<QueueExecutor> idle_work;
           entry_base* next = core.finish_and_take_next(&idle_work);
           finish_with(self, ex, cancelled ? completion_mode::post : completion_mode::dispatch,
@@ -590,6 +664,9 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
           finish_with(self, ex, completion_mode::dispatch, nothing_then{}, error_code(),
                       std::move(held));
         }
+#if defined(SERQ_HANDLER_TRACKING)
+        tracked.invocation_end();
+#endif
         break;
       }
       case entry_base::action::abort:
@@ -597,10 +674,15 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
         finish_with(self, self->handler_executor(), base::mode_of(a), nothing_then{}, aborted,
                     nullptr);
         break;
+      case entry_base::action::refuse:
+        finish_with(self, self->handler_executor(), completion_mode::post, nothing_then{},
+                    error_code(net::error::invalid_argument), nullptr);
+        break;
       case entry_base::action::destroy:
         base::deallocate(self);
         break;
     }
+    return 0;
   }
 
   // Completes the handler; an acquire also gets the turn (empty unless held).
@@ -609,12 +691,21 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
                           completion_mode mode, Then&& then, error_code ec,
                           std::shared_ptr<queue_core> held) {
     if constexpr (HandsOutTurn)
-      base::complete_after(self, ex, mode, std::forward<Then>(then), ec,
-                           held ? turn(std::move(held)) : turn());
+      base::complete_after(
+          self, ex, mode, std::forward<Then>(then), ec,
+          held ? turn(std::move(held), &make_untrigger_entry<QueueExecutor>) : turn());
     else
       base::complete_after(self, ex, mode, std::forward<Then>(then), ec);
   }
 };
+
+// The entry that waits, at the head of the queue, for an untriggered turn's
+// new grant: an acquire whose handler is the async_untrigger's.
+template <class QueueExecutor>
+entry_base* make_untrigger_entry(const std::shared_ptr<queue_core>& core, erased_turn_handler&& h) {
+  using entry = turn_entry<erased_turn_handler, QueueExecutor, true>;
+  return allocate_node<entry>(h, core, std::move(h));
+}
 
 // Adds a freshly allocated entry to its queue and acts on the answer.
 void submit(queue_core& core, entry_base* e, bool allow_inline);

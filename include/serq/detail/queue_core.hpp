@@ -11,11 +11,14 @@
 #define SERQ_DETAIL_QUEUE_CORE_HPP
 
 #include <serq/config.hpp>
-#include <serq/detail/intrusive_list.hpp>
 #include <serq/detail/work.hpp>
 #include <serq/serialized_queue_service.hpp>
+#include <serq/trace.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -40,6 +43,8 @@ class entry_base {
     abort,    // never started: complete with operation_aborted (posted)
     reject,   // refused inside its initiating call: operation_aborted, immediately
     destroy,  // free without invoking anything (shutdown, abandoned handlers)
+    refuse,   // an untrigger that is not allowed: invalid_argument (posted)
+    kind,     // report the entry's kind (returned), do nothing
   };
 
   entry_base(const entry_base&) = delete;
@@ -50,6 +55,9 @@ class entry_base {
   void abort() { func_(this, action::abort); }
   void reject() { func_(this, action::reject); }
   void destroy() noexcept { func_(this, action::destroy); }
+  void refuse() { func_(this, action::refuse); }
+  entry_kind kind() noexcept { return static_cast<entry_kind>(func_(this, action::kind)); }
+  std::uint64_t tag() const noexcept { return tag_; }
 
   // Frees an active entry whose handler was destroyed without being invoked
   // and hands the queue's turn on, so a lost handler cannot wedge the queue.
@@ -59,7 +67,8 @@ class entry_base {
   canceller* cancel_state() const noexcept { return canceller_; }
 
  protected:
-  using func_type = void (*)(entry_base*, action);
+  // Returns the entry's kind for action::kind, and 0 otherwise.
+  using func_type = int (*)(entry_base*, action);
 
   // No reference count per entry: a waiting entry is owned by its queue's
   // list (the queue aborts or destroys it before the core can go), and the
@@ -73,18 +82,52 @@ class entry_base {
 
  private:
   friend class queue_core;
-  template <class>
-  friend class intrusive_list;
+  friend class entry_list;
+  friend void submit(queue_core&, entry_base*, bool);
 
+  // Six words in all, which keeps an entry whose handler and operation hold
+  // a pointer each (plus the handler's work pointer) within the 80-byte
+  // block Asio's recycling allocator hands out. The list's back links live
+  // in the cancellers: only an entry with one can leave from the middle.
   func_type func_;
   queue_core* core_;
   canceller* canceller_ = nullptr;
   entry_base* next_ = nullptr;
-  entry_base* prev_ = nullptr;
+  std::uint64_t tag_ = 0;  // entry_info::tag
+  // steady_clock time (in its ticks) at which the entry started to wait;
+  // set only for an entry that waits.
+  std::chrono::steady_clock::rep attach_ = 0;
 };
 
-// The queue's FIFO of waiting entries.
-using entry_list = intrusive_list<entry_base>;
+// The queue's FIFO of waiting entries: singly linked, with a back link kept
+// for the entries that have a canceller (the only ones unlinked from the
+// middle), so a waiting entry costs one pointer of links.
+class entry_list {
+ public:
+  entry_list() = default;
+  entry_list(entry_list&& o) noexcept
+      : front_(std::exchange(o.front_, nullptr)), back_(std::exchange(o.back_, nullptr)) {}
+  entry_list& operator=(entry_list&& o) noexcept {
+    std::swap(front_, o.front_);
+    std::swap(back_, o.back_);
+    return *this;
+  }
+
+  bool empty() const noexcept { return front_ == nullptr; }
+  entry_base* front() const noexcept { return front_; }
+
+  void push_back(entry_base* e) noexcept;
+  void push_front(entry_base* e) noexcept;
+  entry_base* pop_front() noexcept;
+  // e must have a canceller (its back link).
+  void unlink(entry_base* e) noexcept;
+  entry_list take() noexcept { return entry_list(std::move(*this)); }
+
+ private:
+  static void set_prev(entry_base* e, entry_base* prev) noexcept;
+  entry_base* front_ = nullptr;
+  entry_base* back_ = nullptr;
+};
 
 // The handler serq installs into an operation's cancellation slot.
 //
@@ -104,11 +147,13 @@ class canceller {
 
  private:
   friend class queue_core;
+  friend class entry_list;
   friend class launch_guard;
   friend void wait_launch_done(entry_base& e) noexcept;
 
   std::shared_ptr<queue_core> core_;
   entry_base* waiting_ = nullptr;  // guarded by core_->mutex_
+  entry_base* prev_ = nullptr;     // waiting_'s back link in the queue (core_->mutex_)
   std::mutex mutex_;               // guards everything below
   bool launched_ = false;
   net::cancellation_type_t pending_ = net::cancellation_type::none;
@@ -155,9 +200,25 @@ class launch_guard {
 // the cancellation signal that holds the canceller.
 void wait_launch_done(entry_base& e) noexcept;
 
+// A trace hook shared between its setter and the points that call it: the
+// flag lets a queue without hooks skip the lock, one relaxed load per point.
+class hook_slot {
+ public:
+  bool set() const noexcept { return set_.load(std::memory_order_relaxed); }
+  void store(trace_hook h);
+  std::shared_ptr<const trace_hook> load() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::shared_ptr<const trace_hook> hook_;
+  std::atomic<bool> set_{false};
+};
+
 class queue_core : public service_member {
  public:
   enum class add_result { queued, trigger, launch_inline, closed };
+  enum class untrigger_result { done, refused, closed };
+  using clock = std::chrono::steady_clock;
 
   queue_core(const queue_core&) = delete;
   queue_core& operator=(const queue_core&) = delete;
@@ -183,12 +244,32 @@ class queue_core : public service_member {
   // *work_out unless entries wait behind the turn.
   void turn_granted(void* work_out) noexcept;
 
+  // The held turn goes back: e (a fresh acquire entry carrying the turn's
+  // tag) takes the head of the queue, to be granted at the next start().
+  // Only while the queue is stopped and a turn is held.
+  untrigger_result untrigger(entry_base* e) noexcept;
+
   void start();
   void stop() noexcept;
   bool running() const noexcept;
   std::size_t size() const noexcept;
   std::size_t cancel();
   std::string_view name() const noexcept { return name_; }
+  queue_stats stats() const noexcept;
+
+  // ---- tracing: each point is reported only when a hook is installed ----
+  void set_hook(trace_hook h) { hook_.store(std::move(h)); }
+  bool tracing() const noexcept { return hook_.set() || (default_hook_ && default_hook_->set()); }
+  // The point of an entry that is not active: attach, or its detach when it
+  // leaves unrun (after left_locked, or refused by a closed queue).
+  void trace_entry(trace_point p, entry_base& e, error_code result) noexcept;
+  // The active entry is triggered: its before_trigger point.
+  void trace_trigger() noexcept;
+  // The active entry is over (result): after_complete if it was triggered,
+  // then detach. Before the turn is handed on.
+  void trace_done(error_code result) noexcept;
+  // A turn handed out is released (after_complete, detach), then finish().
+  void release_turn() noexcept;
 
   // The IO object is gone: abort waiting entries; the active one runs on,
   // and the core keeps the IO object's reference `owner` until it is done.
@@ -215,8 +296,17 @@ class queue_core : public service_member {
 
   entry_base* take_next_locked() noexcept;
   void unlink_locked(entry_base* e) noexcept;
+  // Takes every waiting entry out, counted as left unrun.
   entry_list take_all_locked() noexcept;
-  void set_busy_locked() noexcept;
+  // e becomes the active entry: its trace state moves into the core.
+  void activate_locked(entry_base* e, clock::rep now) noexcept;
+  // How long e has waited by `now` (in clock ticks).
+  clock::rep waited_locked(const entry_base& e, clock::rep now) const noexcept;
+  void count_wait_locked(clock::rep waited) noexcept;
+  // e leaves unrun: counted, and its attach_ becomes its final wait.
+  void left_locked(entry_base& e, clock::rep now) noexcept;
+  // Reports the detach of entries that left unrun (counted by take_all_locked).
+  void trace_left(const entry_list& list, error_code result) noexcept;
   // Releases the outstanding work if the queue has no entry left. Called
   // after the completions of removed entries were posted, so that the
   // executor never sees its work run out before they are.
@@ -224,6 +314,7 @@ class queue_core : public service_member {
   bool needs_work_locked() const noexcept { return !waiting_.empty() || (busy_ && !turn_held_); }
   // Stops counting work when nothing needs it: into *work_out when given.
   void drop_work_locked(void* work_out) noexcept;
+  void call_hook(trace_point p, entry_info& info) noexcept;
 
   mutable std::mutex mutex_;
   entry_list waiting_;
@@ -238,6 +329,21 @@ class queue_core : public service_member {
   bool work_held_ = false;  // == needs_work_locked(), updated lazily
   bool running_ = true;
   bool closed_ = false;
+
+  // The active entry's trace state: written when it becomes active (under
+  // the lock), then used by the thread that runs it (its trigger was posted
+  // or launched after the write).
+  bool active_triggered_ = false;
+  entry_kind active_kind_ = entry_kind::operation;
+  std::uint64_t active_tag_ = 0;
+  clock::rep active_waited_ = 0;
+  // The head entry put back by untrigger(), and what it had waited before.
+  entry_base* untriggered_ = nullptr;
+  clock::rep untriggered_waited_ = 0;
+
+  queue_stats stats_;  // depth is computed on demand
+  hook_slot hook_;
+  std::shared_ptr<hook_slot> default_hook_;  // the service's: set at registration
   const std::string name_;
 };
 

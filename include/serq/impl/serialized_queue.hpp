@@ -94,6 +94,16 @@ std::size_t basic_serialized_queue<Executor>::cancel() {
 }
 
 template <class Executor>
+void basic_serialized_queue<Executor>::set_trace_hook(trace_hook hook) {
+  core_->set_hook(std::move(hook));
+}
+
+template <class Executor>
+queue_stats basic_serialized_queue<Executor>::stats() const noexcept {
+  return core_->stats();
+}
+
+template <class Executor>
 struct basic_serialized_queue<Executor>::initiate_enqueue {
   basic_serialized_queue* self;
   bool allow_inline;

@@ -1,0 +1,78 @@
+//
+// serq/impl/turn.hpp
+//
+
+#ifndef SERQ_IMPL_TURN_HPP
+#define SERQ_IMPL_TURN_HPP
+
+#include <serq/config.hpp>
+#include <serq/detail/queue_core.hpp>
+
+#include <type_traits>
+#include <utility>
+
+SERQ_NAMESPACE_BEGIN
+namespace detail {
+
+inline void erased_turn_handler::operator()(error_code ec, turn t) {
+  // The impl frees itself before the upcall, as Asio wants of handler storage.
+  impl_.release()->invoke(ec, std::move(t));
+}
+
+template <class Handler>
+void erased_turn_handler::impl<Handler>::invoke(error_code ec, turn t) {
+  Handler h(std::move(handler));
+  delete this;
+  if constexpr (std::is_same_v<net::associated_executor_t<Handler, net::system_executor>,
+                               net::system_executor>) {
+    std::move(h)(ec, std::move(t));  // no executor of its own: the queue's, where this runs
+  } else {
+    const auto ex = net::get_associated_executor(h);
+    net::dispatch(
+        ex, [h = std::move(h), ec, t = std::move(t)]() mutable { std::move(h)(ec, std::move(t)); });
+  }
+}
+
+}  // namespace detail
+
+struct turn::initiate_untrigger {
+  turn* self;
+
+  template <class Handler>
+  void operator()(Handler&& handler) const {
+    if (!self->core_) {
+      const auto ex = net::get_associated_executor(handler, net::system_executor());
+      net::post(ex, [h = std::forward<Handler>(handler)]() mutable {
+        std::move(h)(error_code(net::error::invalid_argument), turn());
+      });
+      return;
+    }
+    const std::shared_ptr<detail::queue_core> core = self->core_;
+    detail::entry_base* e =
+        self->untrigger_(core, detail::erased_turn_handler(std::forward<Handler>(handler)));
+    switch (core->untrigger(e)) {
+      case detail::queue_core::untrigger_result::done:
+        // The entry waits at the head in the turn's place: *this is empty.
+        self->core_.reset();
+        self->untrigger_ = nullptr;
+        break;
+      case detail::queue_core::untrigger_result::refused:
+        e->refuse();
+        break;
+      case detail::queue_core::untrigger_result::closed:
+        e->abort();
+        self->release();
+        break;
+    }
+  }
+};
+
+template <class CompletionToken>
+auto turn::async_untrigger(CompletionToken&& token) {
+  return net::async_initiate<CompletionToken, void(error_code, turn)>(initiate_untrigger{this},
+                                                                      token);
+}
+
+SERQ_NAMESPACE_END
+
+#endif  // SERQ_IMPL_TURN_HPP

@@ -1,0 +1,546 @@
+//
+// Trace hooks, tags, untrigger and statistics of serialized_queue: each hook
+// point exactly once for every way an entry can end, tags kept from attach
+// on, the rules of turn::async_untrigger, and stats() consistent at any time.
+//
+
+#include <serq.hpp>
+
+#include "common/net.hpp"
+#include "common/test_stream.hpp"
+
+#include <boost/test/unit_test.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+// Printable trace points, for the test tool's messages (found by ADL).
+SERQ_NAMESPACE_BEGIN
+inline std::ostream& operator<<(std::ostream& os, trace_point p) {
+  const char* names[] = {"attach", "before_trigger", "after_complete", "detach"};
+  return os << names[static_cast<int>(p)];
+}
+SERQ_NAMESPACE_END
+
+namespace {
+
+using serq::entry_kind;
+using serq::trace_point;
+using tp = serq::trace_point;
+
+struct record {
+  trace_point point;
+  std::uint64_t tag;
+  entry_kind kind;
+  error_code result;
+  std::chrono::steady_clock::duration waited;
+  std::string queue_name;
+};
+
+// A hook that numbers entries at attach (tag 1, 2, ...) and records every call.
+struct recorder {
+  std::mutex mutex;
+  std::vector<record> records;
+  std::uint64_t next_tag = 1;
+  // Called inside the hook: must not deadlock (no serq lock is held).
+  std::function<void()> inside;
+
+  serq::trace_hook hook() {
+    return [this](trace_point p, serq::entry_info& info) {
+      if (inside)
+        inside();
+      std::lock_guard<std::mutex> lock(mutex);
+      if (p == tp::attach) {
+        BOOST_TEST(info.tag == 0u);
+        BOOST_TEST(info.waited.count() == 0);
+        info.tag = next_tag++;
+      }
+      records.push_back(
+          {p, info.tag, info.kind, info.result, info.waited, std::string(info.queue_name)});
+    };
+  }
+
+  std::vector<trace_point> points(std::uint64_t tag) {
+    std::lock_guard<std::mutex> lock(mutex);
+    std::vector<trace_point> out;
+    for (const auto& r : records)
+      if (r.tag == tag)
+        out.push_back(r.point);
+    return out;
+  }
+
+  record last(std::uint64_t tag, trace_point p) {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto it = records.rbegin(); it != records.rend(); ++it)
+      if (it->tag == tag && it->point == p)
+        return *it;
+    BOOST_FAIL("no such record");
+    return {};
+  }
+};
+
+const std::vector<trace_point> full{tp::attach, tp::before_trigger, tp::after_complete, tp::detach};
+const std::vector<trace_point> unrun{tp::attach, tp::detach};
+
+// An operation that completes with ec, posted to ex.
+auto completes_with(net::any_io_executor ex, error_code ec) {
+  return [ex, ec](auto handler) {
+    net::post(ex, [h = std::move(handler), ec]() mutable { std::move(h)(ec); });
+  };
+}
+
+// Entries that wait count as outstanding work, so run() would not return
+// while a stopped queue or a held turn keeps them waiting: drain with poll.
+struct fixture {
+  net::io_context ioc;
+  recorder rec;
+
+  void drain() {
+    ioc.restart();
+    ioc.poll();
+  }
+};
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(observability, fixture)
+
+BOOST_AUTO_TEST_CASE(a_completed_operation_passes_every_point_once_with_its_tag_and_result) {
+  serq::serialized_queue q(ioc, "requests");
+  q.set_trace_hook(rec.hook());
+  error_code got;
+  q.async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), net::error::eof),
+                                    [&](error_code ec) { got = ec; });
+  drain();
+  BOOST_TEST(got == net::error::eof);
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  const record done = rec.last(1, tp::after_complete);
+  BOOST_TEST(done.result == net::error::eof);
+  BOOST_TEST(rec.last(1, tp::detach).result == net::error::eof);
+  BOOST_TEST(rec.last(1, tp::before_trigger).result == error_code());
+  BOOST_TEST(done.queue_name == "requests");
+  BOOST_TEST((done.kind == entry_kind::operation));
+  // Added to an idle queue: it never waited for its trigger.
+  BOOST_TEST(done.waited.count() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_tag_changed_at_any_point_is_kept_for_the_later_ones) {
+  serq::serialized_queue q(ioc);
+  std::vector<std::uint64_t> seen;
+  q.set_trace_hook([&](trace_point p, serq::entry_info& info) {
+    seen.push_back(info.tag);
+    if (p == tp::attach)
+      info.tag = 7;
+    else if (p == tp::before_trigger)
+      info.tag = 8;
+  });
+  q.async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), {}), [](error_code) {});
+  drain();
+  BOOST_TEST(seen == (std::vector<std::uint64_t>{0, 7, 8, 8}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(hooks_run_with_no_lock_held_so_they_may_use_the_queue) {
+  serq::serialized_queue q(ioc);
+  std::size_t calls = 0;
+  rec.inside = [&] {
+    ++calls;
+    (void)q.size();
+    (void)q.stats();
+    (void)q.running();
+  };
+  q.set_trace_hook(rec.hook());
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  q.async_wait([](error_code) {});
+  drain();
+  held.reset();
+  drain();
+  BOOST_TEST(calls == 8u);
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.points(2) == full, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(an_entry_that_waited_reports_its_wait) {
+  serq::serialized_queue q(ioc);
+  q.set_trace_hook(rec.hook());
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  q.async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), {}), [](error_code) {});
+  drain();
+  held.reset();
+  drain();
+  const record trig = rec.last(2, tp::before_trigger);
+  BOOST_TEST(trig.waited.count() > 0);
+  BOOST_TEST(rec.last(2, tp::detach).waited == trig.waited);
+  const serq::queue_stats s = q.stats();
+  BOOST_TEST(s.max_wait == trig.waited);
+  BOOST_TEST(s.total_wait == trig.waited);
+}
+
+BOOST_AUTO_TEST_CASE(turns_and_barriers_have_their_kinds_and_a_turn_completes_at_release) {
+  serq::serialized_queue q(ioc);
+  q.set_trace_hook(rec.hook());
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  q.async_wait([](error_code) {});
+  drain();
+  BOOST_TEST(rec.points(1) == (std::vector<trace_point>{tp::attach, tp::before_trigger}),
+             boost::test_tools::per_element());
+  BOOST_TEST((rec.last(1, tp::attach).kind == entry_kind::acquire));
+  BOOST_TEST((rec.last(2, tp::attach).kind == entry_kind::barrier));
+  held->release();
+  drain();
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.points(2) == full, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(every_way_a_waiting_entry_leaves_reports_attach_and_detach_only) {
+  std::optional<serq::serialized_queue> q(std::in_place, ioc);
+  q->set_trace_hook(rec.hook());
+  std::optional<serq::turn> held;
+  q->async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  net::cancellation_signal signal;
+  std::vector<error_code> results;
+  auto keep = [&](error_code ec) { results.push_back(ec); };
+  q->async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), {}),
+                                     net::bind_cancellation_slot(signal.slot(), keep));  // tag 2
+  q->async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), {}), keep);      // tag 3
+  signal.emit(net::cancellation_type::terminal);
+  BOOST_TEST(q->cancel() == 1u);
+  q->async_wait(keep);  // tag 4
+  q.reset();            // destroyed: its waiting entries are aborted
+  drain();
+  BOOST_TEST(results.size() == 3u);
+  for (std::uint64_t tag : {2, 3, 4}) {
+    BOOST_TEST(rec.points(tag) == unrun, boost::test_tools::per_element());
+    BOOST_TEST(rec.last(tag, tp::detach).result == net::error::operation_aborted);
+  }
+  held.reset();
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(an_entry_cancelled_between_trigger_and_launch_is_triggered_then_aborted) {
+  serq::serialized_queue q(ioc);
+  q.set_trace_hook(rec.hook());
+  net::cancellation_signal signal;
+  error_code got;
+  bool launched = false;
+  q.async_enqueue<void(error_code)>(
+      [&](auto h) {
+        launched = true;
+        std::move(h)(error_code());
+      },
+      net::bind_cancellation_slot(signal.slot(), [&](error_code ec) { got = ec; }));
+  signal.emit(net::cancellation_type::terminal);  // triggered (posted), not launched yet
+  drain();
+  BOOST_TEST(!launched);
+  BOOST_TEST(got == net::error::operation_aborted);
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.last(1, tp::after_complete).result == net::error::operation_aborted);
+}
+
+// An io_context whose shutdown (which its destructor starts) a test can call
+// while the objects of the context are still alive.
+struct shutdown_context : net::io_context {
+  using net::io_context::shutdown;
+};
+
+BOOST_AUTO_TEST_CASE(context_shutdown_reports_waiting_and_active_entries_as_shut_down) {
+  shutdown_context ctx;
+  net::steady_timer timer(ctx, std::chrono::hours(1));
+  serq::serialized_queue q(ctx);
+  q.set_trace_hook(rec.hook());
+  q.async_enqueue(timer.async_wait(net::deferred), [](error_code) {});  // tag 1: active
+  q.async_wait([](error_code) {});                                      // tag 2: waits
+  ctx.poll();
+  BOOST_TEST(rec.points(1) == (std::vector<trace_point>{tp::attach, tp::before_trigger}),
+             boost::test_tools::per_element());
+  ctx.shutdown();  // handlers destroyed unrun
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.last(1, tp::detach).result == net::error::shut_down);
+  BOOST_TEST(rec.points(2) == unrun, boost::test_tools::per_element());
+  BOOST_TEST(rec.last(2, tp::detach).result == net::error::shut_down);
+  // Refused once the context is down: attached, then detached at once.
+  q.async_wait([](error_code) {});  // tag 3
+  BOOST_TEST(rec.points(3) == unrun, boost::test_tools::per_element());
+  BOOST_TEST(rec.last(3, tp::detach).result == net::error::operation_aborted);
+  const serq::queue_stats s = q.stats();
+  BOOST_TEST(s.added == 3u);
+  BOOST_TEST(s.completed == 1u);
+  BOOST_TEST(s.aborted == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(the_default_hook_serves_queues_without_their_own_and_writers) {
+  serq::set_default_trace_hook(ioc, rec.hook());
+  recorder own;
+  serq::serialized_queue plain(ioc, "plain");
+  serq::serialized_queue mine(ioc, "mine");
+  mine.set_trace_hook(own.hook());
+  serq_test::test_stream stream(ioc.get_executor());
+  serq::queued_writer<serq_test::test_stream&> writer(stream);
+  plain.async_wait([](error_code) {});
+  mine.async_wait([](error_code) {});
+  writer.async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), {}), [](error_code) {});
+  drain();
+  std::vector<std::string> names;
+  for (const auto& r : rec.records)
+    if (r.point == tp::attach)
+      names.push_back(r.queue_name);
+  BOOST_TEST(names.size() == 2u);
+  BOOST_TEST(names.front() == "plain");
+  BOOST_TEST(own.points(1) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.points(2) == full, boost::test_tools::per_element());
+  // Removed: no more calls.
+  serq::set_default_trace_hook(ioc, {});
+  const std::size_t before = rec.records.size();
+  plain.async_wait([](error_code) {});
+  drain();
+  BOOST_TEST(rec.records.size() == before);
+}
+
+// ---- untrigger -------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(untrigger_gives_the_turn_back_and_start_grants_it_again_first) {
+  serq::serialized_queue q(ioc);
+  q.set_trace_hook(rec.hook());
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });  // tag 1
+  std::vector<int> order;
+  q.async_wait([&](error_code ec) {
+    BOOST_TEST(!ec);
+    order.push_back(2);
+  });
+  drain();
+  BOOST_REQUIRE(held && *held);
+  q.stop();
+  std::optional<serq::turn> again;
+  error_code untrigger_ec(net::error::would_block);
+  held->async_untrigger([&](error_code ec, serq::turn t) {
+    untrigger_ec = ec;
+    order.push_back(1);
+    again.emplace(std::move(t));
+  });
+  BOOST_TEST(!*held);          // given back at once
+  BOOST_TEST(q.size() == 2u);  // the head waits again, the barrier behind it
+  drain();
+  BOOST_TEST(order.empty());  // stopped: nothing runs
+  q.start();
+  BOOST_TEST(order.empty());  // posted, never inside start()
+  drain();
+  BOOST_TEST(!untrigger_ec);
+  BOOST_TEST(order == (std::vector<int>{1}), boost::test_tools::per_element());
+  BOOST_REQUIRE(again && *again);
+  BOOST_TEST(rec.points(1) ==
+                 (std::vector<trace_point>{tp::attach, tp::before_trigger, tp::before_trigger}),
+             boost::test_tools::per_element());
+  again.reset();
+  drain();
+  BOOST_TEST(order == (std::vector<int>{1, 2}), boost::test_tools::per_element());
+  BOOST_TEST(
+      rec.points(1) == (std::vector<trace_point>{tp::attach, tp::before_trigger, tp::before_trigger,
+                                                 tp::after_complete, tp::detach}),
+      boost::test_tools::per_element());
+  const serq::queue_stats s = q.stats();
+  BOOST_TEST(s.added == 2u);
+  BOOST_TEST(s.completed == 2u);
+  BOOST_TEST(s.depth == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(untrigger_while_running_or_on_an_empty_turn_is_refused_changing_nothing) {
+  serq::serialized_queue q(ioc);
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  bool barrier = false;
+  q.async_wait([&](error_code) { barrier = true; });
+  drain();
+  BOOST_REQUIRE(held && *held);
+  std::vector<error_code> results;
+  bool got_empty = true;
+  held->async_untrigger(net::bind_executor(ioc, [&](error_code ec, serq::turn t) {
+    results.push_back(ec);
+    got_empty = got_empty && !t;
+  }));
+  BOOST_TEST(results.empty());  // posted
+  BOOST_TEST(static_cast<bool>(*held));
+  serq::turn empty;
+  empty.async_untrigger(net::bind_executor(ioc, [&](error_code ec, serq::turn t) {
+    results.push_back(ec);
+    got_empty = got_empty && !t;
+  }));
+  BOOST_TEST(results.empty());
+  drain();
+  BOOST_TEST(results.size() == 2u);
+  for (const auto& ec : results)
+    BOOST_TEST(ec == net::error::invalid_argument);
+  BOOST_TEST(got_empty);
+  BOOST_TEST(static_cast<bool>(*held));  // still held: nothing changed
+  BOOST_TEST(!barrier);
+  BOOST_TEST(q.size() == 2u);
+  held.reset();
+  drain();
+  BOOST_TEST(barrier);
+}
+
+BOOST_AUTO_TEST_CASE(cancelling_an_untriggered_head_aborts_it_and_lets_the_next_through) {
+  serq::serialized_queue q(ioc);
+  q.set_trace_hook(rec.hook());
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  bool barrier = false;
+  q.async_wait([&](error_code ec) { barrier = !ec; });
+  drain();
+  q.stop();
+  net::cancellation_signal signal;
+  error_code got;
+  bool empty = false;
+  held->async_untrigger(
+      net::bind_cancellation_slot(signal.slot(), [&](error_code ec, serq::turn t) {
+        got = ec;
+        empty = !t;
+      }));
+  signal.emit(net::cancellation_type::terminal);
+  drain();
+  BOOST_TEST(got == net::error::operation_aborted);
+  BOOST_TEST(empty);
+  BOOST_TEST(!barrier);
+  q.start();
+  drain();
+  BOOST_TEST(barrier);
+  BOOST_TEST(
+      rec.points(1) == (std::vector<trace_point>{tp::attach, tp::before_trigger, tp::detach}),
+      boost::test_tools::per_element());
+  BOOST_TEST(rec.last(1, tp::detach).result == net::error::operation_aborted);
+  const serq::queue_stats s = q.stats();
+  BOOST_TEST(s.added == 2u);
+  BOOST_TEST(s.aborted == 1u);
+  BOOST_TEST(s.completed == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(destroying_the_queue_aborts_an_untriggered_head) {
+  std::optional<serq::serialized_queue> q(std::in_place, ioc);
+  std::optional<serq::turn> held;
+  q->async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  q->stop();
+  error_code got;
+  held->async_untrigger([&](error_code ec, serq::turn) { got = ec; });
+  q.reset();
+  drain();
+  BOOST_TEST(got == net::error::operation_aborted);
+}
+
+BOOST_AUTO_TEST_CASE(untrigger_from_a_coroutine_as_winbindd_waits_for_a_free_child) {
+  serq::serialized_queue q(ioc);
+  int busy_children = 1;
+  std::vector<std::string> log;
+  auto request = [&](std::string name) -> net::awaitable<void> {
+    auto [ec, t] = co_await q.async_acquire(net::as_tuple(net::use_awaitable));
+    BOOST_TEST(!ec);
+    while (busy_children > 0) {
+      q.stop();
+      std::tie(ec, t) = co_await t.async_untrigger(net::as_tuple(net::use_awaitable));
+      BOOST_TEST(!ec);
+    }
+    log.push_back(name);
+  };
+  net::co_spawn(ioc, request("first"), net::detached);
+  net::co_spawn(ioc, request("second"), net::detached);
+  drain();
+  BOOST_TEST(log.empty());
+  BOOST_TEST(q.size() == 2u);
+  busy_children = 0;  // a child frees up
+  q.start();
+  drain();
+  BOOST_TEST(log == (std::vector<std::string>{"first", "second"}),
+             boost::test_tools::per_element());
+}
+
+// ---- statistics ------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(stats_count_added_completed_aborted_and_the_peak_depth) {
+  serq::serialized_queue q(ioc);
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  for (int i = 0; i < 4; ++i)
+    q.async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), {}), [](error_code) {});
+  serq::queue_stats s = q.stats();
+  BOOST_TEST(s.added == 5u);
+  BOOST_TEST(s.depth == 5u);
+  BOOST_TEST(s.peak_depth == 5u);
+  q.async_wait([](error_code) {});
+  BOOST_TEST(q.cancel() == 5u);
+  held.reset();
+  drain();
+  q.async_wait([](error_code) {});
+  drain();
+  s = q.stats();
+  BOOST_TEST(s.added == 7u);
+  BOOST_TEST(s.completed == 2u);
+  BOOST_TEST(s.aborted == 5u);
+  BOOST_TEST(s.depth == 0u);
+  BOOST_TEST(s.peak_depth == 6u);
+  BOOST_TEST(s.max_wait.count() > 0);
+  BOOST_TEST((s.total_wait >= s.max_wait));
+}
+
+BOOST_AUTO_TEST_CASE(stats_are_consistent_while_threads_add_and_complete) {
+  serq::serialized_queue q(ioc);
+  constexpr int producers = 3;
+  constexpr int per_producer = 2000;
+  std::atomic<int> done{0};
+  auto work = net::make_work_guard(ioc);
+  std::vector<std::thread> runners;
+  for (int i = 0; i < 2; ++i)
+    runners.emplace_back([&] { ioc.run(); });
+  std::atomic<bool> stop{false};
+  std::atomic<int> snapshots{0};
+  std::atomic<int> inconsistent{0};
+  std::thread reader([&] {
+    while (!stop.load()) {
+      const serq::queue_stats s = q.stats();
+      if (s.added != s.completed + s.aborted + s.depth || s.depth > s.peak_depth)
+        inconsistent.fetch_add(1);
+      snapshots.fetch_add(1);
+    }
+  });
+  std::vector<std::thread> adders;
+  for (int p = 0; p < producers; ++p)
+    adders.emplace_back([&] {
+      for (int i = 0; i < per_producer; ++i)
+        q.async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), {}),
+                                          [&](error_code) { done.fetch_add(1); });
+    });
+  for (auto& t : adders)
+    t.join();
+  std::promise<void> drained;
+  q.async_wait([&](error_code) { drained.set_value(); });
+  drained.get_future().wait();
+  stop.store(true);
+  reader.join();
+  work.reset();
+  for (auto& t : runners)
+    t.join();
+  const serq::queue_stats s = q.stats();
+  BOOST_TEST(done.load() == producers * per_producer);
+  BOOST_TEST(s.added == static_cast<std::uint64_t>(producers * per_producer + 1));
+  BOOST_TEST(s.completed == s.added);
+  BOOST_TEST(s.depth == 0u);
+  BOOST_TEST(snapshots.load() > 0);
+  BOOST_TEST(inconsistent.load() == 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
