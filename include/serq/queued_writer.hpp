@@ -41,6 +41,18 @@ inline constexpr urgent_t urgent{};
  * operations on the stream (an HTTP serializer, a TLS shutdown) take their
  * turn between messages through `async_enqueue`.
  *
+ * @par The first write
+ * A writer with nothing to write, called from a thread that runs the
+ * stream's executor (for a strand: from inside it), hands the message to the
+ * stream's `async_write_some` inside the call, provided no composed
+ * operation, urgent item or close is queued. Messages queued while that
+ * write is in flight are gathered into the next one. Called from elsewhere,
+ * or with anything else queued, the message waits for its turn, which is
+ * posted. Either way the completion handler never runs inside the call.
+ * Request/response protocols need this: a write that waited for the posted
+ * turn would carry every request queued in that turn of the event loop, and
+ * client and server would take turns instead of working at once.
+ *
  * The writer models AsyncWriteStream and AsyncReadStream, so it can stand in
  * for the stream: `net::async_write(writer, ...)` is one whole queued
  * write, and reads go straight to the next layer.
@@ -202,11 +214,14 @@ class queued_writer {
    *
    * @par Executor
    * The handler's associated executor (default: the writer's), never inside
-   * this call.
+   * this call. The write itself may start inside this call (see the class's
+   * "The first write"): an idle writer called from its stream's executor
+   * hands the message to the stream at once.
    *
    * @par Per-operation cancellation
    * All types while queued (`operation_aborted`, 0 bytes, nothing written).
-   * Once started, only `terminal`, which fails the writer.
+   * Once started, only `terminal`, which fails the writer. A message the
+   * call handed to the stream at once has started.
    *
    * @par Errors
    * The stream's error (with the bytes this message wrote), the writer's
@@ -257,10 +272,40 @@ class queued_writer {
 
   /// Queues one message that the writer owns until it is written.
   /**
-   * `Message` is `std::string`, `std::vector<char>`,
-   * `std::vector<unsigned char>`, `std::vector<std::byte>`, or a
-   * `std::shared_ptr` to a (const) one of those, so one broadcast buffer can
-   * be shared by many writers without a copy. Otherwise as `async_write`.
+   * `Message` is an owned message, one of:
+   * - a body: `std::string`; `std::vector` or `std::array` of `char`,
+   *   `unsigned char` or `std::byte`;
+   * - a `std::shared_ptr` to an owned message, const or not (one broadcast
+   *   buffer shared by many writers without a copy; a null pointer is an
+   *   empty part);
+   * - a `std::vector` or `std::array` of owned messages
+   *   (`std::vector<std::string>`,
+   *   `std::array<std::shared_ptr<const std::string>, 3>`);
+   * - a `std::pair` or `std::tuple` of owned messages (a header and a shared
+   *   payload: `std::pair<std::string, std::shared_ptr<const std::string>>`);
+   * - an object whose `data() const` returns a const buffer sequence into
+   *   storage it owns (`beast::flat_buffer`, `beast::multi_buffer`).
+   *
+   * The parts are written in order, as one message: whole, never
+   * interleaved with another. Anything else fails to compile with a
+   * `static_assert` that lists these forms; bytes the caller keeps alive go
+   * to `async_write`.
+   *
+   * @par Object lifetimes
+   * The writer keeps `msg` in the request until the request completes (or is
+   * aborted, or destroyed with the `io_context`), and frees it before the
+   * handler runs, as every intermediate storage. Its buffers are taken
+   * afresh each time a `write_some` is cut from it, so a short
+   * `std::string` may be moved with its bytes. The object itself is not
+   * modified while the writer holds it; what a `shared_ptr` part points to
+   * must not change until the handler runs.
+   *
+   * @par Memory
+   * The request holds `msg` itself (a `std::string` adds nothing but its
+   * own 32 bytes to the request), allocated with the handler's associated
+   * allocator like every request.
+   *
+   * Otherwise as `async_write`.
    */
   template <class Message, class CompletionToken = net::default_completion_token_t<executor_type>,
             std::enable_if_t<!std::is_same_v<Message, urgent_t>, int> = 0>

@@ -79,10 +79,14 @@ class window_builder {
 // lends it the stream (see writer_core::next_step).
 enum class lane : unsigned char { normal, urgent };
 
-// Names a pump: its lane and the segment of that lane it writes.
+// Names a pump: its lane and the segment of that lane it writes. An early
+// pump's first write_some was started by the call that found the writer idle
+// (writer_core::add_write), before the pump held its turn: the turn's arrival
+// and that write's completion meet, and the later of the two goes on.
 struct pump_id {
   lane l = lane::normal;
   std::uint64_t segment = 0;
+  bool early = false;
 };
 
 // What a pump does next (writer_core::next_step).
@@ -229,6 +233,45 @@ class writer_core : public service_member {
     bool needs_pump = false;
     if (add_locked(n, lane::normal, rejected, needs_pump) && needs_pump)
       start_pump(segment_);
+  }
+
+  // Adds a normal write as add() does. When the writer is idle (the segment
+  // has no pump, no write_some is in flight, queue_idle() says the writer's
+  // queue holds nothing, no urgent item or terminal cancellation is under
+  // way) and the caller may use the stream now (write_now()), the message
+  // does not wait for its pump's turn: start_pump(id) queues the pump as
+  // usual, marked early, and its first window is cut and handed to
+  // start_write(window, id) at once, under the lock. Otherwise
+  // start_pump(id) with a plain id, as add() does. The queue cannot start
+  // anything else meanwhile: everything reaches it under this lock, and the
+  // early pump is its active entry from now on.
+  //
+  // Why: a pump's turn is posted. Behind that post every caller resumed in
+  // the same loop turn (say, by a batch of replies) queues its message, so
+  // the first write carries all of them, and a request/response peer then
+  // only gets work in batches: client and server take turns instead of
+  // working at the same time. Writing the first message at once, and
+  // gathering what arrives while that write is in flight, keeps both busy.
+  template <class WriteNow, class QueueIdle, class StartPump, class StartWrite>
+  void add_write(writer_node* n, node_list& rejected, WriteNow&& write_now, QueueIdle&& queue_idle,
+                 StartPump&& start_pump, StartWrite&& start_write) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    bool needs_pump = false;
+    if (!add_locked(n, lane::normal, rejected, needs_pump) || !needs_pump)
+      return;
+    const pump_id id{lane::normal, segment_, true};
+    if (n->size_ == 0 || urgent_pending_ || lending_ || lender_queued_ || terminal_requested_ ||
+        write_in_flight_ || !write_now() || !queue_idle()) {
+      start_pump(pump_id{lane::normal, segment_, false});
+      return;
+    }
+    start_pump(id);
+    node_list done;  // stays empty: the segment holds this message alone
+    writer_node* closing = nullptr;
+    if (build_window_locked(id, done, closing) == step_action::write) {
+      note_write_started_locked();
+      start_write(window_, id);
+    }
   }
 
   // Adds an urgent write: as add, on the urgent lane, whose pumps wait in the

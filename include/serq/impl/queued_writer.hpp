@@ -10,58 +10,166 @@
 #include <serq/detail/handler_alloc.hpp>
 #include <serq/detail/writer_core.hpp>
 
+#include <array>
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 SERQ_NAMESPACE_BEGIN
 namespace detail {
 
+// Calls f(net::const_buffer) for each buffer of seq, in order, while it
+// returns true; returns false if f stopped it.
+template <class ConstBufferSequence, class F>
+bool for_each_buffer_of(const ConstBufferSequence& seq, F& f) {
+  const auto end = net::buffer_sequence_end(seq);
+  for (auto it = net::buffer_sequence_begin(seq); it != end; ++it)
+    if (!f(net::const_buffer(*it)))
+      return false;
+  return true;
+}
+
 // A buffer sequence the caller owns and keeps alive.
 template <class ConstBufferSequence>
 struct borrowed_buffers {
   ConstBufferSequence seq;
-  const ConstBufferSequence& sequence() const noexcept { return seq; }
+
+  template <class F>
+  bool for_each_buffer(F& f) const {
+    return for_each_buffer_of(seq, f);
+  }
 };
+
+// ---- owned messages (async_send) ----------------------------------------------
+//
+// An owned message is one of:
+//  - a body: std::string, std::vector or std::array of char, unsigned char or
+//    std::byte;
+//  - a std::shared_ptr to an owned message (const or not; null is empty);
+//  - a std::vector or std::array of owned messages;
+//  - a std::pair or std::tuple of owned messages;
+//  - an object whose data() const returns a const buffer sequence and refers
+//    to storage the object owns (beast::flat_buffer, beast::multi_buffer).
+// The writer keeps it in the request until the request completes, and
+// recomputes its buffers whenever it cuts a window: moving a short
+// std::string moves its bytes.
+
+template <class T>
+struct is_byte : std::bool_constant<std::is_same_v<T, char> || std::is_same_v<T, unsigned char> ||
+                                    std::is_same_v<T, std::byte>> {};
 
 template <class T>
 struct is_message_body : std::false_type {};
 template <>
 struct is_message_body<std::string> : std::true_type {};
-template <>
-struct is_message_body<std::vector<char>> : std::true_type {};
-template <>
-struct is_message_body<std::vector<unsigned char>> : std::true_type {};
-template <>
-struct is_message_body<std::vector<std::byte>> : std::true_type {};
+template <class T>
+struct is_message_body<std::vector<T>> : is_byte<T> {};
+template <class T, std::size_t N>
+struct is_message_body<std::array<T, N>> : is_byte<T> {};
+
+template <class T, class = void>
+struct has_buffer_data : std::false_type {};
+template <class T>
+struct has_buffer_data<T, std::void_t<decltype(std::declval<const T&>().data())>>
+    : net::is_const_buffer_sequence<std::decay_t<decltype(std::declval<const T&>().data())>> {};
 
 template <class T>
-struct is_message : is_message_body<T> {};
+struct is_owned_message;
+
 template <class T>
-struct is_message<std::shared_ptr<T>> : is_message_body<std::remove_const_t<T>> {};
+struct is_owned_sequence : std::false_type {};
+template <class T, class A>
+struct is_owned_sequence<std::vector<T, A>> : is_owned_message<T> {};
+template <class T, std::size_t N>
+struct is_owned_sequence<std::array<T, N>> : is_owned_message<T> {};
+template <class A, class B>
+struct is_owned_sequence<std::pair<A, B>>
+    : std::conjunction<is_owned_message<A>, is_owned_message<B>> {};
+template <class... Ts>
+struct is_owned_sequence<std::tuple<Ts...>> : std::conjunction<is_owned_message<Ts>...> {};
+template <class T>
+struct is_owned_sequence<std::shared_ptr<T>> : is_owned_message<std::remove_const_t<T>> {};
+
+template <class T>
+struct is_owned_message
+    : std::disjunction<is_message_body<T>, is_owned_sequence<T>, has_buffer_data<T>> {};
+
+template <class T, class F>
+bool visit_owned_parts(const std::shared_ptr<T>& p, F& f);
+template <class T, class F>
+bool visit_owned_parts(const T& range, F& f);
+template <class A, class B, class F>
+bool visit_owned_parts(const std::pair<A, B>& p, F& f);
+template <class... Ts, class F>
+bool visit_owned_parts(const std::tuple<Ts...>& t, F& f);
+
+// Visits the buffers of an owned message in order (see for_each_buffer_of).
+template <class T, class F>
+bool for_each_owned_buffer(const T& m, F& f) {
+  if constexpr (is_message_body<T>::value) {
+    return f(net::buffer(m));
+  } else if constexpr (is_owned_sequence<T>::value) {
+    return visit_owned_parts(m, f);
+  } else {
+    return for_each_buffer_of(m.data(), f);
+  }
+}
+
+template <class T, class F>
+bool visit_owned_parts(const std::shared_ptr<T>& p, F& f) {
+  return !p || for_each_owned_buffer(*p, f);
+}
+template <class T, class F>
+bool visit_owned_parts(const T& range, F& f) {  // std::vector, std::array
+  for (const auto& part : range)
+    if (!for_each_owned_buffer(part, f))
+      return false;
+  return true;
+}
+template <class A, class B, class F>
+bool visit_owned_parts(const std::pair<A, B>& p, F& f) {
+  return for_each_owned_buffer(p.first, f) && for_each_owned_buffer(p.second, f);
+}
+template <class... Ts, class F>
+bool visit_owned_parts(const std::tuple<Ts...>& t, F& f) {
+  return std::apply([&f](const auto&... parts) { return (for_each_owned_buffer(parts, f) && ...); },
+                    t);
+}
 
 // A message the writer owns until it is written.
 template <class Message>
 struct owned_message {
   Message msg;
 
-  template <class T>
-  static net::const_buffer view(const T& body) noexcept {
-    return net::buffer(body);
+  template <class F>
+  bool for_each_buffer(F& f) const {
+    return for_each_owned_buffer(msg, f);
   }
-  template <class T>
-  static net::const_buffer view(const std::shared_ptr<T>& p) noexcept {
-    return p ? net::buffer(*p) : net::const_buffer();
-  }
-  // Recomputed on use: moving a short std::string moves its bytes.
-  net::const_buffer sequence() const noexcept { return view(msg); }
 };
+
+template <class Message>
+constexpr void check_owned_message() {
+  static_assert(is_owned_message<Message>::value,
+                "serq::queued_writer::async_send takes an owned message: std::string; "
+                "std::vector or std::array of char, unsigned char or std::byte; a std::shared_ptr "
+                "to an owned message; a std::vector or std::array of owned messages; a std::pair "
+                "or std::tuple of owned messages; or an object whose data() const returns a const "
+                "buffer sequence (beast::flat_buffer, beast::multi_buffer). For bytes that you "
+                "keep alive yourself, use async_write");
+}
 
 // A flush or wait_writable request carries no bytes.
 struct no_bytes {
-  net::const_buffer sequence() const noexcept { return {}; }
+  template <class F>
+  bool for_each_buffer(F&) const noexcept {
+    return true;
+  }
 };
 
 // A queued request: owns the user's handler and, for a write, (a view of)
@@ -78,7 +186,13 @@ class handler_node final : public writer_node {
         buffers_(std::forward<B>(b)),
         handler_(std::forward<H>(h)),
         work_(net::get_associated_executor(handler_, ex)) {
-    set_size(net::buffer_size(buffers_.sequence()));
+    std::size_t size = 0;
+    auto add = [&size](net::const_buffer b) noexcept {
+      size += b.size();
+      return true;
+    };
+    buffers_.for_each_buffer(add);
+    set_size(size);
     attach_canceller(net::get_associated_cancellation_slot(handler_), core);
   }
 
@@ -100,19 +214,19 @@ class handler_node final : public writer_node {
 
   static void do_fill(const writer_node* b, std::size_t offset, window_builder& w) noexcept {
     const auto* self = static_cast<const handler_node*>(b);
-    const auto& seq = self->buffers_.sequence();
-    auto it = net::buffer_sequence_begin(seq);
-    const auto end = net::buffer_sequence_end(seq);
-    for (; it != end && !w.full(); ++it) {
-      net::const_buffer buf(*it);
+    auto take = [&offset, &w](net::const_buffer buf) noexcept {
+      if (w.full())
+        return false;
       if (offset >= buf.size()) {
         offset -= buf.size();
-        continue;
+        return true;
       }
       buf += offset;
       offset = 0;
       w.append(buf);
-    }
+      return true;
+    };
+    self->buffers_.for_each_buffer(take);
   }
 
   static constexpr ops table{&do_complete, &do_destroy, &do_fill};
@@ -445,9 +559,25 @@ class writer_state final : public writer_core {
       if (ec)
         return;  // the writer is gone: its messages were aborted
       self->turn_of(id.l) = std::move(t);
-      step(std::move(self), id, node_list());
+      if (id.early && !self->early_meet())
+        return;  // the early write_some is in flight: its completion goes on
+      step(std::move(self), pump_id{id.l, id.segment, false}, node_list());
     }
   };
+
+  // The first write_some of an early pump (writer_core::add_write) is
+  // started, with the pump's turn on its way: whichever of the two ends
+  // second carries the pump on.
+  void start_early_write(std::shared_ptr<writer_state> self, const buffer_window& window,
+                         pump_id id) {
+    early_meetings_.store(0, std::memory_order_relaxed);
+    stream_->async_write_some(
+        window, net::bind_cancellation_slot(write_slot(), write_done(std::move(self), id)));
+  }
+
+  bool early_meet() noexcept {
+    return early_meetings_.fetch_add(1, std::memory_order_acq_rel) == 1;
+  }
 
   // A lender's turn of the writer's queue has come: it lends the stream to
   // the urgent queue if urgent items wait there.
@@ -567,6 +697,14 @@ class writer_state final : public writer_core {
       std::shared_ptr<writer_state> self = std::move(self_);
       node_list done;
       self->on_written(ec, n, done);
+      if (id_.early) {
+        const pump_id next{id_.l, id_.segment, false};
+        complete_then(std::move(self), done, [next](std::shared_ptr<writer_state> s) {
+          if (s->early_meet())
+            advance(std::move(s), next);  // the turn is in: this is its pump now
+        });
+        return;
+      }
       step(std::move(self), id_, std::move(done));
     }
 
@@ -692,6 +830,9 @@ class writer_state final : public writer_core {
   turn turn_;         // the writer queue's, held by its active pump or lender
   turn urgent_turn_;  // the urgent queue's, held by its active pump
   std::optional<queue_type> urgent_queue_;
+  // An early pump's turn and its first write_some's completion, arrived so
+  // far (start_early_write).
+  std::atomic<unsigned char> early_meetings_{0};
 };
 
 }  // namespace detail
@@ -760,10 +901,21 @@ void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
         },
         [this] { start_lender(); });
   } else {
-    state_->add(n, rejected, [this](std::uint64_t segment) {
-      queue_.async_acquire(
-          typename state_type::pump_start{state_, {detail::lane::normal, segment}});
-    });
+    state_->add_write(
+        n, rejected,
+        [this] {
+          // The caller runs the stream's executor (inside its strand, for a
+          // strand), as a pump would.
+          const executor_type ex = get_executor();
+          return detail::running_in(ex) && detail::may_launch_here(ex);
+        },
+        [this] { return queue_.size() == 0; },
+        [this](detail::pump_id id) {
+          queue_.async_acquire(typename state_type::pump_start{state_, id});
+        },
+        [this](const detail::buffer_window& window, detail::pump_id id) {
+          state_->start_early_write(state_, window, id);
+        });
   }
   rejected.complete_all(detail::completion_mode::immediate);  // still inside the initiating call
 }
@@ -895,9 +1047,7 @@ template <class Stream>
 template <class Message, class CompletionToken,
           std::enable_if_t<!std::is_same_v<Message, urgent_t>, int>>
 auto queued_writer<Stream>::async_send(Message msg, CompletionToken&& token) {
-  static_assert(detail::is_message<Message>::value,
-                "serq::queued_writer::async_send takes std::string, std::vector<char>, "
-                "std::vector<unsigned char>, std::vector<std::byte>, or a std::shared_ptr to one");
+  detail::check_owned_message<Message>();
   return net::async_initiate<CompletionToken, void(error_code, std::size_t)>(
       initiate_write{this, false}, token, detail::owned_message<Message>{std::move(msg)});
 }
@@ -905,9 +1055,7 @@ auto queued_writer<Stream>::async_send(Message msg, CompletionToken&& token) {
 template <class Stream>
 template <class Message, class CompletionToken>
 auto queued_writer<Stream>::async_send(urgent_t, Message msg, CompletionToken&& token) {
-  static_assert(detail::is_message<Message>::value,
-                "serq::queued_writer::async_send takes std::string, std::vector<char>, "
-                "std::vector<unsigned char>, std::vector<std::byte>, or a std::shared_ptr to one");
+  detail::check_owned_message<Message>();
   return net::async_initiate<CompletionToken, void(error_code, std::size_t)>(
       initiate_write{this, true}, token, detail::owned_message<Message>{std::move(msg)});
 }

@@ -1,0 +1,233 @@
+//
+// test/unit/writer_first_write.cpp
+//
+// An idle queued_writer called from its stream's executor starts its first
+// write_some inside the call, instead of waiting for its pump's posted turn;
+// what callers queue while that write is in flight is gathered into the next
+// one. Only when nothing else can use the stream: never from a thread that
+// does not run the stream's executor (or outside its strand), never while a
+// composed operation, urgent item or earlier write is queued. The completion
+// still never runs inside the call. (Request/response pipelining depends on
+// it: see the README's benchmark section.)
+//
+
+#include <serq/queued_writer.hpp>
+
+#include "common/exactly_once.hpp"
+#include "common/net.hpp"
+#include "common/test_stream.hpp"
+
+#include <boost/test/unit_test.hpp>
+
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+using serq_test::test_stream;
+
+namespace {
+
+struct result {
+  error_code ec;
+  std::size_t bytes = 0;
+  int calls = 0;
+};
+
+struct fixture {
+  serq_test::handler_tracker tr;  // destroyed last: every handler accounted for
+  net::io_context ioc;
+  test_stream peer{ioc};
+  std::optional<serq::queued_writer<test_stream>> writer;
+
+  // The stream's executor: the io_context's, or a strand of it.
+  explicit fixture(bool on_strand = false)
+      : writer(std::in_place, on_strand ? net::any_io_executor(net::make_strand(ioc))
+                                        : net::any_io_executor(ioc.get_executor())) {
+    writer->next_layer().connect(peer);
+  }
+
+  void send(std::string msg, result& r) {
+    writer->async_send(std::move(msg), tr.wrap([&r](error_code ec, std::size_t n) {
+      r.ec = ec;
+      r.bytes = n;
+      ++r.calls;
+    }));
+  }
+
+  // Runs f as a handler of the io_context (on its thread), then everything.
+  template <class F>
+  void on_executor(F f) {
+    net::post(ioc, std::move(f));
+    ioc.run();
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(writer_first_write)
+
+BOOST_AUTO_TEST_CASE(an_idle_writer_starts_the_write_inside_the_call_on_its_executor) {
+  fixture f;
+  result a, b, c;
+  f.on_executor([&] {
+    f.send("first;", a);
+    // Already handed to the stream (the test stream copies at once)...
+    BOOST_TEST(f.peer.str() == "first;");
+    BOOST_TEST(f.writer->next_layer().nwrite() == 1u);
+    // ...but not completed inside the call.
+    BOOST_TEST(a.calls == 0);
+    // Queued while that write is in flight: gathered into the next one.
+    f.send("second;", b);
+    f.send("third;", c);
+    BOOST_TEST(f.peer.str() == "first;");
+  });
+  BOOST_TEST(f.peer.str() == "first;second;third;");
+  BOOST_TEST(f.writer->next_layer().nwrite() == 2u);
+  for (const result* r : {&a, &b, &c}) {
+    BOOST_TEST(r->calls == 1);
+    BOOST_TEST(!r->ec);
+  }
+  BOOST_TEST(b.bytes == 7u);
+}
+
+BOOST_AUTO_TEST_CASE(a_call_from_a_thread_not_running_the_executor_waits_for_the_pump) {
+  fixture f;
+  result a, b;
+  f.send("first;", a);  // this thread does not run the io_context
+  f.send("second;", b);
+  BOOST_TEST(f.peer.str().empty());
+  f.ioc.run();
+  BOOST_TEST(f.peer.str() == "first;second;");
+  BOOST_TEST(f.writer->next_layer().nwrite() == 1u);  // both in one gathered write
+  BOOST_TEST(a.calls == 1);
+  BOOST_TEST(b.calls == 1);
+}
+
+BOOST_AUTO_TEST_CASE(a_strand_stream_writes_inside_the_call_only_from_inside_its_strand) {
+  fixture f(true);
+  result outside, inside;
+  f.on_executor([&] {
+    // On the io_context's thread, but not in the stream's strand.
+    f.send("outside;", outside);
+    BOOST_TEST(f.peer.str().empty());
+  });
+  BOOST_TEST(f.peer.str() == "outside;");
+  f.ioc.restart();
+  net::post(f.writer->get_executor(), [&] {
+    f.send("inside;", inside);
+    BOOST_TEST(f.peer.str() == "outside;inside;");
+  });
+  f.ioc.run();
+  BOOST_TEST(outside.calls == 1);
+  BOOST_TEST(inside.calls == 1);
+}
+
+BOOST_AUTO_TEST_CASE(a_queued_composed_operation_keeps_its_place_before_a_later_write) {
+  fixture f;
+  result w;
+  error_code op_ec;
+  int op_calls = 0;
+  f.on_executor([&] {
+    f.writer->async_enqueue(
+        net::async_write(f.writer->next_layer(), net::buffer("composed;", 9), net::deferred),
+        f.tr.wrap([&](error_code ec, std::size_t) {
+          op_ec = ec;
+          ++op_calls;
+        }));
+    f.send("write;", w);
+    BOOST_TEST(f.peer.str().empty());  // the write waits for the composed operation
+  });
+  BOOST_TEST(f.peer.str() == "composed;write;");
+  BOOST_TEST(op_calls == 1);
+  BOOST_TEST(!op_ec);
+  BOOST_TEST(w.calls == 1);
+}
+
+BOOST_AUTO_TEST_CASE(an_urgent_item_queued_behind_an_early_write_goes_before_later_writes) {
+  fixture f;
+  result first, normal, urgent;
+  f.on_executor([&] {
+    f.send("first;", first);  // written at once
+    f.send("normal;", normal);
+    f.writer->async_send(serq::urgent, std::string("urgent;"),
+                         f.tr.wrap([&](error_code ec, std::size_t n) {
+                           urgent.ec = ec;
+                           urgent.bytes = n;
+                           ++urgent.calls;
+                         }));
+  });
+  BOOST_TEST(f.peer.str() == "first;urgent;normal;");
+  BOOST_TEST(first.calls == 1);
+  BOOST_TEST(normal.calls == 1);
+  BOOST_TEST(urgent.calls == 1);
+}
+
+BOOST_AUTO_TEST_CASE(a_message_written_inside_the_call_has_started_and_is_not_cancelled) {
+  fixture f;
+  f.writer->next_layer().write_size(2);
+  result a, b;
+  f.on_executor([&] {
+    f.send("abcdef", a);
+    f.send("queued", b);
+    // a has started (its first bytes are out): only b can be taken back.
+    BOOST_TEST(f.writer->cancel() == 1u);
+  });
+  BOOST_TEST(f.peer.str() == "abcdef");
+  BOOST_TEST(!a.ec);
+  BOOST_TEST(a.bytes == 6u);
+  BOOST_TEST(b.ec == net::error::operation_aborted);
+  BOOST_TEST(b.bytes == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(an_early_write_that_fails_fails_the_writer) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  serq_test::fail_count fc(1);  // the first operation fails
+  test_stream peer(ioc);
+  serq::queued_writer<test_stream> writer(ioc, fc);
+  writer.next_layer().connect(peer);
+  result a, b, later;
+  auto record = [&tr](result& r) {
+    return tr.wrap([&r](error_code ec, std::size_t n) {
+      r.ec = ec;
+      r.bytes = n;
+      ++r.calls;
+    });
+  };
+  net::post(ioc, [&] {
+    writer.async_send(std::string("doomed"), record(a));
+    writer.async_send(std::string("queued"), record(b));
+  });
+  ioc.run();
+  BOOST_TEST(a.ec == serq_test::test_error::test_failure);
+  BOOST_TEST(a.bytes == 0u);
+  BOOST_TEST(b.ec == serq_test::test_error::test_failure);
+  BOOST_TEST(writer.error() == serq_test::test_error::test_failure);
+  writer.async_send(std::string("later"), record(later));
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(later.ec == serq_test::test_error::test_failure);
+  BOOST_TEST(peer.str().empty());
+}
+
+BOOST_AUTO_TEST_CASE(destroying_the_writer_with_an_early_write_in_flight_completes_it_once) {
+  fixture f;
+  f.writer->next_layer().write_size(3);
+  result a, b;
+  f.on_executor([&] {
+    f.send("in flight", a);
+    f.send("queued", b);
+    f.writer.reset();  // its pump's turn has not even arrived
+  });
+  BOOST_TEST(a.calls == 1);
+  BOOST_TEST(b.calls == 1);
+  BOOST_TEST(b.ec == net::error::operation_aborted);
+  BOOST_TEST(b.bytes == 0u);
+  // The message in flight reports what it wrote: 3 bytes, or all of them.
+  BOOST_TEST(a.bytes == f.peer.str().size());
+  BOOST_TEST(f.peer.str().size() >= 3u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
