@@ -216,7 +216,8 @@ void queue_core::count_wait_locked(clock::rep waited) noexcept {
 void queue_core::activate_locked(entry_base* e, clock::rep now) noexcept {
   busy_ = true;
   active_triggered_ = false;
-  active_kind_ = e->kind();
+  if (tracing())
+    active_kind_ = e->kind();  // for an entry that goes before its trigger
   active_tag_ = e->tag_;
   if (e == untriggered_) {
     // Its first wait was counted when it was first triggered.
@@ -384,8 +385,21 @@ queue_stats queue_core::stats() const noexcept {
 
 // ---- tracing -----------------------------------------------------------------
 
+void queue_core::set_hook(trace_hook h) {
+  std::shared_ptr<const trace_hook> p;
+  if (h)
+    p = std::make_shared<const trace_hook>(std::move(h));
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::swap(hook_, p);
+  has_hook_.store(hook_ != nullptr, std::memory_order_relaxed);
+}
+
 void queue_core::call_hook(trace_point p, entry_info& info) noexcept {
-  std::shared_ptr<const trace_hook> hook = hook_.load();
+  std::shared_ptr<const trace_hook> hook;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    hook = hook_;
+  }
   if (!hook && default_hook_)
     hook = default_hook_->load();
   if (hook)
@@ -399,18 +413,14 @@ void queue_core::trace_entry(trace_point p, entry_base& e, error_code result) no
   e.tag_ = info.tag;
 }
 
-void queue_core::trace_trigger() noexcept {
-  active_triggered_ = true;
-  if (!tracing())
-    return;
+void queue_core::trace_trigger_slow(entry_kind k) noexcept {
+  active_kind_ = k;
   entry_info info{active_tag_, active_kind_, name_, clock::duration(active_waited_), {}};
   call_hook(trace_point::before_trigger, info);
   active_tag_ = info.tag;
 }
 
-void queue_core::trace_done(error_code result) noexcept {
-  if (!tracing())
-    return;
+void queue_core::trace_done_slow(error_code result) noexcept {
   entry_info info{active_tag_, active_kind_, name_, clock::duration(active_waited_), result};
   if (active_triggered_)
     call_hook(trace_point::after_complete, info);

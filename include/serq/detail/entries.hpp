@@ -584,7 +584,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
     tracked.invocation_begin();
     this->track_creation("operation");
 #endif
-    this->core().trace_trigger();
+    this->core().trace_trigger(entry_kind::operation);
     bool cancelled = false;
     {
       launch_guard guard(*this);
@@ -641,7 +641,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
         net::detail::handler_tracking::completion tracked(*self);
         tracked.invocation_begin();
 #endif
-        self->core().trace_trigger();
+        self->core().trace_trigger(kind);
         bool cancelled = false;
         {
           launch_guard guard(*self);

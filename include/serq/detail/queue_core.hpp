@@ -258,16 +258,25 @@ class queue_core : public service_member {
   queue_stats stats() const noexcept;
 
   // ---- tracing: each point is reported only when a hook is installed ----
-  void set_hook(trace_hook h) { hook_.store(std::move(h)); }
-  bool tracing() const noexcept { return hook_.set() || (default_hook_ && default_hook_->set()); }
+  void set_hook(trace_hook h);
+  bool tracing() const noexcept {
+    return has_hook_.load(std::memory_order_relaxed) || (default_hook_ && default_hook_->set());
+  }
   // The point of an entry that is not active: attach, or its detach when it
   // leaves unrun (after left_locked, or refused by a closed queue).
   void trace_entry(trace_point p, entry_base& e, error_code result) noexcept;
-  // The active entry is triggered: its before_trigger point.
-  void trace_trigger() noexcept;
+  // The active entry (of kind k) is triggered: its before_trigger point.
+  void trace_trigger(entry_kind k) noexcept {
+    active_triggered_ = true;
+    if (tracing())
+      trace_trigger_slow(k);
+  }
   // The active entry is over (result): after_complete if it was triggered,
   // then detach. Before the turn is handed on.
-  void trace_done(error_code result) noexcept;
+  void trace_done(error_code result) noexcept {
+    if (tracing())
+      trace_done_slow(result);
+  }
   // A turn handed out is released (after_complete, detach), then finish().
   void release_turn() noexcept;
 
@@ -315,6 +324,8 @@ class queue_core : public service_member {
   // Stops counting work when nothing needs it: into *work_out when given.
   void drop_work_locked(void* work_out) noexcept;
   void call_hook(trace_point p, entry_info& info) noexcept;
+  void trace_trigger_slow(entry_kind k) noexcept;
+  void trace_done_slow(error_code result) noexcept;
 
   mutable std::mutex mutex_;
   entry_list waiting_;
@@ -341,8 +352,9 @@ class queue_core : public service_member {
   entry_base* untriggered_ = nullptr;
   clock::rep untriggered_waited_ = 0;
 
-  queue_stats stats_;  // depth is computed on demand
-  hook_slot hook_;
+  queue_stats stats_;                        // depth is computed on demand
+  std::shared_ptr<const trace_hook> hook_;   // guarded by mutex_
+  std::atomic<bool> has_hook_{false};        // hook_ != nullptr, read without the lock
   std::shared_ptr<hook_slot> default_hook_;  // the service's: set at registration
   const std::string name_;
 };
