@@ -381,6 +381,68 @@ bench_case queue_case(const std::string& id, std::size_t n, std::size_t window) 
   return c;
 }
 
+// ---- case 10: what observability costs
+// -----------------------------------------------------------
+//
+// The case 1 window with the queue's trace hooks in their three states (none, a no-op hook of the
+// queue's own, a no-op default hook of the context), and with stats() read every 64 completions.
+// The counters behind stats() are always on, so "no hook" is also the cost of counting; the
+// figures before the counters existed are in the README (measured in one run beside these).
+
+enum class observed { none, own_hook, default_hook, stats };
+
+// Where the stats variant leaves what it read, so the reads are not optimized away.
+std::size_t stats_sink = 0;
+
+double time_observed(observed how, std::size_t n, std::size_t window) {
+  net::io_context ioc(1);
+  net::any_io_executor ex = ioc.get_executor();
+  serq::serialized_queue q(ioc);
+  std::size_t hook_calls = 0;
+  auto noop = [&hook_calls](serq::trace_point, serq::entry_info&) { ++hook_calls; };
+  if (how == observed::own_hook)
+    q.set_trace_hook(noop);
+  else if (how == observed::default_hook)
+    serq::set_default_trace_hook(ioc, noop);
+  std::size_t submitted = 0;
+  std::size_t read_depth = 0;
+  const double s = time_window(ioc, n, window, [&](auto h) {
+    if (how == observed::stats && ++submitted % 64 == 0)
+      read_depth += q.stats().depth;
+    q.async_enqueue<void(error_code)>(one_step_op{ex}, std::move(h));
+  });
+  if ((how == observed::own_hook || how == observed::default_hook) && hook_calls != 4 * n)
+    throw std::logic_error("serq_bench: trace hook not called 4 times per entry");
+  if (how == observed::stats && q.stats().completed != n)
+    throw std::logic_error("serq_bench: stats lost entries");
+  stats_sink = read_depth;
+  return s;
+}
+
+bench_case observability_case(const std::string& id, std::size_t n, std::size_t window) {
+  bench_case c;
+  c.id = id;
+  c.title = "observability cost, 1 thread, " + std::to_string(n) + " one-step ops, " +
+            std::to_string(window) + " in flight";
+  c.ops = static_cast<double>(n);
+  c.reference = "serq no hook";
+  auto timed = [n, window](observed how) {
+    return [n, window, how] { return time_observed(how, n, window); };
+  };
+  c.variants = {{"serq no hook", timed(observed::none), {}},
+                {"serq no-op hook", timed(observed::own_hook), {}},
+                {"serq no-op default hook", timed(observed::default_hook), {}},
+                {"serq stats() every 64", timed(observed::stats), {}},
+                {"hand-rolled queue",
+                 [n, window] {
+                   return with_queue(queue_kind::hand, [&](net::io_context& ioc, auto submit) {
+                     return time_window(ioc, n, window, std::move(submit));
+                   });
+                 },
+                 {}}};
+  return c;
+}
+
 // ---- case 2: queue under contention
 // --------------------------------------------------------------
 
@@ -1551,6 +1613,8 @@ int run(const options& o) {
   const std::vector<std::size_t> depths = depths_for(depth_ops);
   cases.push_back(depth_callback_case(depth_ops, depths));
   cases.push_back(depth_awaitable_case(depth_ops, depths));
+  cases.push_back(observability_case("10a", scaled(400000, 1024), 1));
+  cases.push_back(observability_case("10b", scaled(262144, 4096, 1024), 1024));
   // Redis: needs redis-server and redis-benchmark (scripts/setup.sh); skipped, said so, without.
   std::string redis_missing;
   if (auto c = redis_case(o.smoke ? 2048 : scaled(200000, 2048), redis_missing))
