@@ -249,7 +249,10 @@ queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
       stats_.peak_depth = depth;
     return allow_inline ? add_result::launch_inline : add_result::trigger;
   }
-  e->attach_ = now_ticks();
+  // Wait times cost two clock reads per waiting entry: measured only once
+  // someone looks (stats() called, or a hook installed).
+  if (timing_.load(std::memory_order_relaxed) || tracing())
+    e->attach_ = now_ticks();
   waiting_.push_back(e);
   ++waiting_count_;
   if (busy_)
@@ -268,7 +271,7 @@ entry_base* queue_core::take_next_locked() noexcept {
   --waiting_count_;
   if (e->canceller_)
     e->canceller_->waiting_ = nullptr;
-  activate_locked(e, now_ticks());
+  activate_locked(e, e->attach_ ? now_ticks() : 0);
   return e;
 }
 
@@ -377,6 +380,7 @@ std::size_t queue_core::size() const noexcept {
 }
 
 queue_stats queue_core::stats() const noexcept {
+  timing_.store(true, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(mutex_);
   queue_stats s = stats_;
   s.depth = waiting_count_ + (busy_ ? 1 : 0);

@@ -85,6 +85,7 @@
 #include <asio/socket_base.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
+#include <asio/system_executor.hpp>
 #if SERQ_ASIO_VERSION >= 102800
 #include <asio/associated_immediate_executor.hpp>
 #endif
@@ -115,6 +116,7 @@
 #include <boost/asio/socket_base.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/system_executor.hpp>
 #if SERQ_ASIO_VERSION >= 102800
 #include <boost/asio/associated_immediate_executor.hpp>
 #endif

@@ -100,6 +100,11 @@ void set_default_trace_hook(net::execution_context& ctx, trace_hook hook);
  * destruction or by its context's shutdown, or refused because the queue was
  * closed). Wait times are those a trace hook sees as `entry_info::waited`,
  * counted when an entry is triggered or leaves without running.
+ *
+ * Measuring a wait takes two clock reads per entry that waits, so a queue
+ * starts to measure them at its first `stats()` call (or while a trace hook
+ * is installed): entries that started to wait before are not in `total_wait`
+ * and `max_wait`. The counts are always kept.
  */
 struct queue_stats {
   std::uint64_t added = 0;      ///< Entries added.

@@ -472,6 +472,7 @@ BOOST_AUTO_TEST_CASE(untrigger_from_a_coroutine_as_winbindd_waits_for_a_free_chi
 
 BOOST_AUTO_TEST_CASE(stats_count_added_completed_aborted_and_the_peak_depth) {
   serq::serialized_queue q(ioc);
+  BOOST_TEST(q.stats().added == 0u);  // the first call also starts the wait timing
   std::optional<serq::turn> held;
   q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
   drain();
@@ -495,6 +496,28 @@ BOOST_AUTO_TEST_CASE(stats_count_added_completed_aborted_and_the_peak_depth) {
   BOOST_TEST(s.peak_depth == 6u);
   BOOST_TEST(s.max_wait.count() > 0);
   BOOST_TEST((s.total_wait >= s.max_wait));
+}
+
+BOOST_AUTO_TEST_CASE(waits_are_measured_from_the_first_stats_call_on) {
+  serq::serialized_queue q(ioc);
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  q.async_wait([](error_code) {});  // waits untimed: nobody asked yet
+  held.reset();
+  drain();
+  serq::queue_stats s = q.stats();
+  BOOST_TEST(s.completed == 2u);
+  BOOST_TEST(s.total_wait.count() == 0);
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  q.async_wait([](error_code) {});  // timed
+  held.reset();
+  drain();
+  s = q.stats();
+  BOOST_TEST(s.completed == 4u);
+  BOOST_TEST(s.total_wait.count() > 0);
+  BOOST_TEST((s.total_wait == s.max_wait));
 }
 
 BOOST_AUTO_TEST_CASE(stats_are_consistent_while_threads_add_and_complete) {

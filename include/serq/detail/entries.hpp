@@ -289,6 +289,13 @@ inline const char* tracking_name(entry_kind k) noexcept {
                                     : "async_wait";
 }
 
+// Whether Handler has an associated executor of its own (else the default
+// given to get_associated_executor is its executor).
+template <class Handler>
+struct has_own_executor
+    : std::bool_constant<!std::is_same_v<net::associated_executor_t<Handler, net::system_executor>,
+                                         net::system_executor>> {};
+
 // State shared by every typed entry: the user's handler. The queue's
 // executor is its core's; outstanding work on it is counted once per queue.
 // Only a handler whose associated executor is not the queue's needs work of
@@ -316,6 +323,10 @@ class handler_entry : public entry_base, public tracked_entry {
       : entry_base(f, *core), handler_(std::forward<H>(h)) {
     track_creation(tracking_name(kind));
     attach_canceller(net::get_associated_cancellation_slot(handler_), core);
+    // A handler without an associated executor of its own has the queue's:
+    // no comparison needed (on any_io_executor it is a type-erased call).
+    if constexpr (!has_own_executor<Handler>::value)
+      return;
     handler_executor_type ex = handler_executor();
     bool same = false;
     if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>)

@@ -355,6 +355,7 @@ class queue_core : public service_member {
   queue_stats stats_;                        // depth is computed on demand
   std::shared_ptr<const trace_hook> hook_;   // guarded by mutex_
   std::atomic<bool> has_hook_{false};        // hook_ != nullptr, read without the lock
+  mutable std::atomic<bool> timing_{false};  // measure waits: stats() was called
   std::shared_ptr<hook_slot> default_hook_;  // the service's: set at registration
   const std::string name_;
 };
