@@ -139,8 +139,9 @@ bool writer_core::add_locked(writer_node* n, lane l, node_list& rejected, bool& 
   if (n->kind_ == writer_node::kind::write) {
     pending_bytes_ += n->size_;
     ++pending_writes_;
+    peak_pending_bytes_ = std::max(peak_pending_bytes_, pending_bytes_);
     if (writable_ && pending_bytes_ > high_)
-      writable_ = false;
+      set_writable_locked(false);
   }
   bool& has_pump = urgent ? urgent_segment_has_pump_ : segment_has_pump_;
   needs_pump = !has_pump;
@@ -275,13 +276,13 @@ void writer_core::finish_node_locked(writer_node* n, node_list& done) {
 
 void writer_core::update_writable_locked(node_list& done) {
   if (!writable_ && pending_bytes_ <= low_) {
-    writable_ = true;
+    set_writable_locked(true);
     while (writer_node* w = waiters_.front()) {
       w->result_ = {};
       finish_node_locked(w, done);
     }
   } else if (writable_ && pending_bytes_ > high_) {
-    writable_ = false;
+    set_writable_locked(false);
   }
   if (pending_bytes_ == 0)
     disarm_stall_timer_locked();
@@ -361,6 +362,8 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
         n->written_ != n->size_)
       break;
     n->result_ = {};
+    if (n->kind_ == writer_node::kind::write)
+      ++messages_written_;  // an empty message
     finish_node_locked(n, done);
   }
 
@@ -431,11 +434,14 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
       const std::size_t take = std::min(n, node->size_ - node->written_);
       node->written_ += take;
       pending_bytes_ -= take;
+      bytes_written_ += take;
       n -= take;
       // A message all of whose bytes went out succeeded, even if the same
       // write_some then reported an error for what followed.
       if (node->written_ == node->size_) {
         node->result_ = {};
+        if (node->kind_ == writer_node::kind::write)
+          ++messages_written_;
         finish_node_locked(node, done);
       } else {
         blocked = true;
@@ -567,8 +573,8 @@ void writer_core::set_watermarks(std::size_t low, std::size_t high, node_list& d
   std::lock_guard<std::mutex> lock(mutex_);
   low_ = low;
   high_ = high;
-  if (pending_bytes_ > high_)
-    writable_ = false;
+  if (writable_ && pending_bytes_ > high_)
+    set_writable_locked(false);
   update_writable_locked(done);
 }
 
@@ -608,6 +614,7 @@ void writer_core::set_stall_timeout(clock::duration timeout) {
 
 void writer_core::note_write_started_locked() {
   write_in_flight_ = true;
+  ++write_calls_;
   if (stall_timeout_ == clock::duration::zero())
     return;
   // Each write_some that returns has made progress (or failed): the clock
@@ -663,6 +670,28 @@ void writer_core::on_stall_timer(std::uint64_t generation) {
     write_signal_.emit(net::cancellation_type::terminal);
   }
   done.complete_all(completion_mode::dispatch);
+}
+
+void writer_core::set_writable_locked(bool on) noexcept {
+  writable_ = on;
+  if (on)
+    time_above_high_ += clock::now() - above_high_since_;
+  else
+    above_high_since_ = clock::now();
+}
+
+writer_counters writer_core::counters() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  writer_counters c;
+  c.messages = messages_written_;
+  c.bytes = bytes_written_;
+  c.write_calls = write_calls_;
+  c.pending_bytes = pending_bytes_;
+  c.peak_pending_bytes = peak_pending_bytes_;
+  c.time_above_high_watermark = time_above_high_;
+  if (!writable_)
+    c.time_above_high_watermark += clock::now() - above_high_since_;
+  return c;
 }
 
 std::size_t writer_core::pending_bytes() const noexcept {

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -20,6 +21,26 @@ namespace detail {
 template <class Stream>
 class writer_state;
 }
+
+/// Counters of a queued_writer, from `queued_writer::stats()`.
+/**
+ * The counts cover the writer's whole life (a moved-to writer carries them
+ * on). A message counts in `messages` when all its bytes were written, and
+ * its bytes in `bytes` as the stream accepts them, whether or not the
+ * message later completes; composed operations run with `async_enqueue`
+ * count in none of them.
+ */
+struct writer_stats {
+  std::uint64_t messages = 0;     ///< Messages written completely (empty ones included).
+  std::uint64_t bytes = 0;        ///< Bytes the stream accepted from the writer's write_some calls.
+  std::uint64_t write_calls = 0;  ///< write_some calls started.
+  std::size_t pending_bytes = 0;  ///< Bytes queued and not yet written now (`pending_bytes()`).
+  std::size_t peak_pending_bytes = 0;  ///< The largest `pending_bytes` so far.
+  /// How long `pending_bytes` has been above the high watermark in all: from
+  /// crossing it until dropping to the low watermark (the spells in which
+  /// `writable()` was false for backpressure), the current spell included.
+  std::chrono::steady_clock::duration time_above_high_watermark{};
+};
 
 /// Tag type of `serq::urgent`.
 struct urgent_t {
@@ -465,6 +486,15 @@ class queued_writer {
 
   /// Messages queued and not yet completely written.
   std::size_t size() const noexcept { return state_->size(); }
+
+  /// Returns the writer's counters (see `writer_stats`).
+  /**
+   * @par Thread safety
+   * May be called from any thread, at any time, concurrently with the
+   * writer's work: the counters are kept under the lock the writer takes
+   * anyway where they change, and read as one consistent snapshot.
+   */
+  writer_stats stats() const noexcept;
 
   /// Sets the backpressure watermarks (bytes).
   /**

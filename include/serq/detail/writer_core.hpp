@@ -210,6 +210,16 @@ class held_completion {
   destroy_fn destroy_;
 };
 
+// A snapshot of a writer's counters (queued_writer::stats()).
+struct writer_counters {
+  std::uint64_t messages = 0;
+  std::uint64_t bytes = 0;
+  std::uint64_t write_calls = 0;
+  std::size_t pending_bytes = 0;
+  std::size_t peak_pending_bytes = 0;
+  std::chrono::steady_clock::duration time_above_high_watermark{};
+};
+
 class writer_core : public service_member {
  public:
   static constexpr std::size_t default_low_watermark = 32 * 1024;
@@ -460,6 +470,7 @@ class writer_core : public service_member {
 
   std::size_t pending_bytes() const noexcept;
   std::size_t size() const noexcept;
+  writer_counters counters() const noexcept;
   bool writable() const noexcept;
   error_code error() const noexcept;
 
@@ -482,6 +493,9 @@ class writer_core : public service_member {
   void remove_queued_locked(writer_node* n);
   void finish_node_locked(writer_node* n, node_list& done);
   void update_writable_locked(node_list& done);
+  // Every change of writable_ goes through here: it times the spells above
+  // the high watermark.
+  void set_writable_locked(bool on) noexcept;
   void cancel_node(writer_node* n, net::cancellation_type_t type);
 
   void note_write_started_locked();
@@ -537,6 +551,14 @@ class writer_core : public service_member {
   std::uint64_t timer_generation_ = 0;
   bool write_in_flight_ = false;
   bool timer_armed_ = false;
+
+  // stats(): counted under mutex_, where the state they count changes.
+  std::uint64_t messages_written_ = 0;
+  std::uint64_t bytes_written_ = 0;
+  std::uint64_t write_calls_ = 0;
+  std::size_t peak_pending_bytes_ = 0;
+  clock::duration time_above_high_{};
+  clock::time_point above_high_since_{};  // while !writable_
 };
 
 }  // namespace detail

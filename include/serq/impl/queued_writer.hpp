@@ -556,8 +556,14 @@ class writer_state final : public writer_core {
     pump_id id;
 
     void operator()(const error_code& ec, turn t) {
-      if (ec)
-        return;  // the writer is gone: its messages were aborted
+      if (ec) {
+        // The writer is gone: its messages were aborted. An early write may
+        // still be in flight: the second of it and this finishes the pump,
+        // with no turn to release.
+        if (id.early && self->early_meet())
+          step(std::move(self), pump_id{id.l, id.segment, false}, node_list());
+        return;
+      }
       self->turn_of(id.l) = std::move(t);
       if (id.early && !self->early_meet())
         return;  // the early write_some is in flight: its completion goes on
@@ -1155,6 +1161,19 @@ void queued_writer<Stream>::set_stall_timeout(const std::chrono::duration<Rep, P
       d = std::chrono::ceil<clock_duration>(timeout);
   }
   state_->set_stall_timeout(d);
+}
+
+template <class Stream>
+writer_stats queued_writer<Stream>::stats() const noexcept {
+  const detail::writer_counters c = state_->counters();
+  writer_stats s;
+  s.messages = c.messages;
+  s.bytes = c.bytes;
+  s.write_calls = c.write_calls;
+  s.pending_bytes = c.pending_bytes;
+  s.peak_pending_bytes = c.peak_pending_bytes;
+  s.time_above_high_watermark = c.time_above_high_watermark;
+  return s;
 }
 
 template <class Stream>
