@@ -36,12 +36,14 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <cstddef>
 #include <cstring>
 #include <deque>
 #include <initializer_list>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -63,14 +65,15 @@ struct reply {
   std::string value;  // the text of a simple string, error or bulk string; an integer's digits
 };
 
-// A command as RESP sends it: an array of bulk strings.
-inline std::string encode(std::initializer_list<std::string_view> args) {
+// The start of a command of `argc` arguments as RESP sends it (an array of
+// bulk strings): the array's header and the first arguments, `first`.
+inline std::string encode_head(std::size_t argc, std::initializer_list<std::string_view> first) {
   std::string out;
-  out.reserve(16 + args.size() * 16);
+  out.reserve(16 + first.size() * 16);
   out += '*';
-  out += std::to_string(args.size());
+  out += std::to_string(argc);
   out += "\r\n";
-  for (std::string_view a : args) {
+  for (std::string_view a : first) {
     out += '$';
     out += std::to_string(a.size());
     out += "\r\n";
@@ -78,6 +81,11 @@ inline std::string encode(std::initializer_list<std::string_view> args) {
     out += "\r\n";
   }
   return out;
+}
+
+// A whole command.
+inline std::string encode(std::initializer_list<std::string_view> args) {
+  return encode_head(args.size(), args);
 }
 
 // Parses the reply at the front of `in` into `out`. Returns the bytes it used,
@@ -135,14 +143,17 @@ class client {
   tcp::socket& socket() noexcept { return writer_.next_layer(); }
   serq::queued_writer<tcp::socket>& writer() noexcept { return writer_; }
 
-  // Sends one command (see encode) and completes with its reply:
-  // void(error_code, reply). May be called from any thread, by any number of
-  // callers at once. A Redis error reply is a reply (kind::error), not an
-  // error_code; the error_code reports a connection failure.
-  template <class CompletionToken>
-  auto async_command(std::string request, CompletionToken&& token) {
+  // Sends one command and completes with its reply: void(error_code, reply).
+  // `request` is the encoded command, as any message the writer's async_send
+  // owns: a std::string (encode), or parts such as a shared, prebuilt head
+  // and a small tail (see set_get_loop). May be called from any thread, by
+  // any number of callers at once. A Redis error reply is a reply
+  // (kind::error), not an error_code; the error_code reports a connection
+  // failure.
+  template <class Request, class CompletionToken>
+  auto async_command(Request request, CompletionToken&& token) {
     return net::async_initiate<CompletionToken, void(error_code, reply)>(
-        [this](auto handler, std::string req) {
+        [this](auto handler, Request req) {
           bool direct = false;
           using handler_executor = net::associated_executor_t<decltype(handler), executor_type>;
           if constexpr (std::is_same_v<handler_executor, executor_type>)
@@ -218,7 +229,8 @@ class client {
     }
   };
 
-  void submit(slot s, std::string request) {
+  template <class Request>
+  void submit(slot s, Request request) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (failed_) {
       lock.unlock();
@@ -305,12 +317,21 @@ inline bool is(const reply& r, reply::kind type, std::string_view value) {
 // then GET key, checking each reply. The key is this caller's own, so a GET
 // returns what this caller set just before; a reply matched to the wrong
 // caller (another key's value) is seen.
+//
+// The requests are built without a copy per command: the GET and the start
+// of the SET ("*3 SET <key>") are built once and shared; each SET adds the
+// value's bulk string ("$3\r\nxyz\r\n") held by value. The writer writes
+// the parts as one message.
 inline net::awaitable<void> set_get_loop(client& c, std::size_t caller, std::string key,
                                          std::size_t pairs, verdict& v) {
-  const std::string get = encode({"GET", key});
+  using shared_string = std::shared_ptr<const std::string>;
+  const auto get = std::make_shared<const std::string>(encode({"GET", key}));
+  const auto set_head = std::make_shared<const std::string>(encode_head(3, {"SET", key}));
   for (std::size_t i = 0; i < pairs; ++i) {
     const std::string value = value_for(caller, i);
-    std::string set = encode({"SET", key, value});  // not inside co_await: g++ 12 rejects that
+    const std::array<char, 9> bulk{'$', '3', '\r', '\n', value[0], value[1], value[2], '\r', '\n'};
+    std::pair<shared_string, std::array<char, 9>> set{set_head, bulk};  // not inside co_await:
+                                                                        // g++ 12 rejects that
     reply r = co_await c.async_command(std::move(set), net::use_awaitable);
     if (!is(r, reply::kind::simple, "OK"))
       v.note_wrong("SET " + key + ": " + r.value);
