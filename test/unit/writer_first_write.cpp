@@ -19,10 +19,13 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <atomic>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 
 using serq_test::test_stream;
@@ -228,6 +231,49 @@ BOOST_AUTO_TEST_CASE(destroying_the_writer_with_an_early_write_in_flight_complet
   // The message in flight reports what it wrote: 3 bytes, or all of them.
   BOOST_TEST(a.bytes == f.peer.str().size());
   BOOST_TEST(f.peer.str().size() >= 3u);
+}
+
+BOOST_AUTO_TEST_CASE(chains_of_early_writes_on_two_io_threads_neither_stall_nor_reorder) {
+  // Each completion sends its chain's next message from an io thread, so
+  // most sends find the writer idle and write in the call, while the turn of
+  // the pump before may still be arriving on the other thread.
+  constexpr int chains = 4;
+  constexpr int per_chain = 300;
+  serq_test::handler_tracker tr;
+  net::io_context ioc(2);
+  test_stream peer(ioc);
+  serq::queued_writer<test_stream> w(ioc);
+  w.next_layer().connect(peer);
+  std::atomic<int> completed{0};
+  std::atomic<int> failed{0};
+  std::function<void(int, int)> send = [&](int chain, int i) {
+    std::string msg = "<" + std::to_string(chain) + ":" + std::to_string(i) + ">";
+    w.async_send(std::move(msg), tr.wrap([&, chain, i](error_code ec, std::size_t) {
+      if (ec)
+        ++failed;
+      ++completed;
+      if (i + 1 < per_chain)
+        send(chain, i + 1);
+    }));
+  };
+  for (int c = 0; c < chains; ++c)
+    net::post(ioc, [&send, c] { send(c, 0); });
+  std::thread other([&] { ioc.run(); });
+  ioc.run();
+  other.join();
+  BOOST_TEST(completed.load() == chains * per_chain);
+  BOOST_TEST(failed.load() == 0);
+  // Every chain's messages arrived whole and in order.
+  const std::string all = peer.str();
+  for (int c = 0; c < chains; ++c) {
+    std::size_t at = 0;
+    for (int i = 0; i < per_chain; ++i) {
+      const std::string msg = "<" + std::to_string(c) + ":" + std::to_string(i) + ">";
+      const std::size_t found = all.find(msg, at);
+      BOOST_TEST_REQUIRE(found != std::string::npos, "chain " << c << " message " << i);
+      at = found + msg.size();
+    }
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -275,13 +275,20 @@ class writer_core : public service_member {
       start_pump(pump_id{lane::normal, segment_, false});
       return;
     }
-    start_pump(id);
-    node_list done;  // stays empty: the segment holds this message alone
+    node_list done;
     writer_node* closing = nullptr;
-    if (build_window_locked(id, done, closing) == step_action::write) {
-      note_write_started_locked();
-      start_write(window_, id);
+    if (build_window_locked(id, done, closing) != step_action::write) {
+      // Not expected: the segment holds this message alone. Whatever the
+      // window finished completes as a rejection would; a plain pump does
+      // the rest.
+      while (writer_node* d = done.pop_front())
+        rejected.push_back(d);
+      start_pump(pump_id{lane::normal, segment_, false});
+      return;
     }
+    start_pump(id);  // before the write: its completion must find the pump's rendezvous reset
+    note_write_started_locked();
+    start_write(window_, id);
   }
 
   // Adds an urgent write: as add, on the urgent lane, whose pumps wait in the

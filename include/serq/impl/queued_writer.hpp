@@ -574,9 +574,10 @@ class writer_state final : public writer_core {
   // The first write_some of an early pump (writer_core::add_write) is
   // started, with the pump's turn on its way: whichever of the two ends
   // second carries the pump on.
+  void reset_early() noexcept { early_meetings_.store(0, std::memory_order_relaxed); }
+
   void start_early_write(std::shared_ptr<writer_state> self, const buffer_window& window,
                          pump_id id) {
-    early_meetings_.store(0, std::memory_order_relaxed);
     stream_->async_write_some(
         window, net::bind_cancellation_slot(write_slot(), write_done(std::move(self), id)));
   }
@@ -917,6 +918,8 @@ void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
         },
         [this] { return queue_.size() == 0; },
         [this](detail::pump_id id) {
+          if (id.early)
+            state_->reset_early();  // before the turn can arrive, on any thread
           queue_.async_acquire(typename state_type::pump_start{state_, id});
         },
         [this](const detail::buffer_window& window, detail::pump_id id) {
