@@ -38,26 +38,32 @@ struct result {
   int calls = 0;
 };
 
+// A tracked write handler that records its completion in r.
+auto recorder(serq_test::handler_tracker& tr, result& r) {
+  return tr.wrap([&r](error_code ec, std::size_t n) {
+    r.ec = ec;
+    r.bytes = n;
+    ++r.calls;
+  });
+}
+
 struct fixture {
   serq_test::handler_tracker tr;  // destroyed last: every handler accounted for
   net::io_context ioc;
   test_stream peer{ioc};
   std::optional<serq::queued_writer<test_stream>> writer;
 
-  // The stream's executor: the io_context's, or a strand of it.
-  explicit fixture(bool on_strand = false)
-      : writer(std::in_place, on_strand ? net::any_io_executor(net::make_strand(ioc))
-                                        : net::any_io_executor(ioc.get_executor())) {
+  // The stream's executor: the io_context's, or a strand of it; fc, if
+  // given, makes its operations fail.
+  explicit fixture(bool on_strand = false, serq_test::fail_count* fc = nullptr)
+      : writer(std::in_place,
+               on_strand ? net::any_io_executor(net::make_strand(ioc))
+                         : net::any_io_executor(ioc.get_executor()),
+               fc) {
     writer->next_layer().connect(peer);
   }
 
-  void send(std::string msg, result& r) {
-    writer->async_send(std::move(msg), tr.wrap([&r](error_code ec, std::size_t n) {
-      r.ec = ec;
-      r.bytes = n;
-      ++r.calls;
-    }));
-  }
+  void send(std::string msg, result& r) { writer->async_send(std::move(msg), recorder(tr, r)); }
 
   // Runs f as a handler of the io_context (on its thread), then everything.
   template <class F>
@@ -154,12 +160,7 @@ BOOST_AUTO_TEST_CASE(an_urgent_item_queued_behind_an_early_write_goes_before_lat
   f.on_executor([&] {
     f.send("first;", first);  // written at once
     f.send("normal;", normal);
-    f.writer->async_send(serq::urgent, std::string("urgent;"),
-                         f.tr.wrap([&](error_code ec, std::size_t n) {
-                           urgent.ec = ec;
-                           urgent.bytes = n;
-                           ++urgent.calls;
-                         }));
+    f.writer->async_send(serq::urgent, std::string("urgent;"), recorder(f.tr, urgent));
   });
   BOOST_TEST(f.peer.str() == "first;urgent;normal;");
   BOOST_TEST(first.calls == 1);
@@ -185,34 +186,22 @@ BOOST_AUTO_TEST_CASE(a_message_written_inside_the_call_has_started_and_is_not_ca
 }
 
 BOOST_AUTO_TEST_CASE(an_early_write_that_fails_fails_the_writer) {
-  serq_test::handler_tracker tr;
-  net::io_context ioc;
   serq_test::fail_count fc(1);  // the first operation fails
-  test_stream peer(ioc);
-  serq::queued_writer<test_stream> writer(ioc, fc);
-  writer.next_layer().connect(peer);
+  fixture f(false, &fc);
   result a, b, later;
-  auto record = [&tr](result& r) {
-    return tr.wrap([&r](error_code ec, std::size_t n) {
-      r.ec = ec;
-      r.bytes = n;
-      ++r.calls;
-    });
-  };
-  net::post(ioc, [&] {
-    writer.async_send(std::string("doomed"), record(a));
-    writer.async_send(std::string("queued"), record(b));
+  f.on_executor([&] {
+    f.send("doomed", a);
+    f.send("queued", b);
   });
-  ioc.run();
   BOOST_TEST(a.ec == serq_test::test_error::test_failure);
   BOOST_TEST(a.bytes == 0u);
   BOOST_TEST(b.ec == serq_test::test_error::test_failure);
-  BOOST_TEST(writer.error() == serq_test::test_error::test_failure);
-  writer.async_send(std::string("later"), record(later));
-  ioc.restart();
-  ioc.run();
+  BOOST_TEST(f.writer->error() == serq_test::test_error::test_failure);
+  f.send("later", later);
+  f.ioc.restart();
+  f.ioc.run();
   BOOST_TEST(later.ec == serq_test::test_error::test_failure);
-  BOOST_TEST(peer.str().empty());
+  BOOST_TEST(f.peer.str().empty());
 }
 
 BOOST_AUTO_TEST_CASE(destroying_the_writer_with_an_early_write_in_flight_completes_it_once) {
