@@ -99,6 +99,14 @@ auto completes_with(net::any_io_executor ex, error_code ec) {
   };
 }
 
+void expect_counts(const serq::serialized_queue& q, std::uint64_t added, std::uint64_t completed,
+                   std::uint64_t aborted) {
+  const serq::queue_stats s = q.stats();
+  BOOST_TEST(s.added == added);
+  BOOST_TEST(s.completed == completed);
+  BOOST_TEST(s.aborted == aborted);
+}
+
 // Entries that wait count as outstanding work, so run() would not return
 // while a stopped queue or a held turn keeps them waiting: drain with poll.
 struct fixture {
@@ -276,10 +284,7 @@ BOOST_AUTO_TEST_CASE(context_shutdown_reports_waiting_and_active_entries_as_shut
   q.async_wait([](error_code) {});  // tag 3
   BOOST_TEST(rec.points(3) == unrun, boost::test_tools::per_element());
   BOOST_TEST(rec.last(3, tp::detach).result == net::error::operation_aborted);
-  const serq::queue_stats s = q.stats();
-  BOOST_TEST(s.added == 3u);
-  BOOST_TEST(s.completed == 1u);
-  BOOST_TEST(s.aborted == 2u);
+  expect_counts(q, 3, 1, 2);
 }
 
 BOOST_AUTO_TEST_CASE(the_default_hook_serves_queues_without_their_own_and_writers) {
@@ -423,10 +428,7 @@ BOOST_AUTO_TEST_CASE(cancelling_an_untriggered_head_aborts_it_and_lets_the_next_
       rec.points(1) == (std::vector<trace_point>{tp::attach, tp::before_trigger, tp::detach}),
       boost::test_tools::per_element());
   BOOST_TEST(rec.last(1, tp::detach).result == net::error::operation_aborted);
-  const serq::queue_stats s = q.stats();
-  BOOST_TEST(s.added == 2u);
-  BOOST_TEST(s.aborted == 1u);
-  BOOST_TEST(s.completed == 1u);
+  expect_counts(q, 2, 1, 1);
 }
 
 BOOST_AUTO_TEST_CASE(destroying_the_queue_aborts_an_untriggered_head) {
