@@ -10,6 +10,8 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -23,13 +25,21 @@ void run_script(const std::vector<std::uint8_t>& bytes, const std::string& name)
   s.run();
 }
 
+// 3000 seeded scripts, or SERQ_SCRIPT_COUNT (scripts/memcheck.sh runs fewer under valgrind).
+int script_count() {
+  if (const char* v = std::getenv("SERQ_SCRIPT_COUNT"))
+    return std::max(1, std::atoi(v));
+  return 3000;
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(writer_core_script)
 
 BOOST_AUTO_TEST_CASE(random_scripts_keep_every_writer_invariant) {
   std::mt19937 rng(20261124);
-  for (int i = 0; i < 3000; ++i) {
+  const int count = script_count();
+  for (int i = 0; i < count; ++i) {
     std::vector<std::uint8_t> bytes(1 + rng() % 600);
     for (auto& b : bytes)
       b = static_cast<std::uint8_t>(rng());
