@@ -444,6 +444,25 @@ BOOST_AUTO_TEST_CASE(destroying_the_queue_aborts_an_untriggered_head) {
   BOOST_TEST(got == net::error::operation_aborted);
 }
 
+BOOST_AUTO_TEST_CASE(untrigger_after_the_queue_was_destroyed_releases_the_turn_and_aborts) {
+  std::optional<serq::serialized_queue> q(std::in_place, ioc);
+  std::optional<serq::turn> held;
+  q->async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  q->stop();
+  q.reset();  // the turn outlives its queue object
+  error_code got;
+  bool empty = false;
+  held->async_untrigger([&](error_code ec, serq::turn t) {
+    got = ec;
+    empty = !t;
+  });
+  BOOST_TEST(!*held);  // released
+  drain();
+  BOOST_TEST(got == net::error::operation_aborted);
+  BOOST_TEST(empty);
+}
+
 BOOST_AUTO_TEST_CASE(untrigger_from_a_coroutine_as_winbindd_waits_for_a_free_child) {
   serq::serialized_queue q(ioc);
   int busy_children = 1;
