@@ -7,7 +7,6 @@
 #include <serq/serialized_queue_service.hpp>
 #include <serq/turn.hpp>
 
-#include <exception>
 #include <utility>
 #include <vector>
 
@@ -28,6 +27,12 @@ void entry_base::attach_canceller(net::cancellation_slot slot,
   if (slot.is_connected())
     canceller_ = &slot.template emplace<canceller>(core);
 }
+
+namespace {
+std::chrono::steady_clock::rep now_ticks() noexcept {
+  return std::chrono::steady_clock::now().time_since_epoch().count();
+}
+}  // namespace
 
 // ---- entry_list -------------------------------------------------------------
 
@@ -116,7 +121,7 @@ void canceller::operator()(net::cancellation_type_t type) {
     e = waiting_;
     if (e) {
       core_->unlink_locked(e);
-      core_->left_locked(*e, queue_core::clock::now().time_since_epoch().count());
+      core_->left_locked(*e, now_ticks());
     }
   }
   if (e) {
@@ -169,12 +174,6 @@ void wait_launch_done(entry_base& e) noexcept {
 
 // ---- queue_core ------------------------------------------------------------
 
-namespace {
-std::chrono::steady_clock::rep now_ticks() noexcept {
-  return std::chrono::steady_clock::now().time_since_epoch().count();
-}
-}  // namespace
-
 queue_core::queue_core(std::string_view name) : name_(name) {}
 
 queue_core::~queue_core() = default;
@@ -219,16 +218,11 @@ void queue_core::activate_locked(entry_base* e, clock::rep now) noexcept {
   if (tracing())
     active_kind_ = e->kind();  // for an entry that goes before its trigger
   active_tag_ = e->tag_;
-  if (e == untriggered_) {
-    // Its first wait was counted when it was first triggered.
-    active_waited_ = waited_locked(*e, now);
-    count_wait_locked(active_waited_ - untriggered_waited_);
+  active_waited_ = waited_locked(*e, now);
+  if (e->attach_)  // an untriggered turn's first wait was counted at its first trigger
+    count_wait_locked(active_waited_ - (e == untriggered_ ? untriggered_waited_ : 0));
+  if (e == untriggered_)
     untriggered_ = nullptr;
-  } else {
-    active_waited_ = e->attach_ ? now - e->attach_ : 0;
-    if (e->attach_)
-      count_wait_locked(active_waited_);
-  }
 }
 
 queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
