@@ -14,18 +14,56 @@ namespace detail {
 
 // ---- window_builder ----------------------------------------------------------
 
+net::const_buffer* window_storage::initial(std::size_t& capacity) noexcept {
+  if (heap_) {
+    capacity = heap_size_;
+    return heap_.get();
+  }
+  capacity = inline_size;
+  return inline_;
+}
+
+net::const_buffer* window_storage::grow(const net::const_buffer* data, std::size_t count,
+                                        std::size_t size) noexcept {
+  if (heap_size_ < size) {
+    std::unique_ptr<net::const_buffer[]> bigger(new (std::nothrow) net::const_buffer[size]);
+    if (!bigger)
+      return nullptr;
+    std::copy(data, data + count, bigger.get());
+    heap_ = std::move(bigger);
+    heap_size_ = size;
+  } else if (data != heap_.get()) {
+    std::copy(data, data + count, heap_.get());
+  }
+  return heap_.get();
+}
+
+void window_storage::release() noexcept {
+  heap_.reset();
+  heap_size_ = 0;
+}
+
 std::size_t window_builder::append(net::const_buffer b) noexcept {
   if (full() || b.size() == 0)
     return 0;
+  if (count_ == capacity_) {
+    net::const_buffer* bigger = storage_.grow(data_, count_, max_buffers_);
+    if (!bigger) {
+      stuck_ = true;  // out of memory: this window is as long as it gets
+      return 0;
+    }
+    data_ = bigger;
+    capacity_ = max_buffers_;
+  }
   const std::size_t take = std::min(b.size(), max_bytes_ - bytes_);
-  storage_[count_++] = net::const_buffer(b.data(), take);
+  data_[count_++] = net::const_buffer(b.data(), take);
   bytes_ += take;
   return take;
 }
 
 buffer_window window_builder::view() const noexcept {
   buffer_window w;
-  w.data_ = storage_.data();
+  w.data_ = data_;
   w.count_ = count_;
   return w;
 }
@@ -37,9 +75,55 @@ node_list::~node_list() {
     n->destroy();
 }
 
-void node_list::complete_all(completion_mode mode) {
+void node_list::set_prev(writer_node* n, writer_node* prev) noexcept {
+  if (n && n->canceller_)
+    n->canceller_->prev_ = prev;
+}
+
+void node_list::push_back(writer_node* n) noexcept {
+  n->next_ = nullptr;
+  set_prev(n, back_);
+  if (back_)
+    back_->next_ = n;
+  else
+    front_ = n;
+  back_ = n;
+}
+
+writer_node* node_list::pop_front() noexcept {
+  writer_node* n = front_;
+  if (n)
+    unlink(n, nullptr);
+  return n;
+}
+
+void node_list::unlink(writer_node* n, writer_node* prev) noexcept {
+  writer_node* next = n->next_;
+  if (prev)
+    prev->next_ = next;
+  else
+    front_ = next;
+  if (next)
+    set_prev(next, prev);
+  else
+    back_ = prev;
+  n->next_ = nullptr;
+}
+
+void node_list::unlink(writer_node* n) noexcept {
+  writer_node* prev = nullptr;
+  if (n->canceller_) {
+    prev = n->canceller_->prev_;
+  } else {
+    for (writer_node* m = front_; m != n; m = m->next_)
+      prev = m;
+  }
+  unlink(n, prev);
+}
+
+void node_list::complete_all(const writer_core& core, completion_mode mode) {
   while (writer_node* n = pop_front())
-    n->complete(mode);
+    n->ops_->complete(n, core, core.result_of(n->outcome_), n->size_, mode);
 }
 
 // ---- writer_node / node_canceller ------------------------------------------
@@ -51,44 +135,43 @@ void writer_node::attach_canceller(net::cancellation_slot slot, std::shared_ptr<
 
 void node_canceller::operator()(net::cancellation_type_t type) {
   node_list done;
+  // Keeps the core while its done list completes (the signal's owner may
+  // let go of this canceller meanwhile).
+  const std::shared_ptr<writer_core> core = core_;
   {
-    std::lock_guard<std::mutex> lock(core_->mutex_);
+    std::lock_guard<std::mutex> lock(core->mutex_);
     writer_node* n = node_;
     if (!n)
       return;  // completed already: a stale signal
-    if (n->kind_ == writer_node::kind::close && n->started_) {
+    if (n->kind_ == writer_node::kind::close && n->started()) {
       // The closing operation runs: it decides, as the stream's rules say.
-      core_->close_signal_.emit(type);
-    } else if (!n->started_) {
+      core->close_signal_.emit(type);
+    } else if (!n->started()) {
       const bool queued_close =
           n->kind_ == writer_node::kind::close && n->place_ == writer_node::place::normal;
-      core_->remove_queued_locked(n);
-      n->result_ = net::error::operation_aborted;
-      done.push_back(n);
+      core->finish_node_locked(n, writer_node::outcome::aborted, done);
       if (queued_close) {
         // Taken back before it started: the writer stays open, and the
         // calls that joined this close are aborted with it.
-        core_->closing_ = false;
-        while (writer_node* f = core_->followers_.front()) {
-          f->result_ = net::error::operation_aborted;
-          core_->finish_node_locked(f, done);
-        }
+        core->closing_ = false;
+        while (writer_node* f = core->followers_.front())
+          core->finish_node_locked(f, writer_node::outcome::aborted, done, nullptr, true);
       }
-      core_->update_writable_locked(done);
-    } else if (n->written_ == 0) {
+      core->update_writable_locked(done);
+    } else if (core->written_of(n) == 0) {
       // Gathered into the write in flight, but none of its bytes accepted
       // yet: decided when that write returns. If the stream took none of
       // them, the message is removed; if it took some, it has started.
-      n->cancel_pending_ = n->cancel_pending_ | type;
+      n->add_cancel_pending(type);
     } else if ((type & net::cancellation_type::terminal) != net::cancellation_type::none) {
       // A started message cannot be taken back: the stream's framing would
       // be lost. Terminal cancellation stops the stream operation instead,
       // which fails the writer.
-      core_->terminal_requested_ = true;
-      core_->write_signal_.emit(net::cancellation_type::terminal);
+      core->terminal_requested_ = true;
+      core->write_signal_.emit(net::cancellation_type::terminal);
     }
   }
-  done.complete_all(completion_mode::post);
+  done.complete_all(*core, completion_mode::post);
 }
 
 // ---- writer_core -------------------------------------------------------------
@@ -103,13 +186,57 @@ struct writer_core::stall_check {
   void operator()(const error_code&) const { core->on_stall_timer(generation); }
 };
 
-writer_core::writer_core() : window_storage_(default_max_buffers) {}
+// The stall deadline's state. The timer is armed only while a write_some is
+// in flight, and re-armed from its own handler for the remainder, not per
+// write_some.
+struct writer_core::stall_state {
+  explicit stall_state(const net::any_io_executor& ex) : timer(ex) {}
+
+  clock::duration timeout{};
+  clock::time_point write_started{};
+  net::steady_timer timer;
+  std::uint64_t generation = 0;
+  bool armed = false;
+};
+
+writer_core::writer_core() = default;
 
 writer_core::~writer_core() {
   if (closing_node_)
     closing_node_->destroy();
   if (held_)
     held_->destroy();
+}
+
+error_code writer_core::result_of(writer_node::outcome o) const noexcept {
+  switch (o) {
+    case writer_node::outcome::success:
+      break;
+    case writer_node::outcome::aborted:
+      return net::error::operation_aborted;
+    case writer_node::outcome::shut_down:
+      return net::error::shut_down;
+    case writer_node::outcome::failed:
+      return error_;
+    case writer_node::outcome::close_result:
+      return close_result_;
+  }
+  return {};
+}
+
+writer_node::outcome writer_core::refusal_outcome_locked() const noexcept {
+  return closed_  ? writer_node::outcome::aborted
+         : error_ ? writer_node::outcome::failed
+                  : writer_node::outcome::shut_down;
+}
+
+void writer_core::reject_locked(writer_node* n, writer_node::outcome o,
+                                node_list& rejected) noexcept {
+  if (n->canceller_)
+    n->canceller_ = nullptr;  // never queued: its canceller's node_ stays null
+  n->outcome_ = o;
+  n->size_ = 0;
+  rejected.push_back(n);
 }
 
 error_code writer_core::refusal_locked() const noexcept {
@@ -124,10 +251,7 @@ error_code writer_core::refusal_locked() const noexcept {
 
 bool writer_core::add_locked(writer_node* n, lane l, node_list& rejected, bool& needs_pump) {
   if (closed_ || error_ || closing_) {
-    n->result_ = closed_  ? error_code(net::error::operation_aborted)
-                 : error_ ? error_
-                          : error_code(net::error::shut_down);
-    rejected.push_back(n);
+    reject_locked(n, refusal_outcome_locked(), rejected);
     return false;
   }
   const bool urgent = l == lane::urgent;
@@ -151,10 +275,11 @@ bool writer_core::add_locked(writer_node* n, lane l, node_list& rejected, bool& 
 
 bool writer_core::add_close_locked(writer_node* n, node_list& rejected) {
   if (close_done_ || closed_ || error_) {
-    n->result_ = close_done_ ? close_result_
-                 : closed_   ? error_code(net::error::operation_aborted)
-                             : error_;
-    rejected.push_back(n);
+    reject_locked(n,
+                  close_done_ ? writer_node::outcome::close_result
+                  : closed_   ? writer_node::outcome::aborted
+                              : writer_node::outcome::failed,
+                  rejected);
     return false;
   }
   if (n->canceller_)
@@ -217,11 +342,9 @@ void writer_core::release_held() {
 void writer_core::add_waiter(writer_node* n, node_list& ready) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (closed_ || error_ || closing_ || writable_) {
-    n->result_ = closed_    ? error_code(net::error::operation_aborted)
-                 : error_   ? error_
-                 : closing_ ? error_code(net::error::shut_down)
-                            : error_code();
-    ready.push_back(n);
+    reject_locked(
+        n, closed_ || error_ || closing_ ? refusal_outcome_locked() : writer_node::outcome::success,
+        ready);
     return;
   }
   n->place_ = writer_node::place::waiters;
@@ -230,13 +353,31 @@ void writer_core::add_waiter(writer_node* n, node_list& ready) {
   waiters_.push_back(n);
 }
 
-void writer_core::remove_queued_locked(writer_node* n) {
+std::size_t writer_core::written_of(const writer_node* n) const noexcept {
+  switch (n->place_) {
+    case writer_node::place::normal:
+      return n == nodes_.front() ? head_written_[0] : 0;
+    case writer_node::place::urgent:
+      return n == urgent_nodes_.front() ? head_written_[1] : 0;
+    default:
+      return 0;
+  }
+}
+
+void writer_core::remove_queued_locked(writer_node* n, writer_node* prev, bool prev_known) {
+  std::size_t written = 0;
+  auto unlink = [&](node_list& list) {
+    if (prev_known)
+      list.unlink(n, prev);
+    else
+      list.unlink(n);
+  };
   switch (n->place_) {
     case writer_node::place::waiters:
-      waiters_.unlink(n);
+      unlink(waiters_);
       break;
     case writer_node::place::followers:
-      followers_.unlink(n);
+      unlink(followers_);
       break;
     case writer_node::place::normal:
     case writer_node::place::urgent: {
@@ -254,9 +395,12 @@ void writer_core::remove_queued_locked(writer_node* n) {
           }
         }
       }
-      list.unlink(n);
+      written = written_of(n);
+      if (n == list.front())
+        head_written_[l == lane::urgent ? 1 : 0] = 0;
+      unlink(list);
       if (n->kind_ == writer_node::kind::write) {
-        pending_bytes_ -= n->size_ - n->written_;
+        pending_bytes_ -= n->size_ - written;
         --pending_writes_;
       }
       break;
@@ -265,33 +409,46 @@ void writer_core::remove_queued_locked(writer_node* n) {
       break;
   }
   n->place_ = writer_node::place::none;
-  if (n->canceller_)
+  n->size_ = written;
+  if (n->canceller_) {
     n->canceller_->node_ = nullptr;
+    n->canceller_ = nullptr;
+  }
 }
 
-void writer_core::finish_node_locked(writer_node* n, node_list& done) {
-  remove_queued_locked(n);
+void writer_core::finish_node_locked(writer_node* n, writer_node::outcome o, node_list& done,
+                                     writer_node* prev, bool prev_known) {
+  remove_queued_locked(n, prev, prev_known);
+  n->outcome_ = o;
   done.push_back(n);
+}
+
+void writer_core::release_window_locked() noexcept {
+  if (pending_bytes_ == 0 && !write_in_flight_)
+    window_storage_.release();
 }
 
 void writer_core::update_writable_locked(node_list& done) {
   if (!writable_ && pending_bytes_ <= low_) {
     set_writable_locked(true);
-    while (writer_node* w = waiters_.front()) {
-      w->result_ = {};
-      finish_node_locked(w, done);
-    }
+    while (writer_node* w = waiters_.front())
+      finish_node_locked(w, writer_node::outcome::success, done, nullptr, true);
   } else if (writable_ && pending_bytes_ > high_) {
     set_writable_locked(false);
   }
-  if (pending_bytes_ == 0)
+  if (pending_bytes_ == 0) {
     disarm_stall_timer_locked();
+    release_window_locked();
+  }
 }
 
 void writer_core::fail_list_locked(node_list& list, std::size_t keep, node_list& done) {
+  writer_node* prev = nullptr;
   writer_node* n = list.front();
-  for (std::size_t i = 0; i < keep && n; ++i)
+  for (std::size_t i = 0; i < keep && n; ++i) {
+    prev = n;
     n = n->next_;
+  }
   while (n) {
     writer_node* next = n->next_;
     if (n->kind_ == writer_node::kind::close) {
@@ -300,8 +457,7 @@ void writer_core::fail_list_locked(node_list& list, std::size_t keep, node_list&
       close_result_ = error_;
       closing_ = false;
     }
-    n->result_ = error_;
-    finish_node_locked(n, done);
+    finish_node_locked(n, writer_node::outcome::failed, done, prev, true);
     n = next;
   }
 }
@@ -315,22 +471,20 @@ void writer_core::fail_locked(const error_code& ec, node_list& done, bool keep_w
   const std::size_t keep = keep_window ? window_nodes_ : 0;
   fail_list_locked(nodes_, window_lane_ == lane::normal ? keep : 0, done);
   fail_list_locked(urgent_nodes_, window_lane_ == lane::urgent ? keep : 0, done);
-  while (writer_node* w = waiters_.front()) {
-    w->result_ = error_;
-    finish_node_locked(w, done);
-  }
+  while (writer_node* w = waiters_.front())
+    finish_node_locked(w, writer_node::outcome::failed, done, nullptr, true);
   if (!closing_node_) {
     // Calls that joined a close that never ran get the same error; those of
     // a running close wait for its result.
-    while (writer_node* f = followers_.front()) {
-      f->result_ = error_;
-      finish_node_locked(f, done);
-    }
+    while (writer_node* f = followers_.front())
+      finish_node_locked(f, writer_node::outcome::failed, done, nullptr, true);
   }
   if (!keep_window)
     window_nodes_ = 0;
-  if (pending_bytes_ == 0)
+  if (pending_bytes_ == 0) {
     disarm_stall_timer_locked();
+    release_window_locked();
+  }
 }
 
 step_action writer_core::build_window_locked(pump_id id, node_list& done, writer_node*& closing) {
@@ -347,7 +501,7 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
     // Urgent items go next, but a message cannot be interrupted: finish the
     // one the stream has started, alone, then lend the stream.
     const writer_node* head = nodes_.front();
-    if (head && head->segment_ == id.segment && head->written_ != 0) {
+    if (head && head->segment_ == id.segment && head_written_[0] != 0) {
       solo = true;
     } else {
       lending_ = true;
@@ -358,13 +512,11 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
   // Whatever has nothing left to write at the head is done: a flush whose
   // predecessors are all written, a zero-length message.
   while (writer_node* n = list.front()) {
-    if (n->segment_ != id.segment || n->kind_ == writer_node::kind::close ||
-        n->written_ != n->size_)
-      break;
-    n->result_ = {};
+    if (n->segment_ != id.segment || n->kind_ == writer_node::kind::close || n->size_ != 0)
+      break;  // (a head with bytes left: a head that wrote all of them has finished)
     if (n->kind_ == writer_node::kind::write)
       ++messages_written_;  // an empty message
-    finish_node_locked(n, done);
+    finish_node_locked(n, writer_node::outcome::success, done, nullptr, true);
   }
 
   if (writer_node* head = list.front();
@@ -372,17 +524,15 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
     // Everything queued before the close is written: it runs now. It leaves
     // the list (cancel() and close() leave it alone) but keeps its
     // canceller, which forwards signals to the closing operation.
-    list.unlink(head);
+    list.unlink(head, nullptr);
     head->place_ = writer_node::place::none;
-    head->started_ = true;
+    head->set_started(true);
     closing_node_ = head;
     closing = head;
     window_nodes_ = 0;
     return step_action::close;
   }
 
-  if (window_storage_.size() < max_buffers_)
-    window_storage_.resize(max_buffers_);
   window_builder builder(window_storage_, max_buffers_, max_bytes_);
   window_lane_ = id.l;
   window_nodes_ = 0;
@@ -391,11 +541,12 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
     if (n->kind_ == writer_node::kind::close)
       break;  // written by this pump's next step, once the window before it is
     ++window_nodes_;
-    if (n->written_ != n->size_) {
+    const std::size_t written = written_of(n);
+    if (written != n->size_) {
       // Only a message whose bytes are handed to the stream has started; a
       // flush or an empty message in the window stays cancellable.
-      n->started_ = true;
-      n->ops_->fill(n, n->written_, builder);
+      n->set_started(true);
+      n->ops_->fill(n, written, builder);
       if (!gathering_ || solo)
         break;
     }
@@ -404,7 +555,7 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
     // The segment is drained: the pump hands its turn on. A later write to
     // this segment needs a new pump.
     for (writer_node* n = list.front(); n && window_nodes_ > 0; n = n->next_, --window_nodes_)
-      n->started_ = false;
+      n->set_started(false);
     window_nodes_ = 0;
     if (id.l == lane::normal) {
       if (id.segment == segment_)
@@ -422,6 +573,7 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
   std::lock_guard<std::mutex> lock(mutex_);
   write_in_flight_ = false;
   node_list& list = list_of(window_lane_);
+  std::size_t& head_written = head_written_[window_lane_ == lane::urgent ? 1 : 0];
   // Messages complete strictly in order: once one is left unfinished, the
   // rest of the window (even zero-length ones) waits for the next write.
   bool blocked = false;
@@ -431,30 +583,28 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
   for (std::size_t i = 0; i < window_nodes && node; ++i) {
     writer_node* next = node->next_;
     if (!blocked) {
-      const std::size_t take = std::min(n, node->size_ - node->written_);
-      node->written_ += take;
+      // Every node before this one has finished: it is the head.
+      const std::size_t take = std::min(n, node->size_ - head_written);
+      head_written += take;
       pending_bytes_ -= take;
       bytes_written_ += take;
       n -= take;
       // A message all of whose bytes went out succeeded, even if the same
       // write_some then reported an error for what followed.
-      if (node->written_ == node->size_) {
-        node->result_ = {};
+      if (head_written == node->size_) {
         if (node->kind_ == writer_node::kind::write)
           ++messages_written_;
-        finish_node_locked(node, done);
+        finish_node_locked(node, writer_node::outcome::success, done, nullptr, true);
       } else {
         blocked = true;
       }
     }
-    if (blocked && node->written_ == 0) {
-      node->started_ = false;  // none of it reached the stream: still cancellable
-      if (node->cancel_pending_ != net::cancellation_type::none) {
-        node->result_ = net::error::operation_aborted;
-        finish_node_locked(node, done);
-      }
+    if (blocked && written_of(node) == 0) {
+      node->set_started(false);  // none of it reached the stream: still cancellable
+      if (node->cancel_pending() != net::cancellation_type::none)
+        finish_node_locked(node, writer_node::outcome::aborted, done);
     } else if (node->place_ != writer_node::place::none &&
-               (node->cancel_pending_ & net::cancellation_type::terminal) !=
+               (node->cancel_pending() & net::cancellation_type::terminal) !=
                    net::cancellation_type::none) {
       // Cancelled while gathered, and now partly written: as for any
       // started message, terminal cancellation fails the writer.
@@ -475,17 +625,17 @@ void writer_core::on_closed(const error_code& ec, node_list& done) {
   writer_node* n = std::exchange(closing_node_, nullptr);
   if (!n)
     return;  // the context shut down, destroying it
-  if (n->canceller_)
+  if (n->canceller_) {
     n->canceller_->node_ = nullptr;
-  n->result_ = ec;
+    n->canceller_ = nullptr;
+  }
+  n->outcome_ = writer_node::outcome::close_result;
   done.push_back(n);
   close_done_ = true;
   close_result_ = ec;
   closing_ = false;
-  while (writer_node* f = followers_.front()) {
-    f->result_ = ec;
-    finish_node_locked(f, done);
-  }
+  while (writer_node* f = followers_.front())
+    finish_node_locked(f, writer_node::outcome::close_result, done, nullptr, true);
   // Closed, or failed by its closing operation: sticky either way.
   if (!error_)
     error_ = ec ? ec : error_code(net::error::shut_down);
@@ -498,19 +648,21 @@ void writer_core::fail(const error_code& ec) {
     std::lock_guard<std::mutex> lock(mutex_);
     fail_locked(ec, done);
   }
-  done.complete_all(completion_mode::post);
+  done.complete_all(*this, completion_mode::post);
 }
 
 std::size_t writer_core::cancel(node_list& done) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::size_t count = 0;
   for (node_list* list : {&nodes_, &urgent_nodes_}) {
+    writer_node* prev = nullptr;
     for (writer_node* n = list->front(); n;) {
       writer_node* next = n->next_;
-      if (!n->started_ && n->kind_ == writer_node::kind::write) {
-        n->result_ = net::error::operation_aborted;
-        finish_node_locked(n, done);
+      if (!n->started() && n->kind_ == writer_node::kind::write) {
+        finish_node_locked(n, writer_node::outcome::aborted, done, prev, true);
         ++count;
+      } else {
+        prev = n;
       }
       n = next;
     }
@@ -523,20 +675,19 @@ void writer_core::close(node_list& done) {
   std::lock_guard<std::mutex> lock(mutex_);
   closed_ = true;
   for (node_list* list : {&nodes_, &urgent_nodes_}) {
+    writer_node* prev = nullptr;
     for (writer_node* n = list->front(); n;) {
       writer_node* next = n->next_;
-      if (!n->started_) {
-        n->result_ = net::error::operation_aborted;
-        finish_node_locked(n, done);
-      }
+      if (!n->started())
+        finish_node_locked(n, writer_node::outcome::aborted, done, prev, true);
+      else
+        prev = n;
       n = next;
     }
   }
   for (node_list* list : {&waiters_, &followers_}) {
-    while (writer_node* w = list->front()) {
-      w->result_ = net::error::operation_aborted;
-      finish_node_locked(w, done);
-    }
+    while (writer_node* w = list->front())
+      finish_node_locked(w, writer_node::outcome::aborted, done, nullptr, true);
   }
   // Nothing may wait on the stream for a writer that is gone: the write in
   // flight, if any, returns when the stream is closed.
@@ -552,11 +703,13 @@ void writer_core::shutdown() noexcept {
     closed_ = true;
     for (node_list* list : {&nodes_, &urgent_nodes_, &waiters_, &followers_}) {
       while (writer_node* n = list->front())
-        finish_node_locked(n, doomed);
+        finish_node_locked(n, writer_node::outcome::aborted, doomed, nullptr, true);
     }
     window_nodes_ = 0;
-    if ((closing = std::exchange(closing_node_, nullptr)) && closing->canceller_)
+    if ((closing = std::exchange(closing_node_, nullptr)) && closing->canceller_) {
       closing->canceller_->node_ = nullptr;
+      closing->canceller_ = nullptr;
+    }
     held = std::exchange(held_, nullptr);
   }
   // Destroyed outside the lock: handlers' destructors run user code.
@@ -595,55 +748,52 @@ void writer_core::set_gather_limits(std::size_t max_buffers, std::size_t max_byt
 
 // ---- the stall deadline --------------------------------------------------------
 
-void writer_core::set_timer_executor(const net::any_io_executor& ex) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  timer_executor_ = ex;
-}
-
-void writer_core::set_stall_timeout(clock::duration timeout) {
+void writer_core::set_stall_timeout(clock::duration timeout,
+                                    const net::any_io_executor& timer_executor) {
+  timeout = timeout > clock::duration::zero() ? timeout : clock::duration::zero();
   std::lock_guard<std::mutex> lock(mutex_);
   disarm_stall_timer_locked();
-  stall_timeout_ = timeout > clock::duration::zero() ? timeout : clock::duration::zero();
-  if (stall_timeout_ != clock::duration::zero() && write_in_flight_) {
+  if (!stall_) {
+    if (timeout == clock::duration::zero() || !timer_executor)
+      return;  // no deadline (or a state machine without a stream, in tests: nothing to time)
+    stall_ = std::make_unique<stall_state>(timer_executor);
+  }
+  stall_->timeout = timeout;
+  if (timeout != clock::duration::zero() && write_in_flight_) {
     // The write in flight gets the new deadline from now: it was not
     // watched, or watched for another timeout.
-    write_started_ = clock::now();
-    arm_stall_timer_locked(write_started_ + stall_timeout_);
+    stall_->write_started = clock::now();
+    arm_stall_timer_locked(stall_->write_started + timeout);
   }
 }
 
 void writer_core::note_write_started_locked() {
   write_in_flight_ = true;
   ++write_calls_;
-  if (stall_timeout_ == clock::duration::zero())
+  if (!stall_ || stall_->timeout == clock::duration::zero())
     return;
   // Each write_some that returns has made progress (or failed): the clock
   // restarts with the next one. The timer already armed, if any, finds the
   // new start when it fires and waits for the remainder.
-  write_started_ = clock::now();
-  if (!timer_armed_)
-    arm_stall_timer_locked(write_started_ + stall_timeout_);
+  stall_->write_started = clock::now();
+  if (!stall_->armed)
+    arm_stall_timer_locked(stall_->write_started + stall_->timeout);
 }
 
 void writer_core::arm_stall_timer_locked(clock::time_point deadline) {
-  if (!stall_timer_) {
-    if (!timer_executor_)
-      return;  // a state machine without a stream (tests): nothing to time
-    stall_timer_.emplace(timer_executor_);
-  }
-  stall_timer_->expires_at(deadline);
-  timer_armed_ = true;
-  stall_timer_->async_wait(
-      stall_check{std::static_pointer_cast<writer_core>(shared_from_this()), ++timer_generation_});
+  stall_->timer.expires_at(deadline);
+  stall_->armed = true;
+  stall_->timer.async_wait(
+      stall_check{std::static_pointer_cast<writer_core>(shared_from_this()), ++stall_->generation});
 }
 
 void writer_core::disarm_stall_timer_locked() noexcept {
-  if (!timer_armed_)
+  if (!stall_ || !stall_->armed)
     return;
-  timer_armed_ = false;
-  ++timer_generation_;  // the cancelled wait's handler finds itself stale
+  stall_->armed = false;
+  ++stall_->generation;  // the cancelled wait's handler finds itself stale
   try {
-    stall_timer_->cancel();
+    stall_->timer.cancel();
   } catch (...) {
     // The wait then completes at its deadline, stale, and does nothing.
   }
@@ -653,12 +803,12 @@ void writer_core::on_stall_timer(std::uint64_t generation) {
   node_list done;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (generation != timer_generation_)
+    if (generation != stall_->generation)
       return;  // cancelled or superseded
-    timer_armed_ = false;
-    if (stall_timeout_ == clock::duration::zero() || error_ || closed_ || !write_in_flight_)
+    stall_->armed = false;
+    if (stall_->timeout == clock::duration::zero() || error_ || closed_ || !write_in_flight_)
       return;  // the next write_some arms it again
-    const clock::time_point deadline = write_started_ + stall_timeout_;
+    const clock::time_point deadline = stall_->write_started + stall_->timeout;
     if (clock::now() < deadline) {
       arm_stall_timer_locked(deadline);
       return;
@@ -669,7 +819,7 @@ void writer_core::on_stall_timer(std::uint64_t generation) {
     fail_locked(net::error::timed_out, done, true);
     write_signal_.emit(net::cancellation_type::terminal);
   }
-  done.complete_all(completion_mode::dispatch);
+  done.complete_all(*this, completion_mode::dispatch);
 }
 
 void writer_core::set_writable_locked(bool on) noexcept {
@@ -697,6 +847,11 @@ writer_counters writer_core::counters() const noexcept {
 std::size_t writer_core::pending_bytes() const noexcept {
   std::lock_guard<std::mutex> lock(mutex_);
   return pending_bytes_;
+}
+
+std::size_t writer_core::window_heap_bytes() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return window_storage_.heap_bytes();
 }
 
 std::size_t writer_core::size() const noexcept {

@@ -59,7 +59,8 @@ class script_node final : public d::writer_node {
   }
 
  private:
-  static void do_complete(d::writer_node* b, error_code ec, std::size_t n, d::completion_mode) {
+  static void do_complete(d::writer_node* b, const d::writer_core&, error_code ec, std::size_t n,
+                          d::completion_mode) {
     auto* self = static_cast<script_node*>(b);
     record& r = *self->rec_;
     if (r.completions++ != 0)
@@ -178,7 +179,7 @@ class script {
       core_->add(n, done, [&](std::uint64_t seg) { queue_.push_back({false, seg, 0}); });
     }
     msgs_.push_back(std::move(m));
-    done.complete_all(d::completion_mode::post);
+    done.complete_all(*core_, d::completion_mode::post);
   }
 
   void step(unsigned action) {
@@ -230,7 +231,7 @@ class script {
         progress(done);
         break;
     }
-    done.complete_all(d::completion_mode::dispatch);
+    done.complete_all(*core_, d::completion_mode::dispatch);
   }
 
   // Advances the simulated queue and stream by one move.
@@ -303,16 +304,16 @@ class script {
     // completes as a destroyed socket's would.
     d::node_list done;
     core_->close(done);
-    done.complete_all(d::completion_mode::post);
+    done.complete_all(*core_, d::completion_mode::post);
     for (int guard = 0; (active_ || !queue_.empty()) && guard < 100000; ++guard) {
       if (in_flight_) {
         in_flight_ = false;
         core_->on_written(net::error::operation_aborted, 0, done);
-        done.complete_all(d::completion_mode::dispatch);
+        done.complete_all(*core_, d::completion_mode::dispatch);
         continue;
       }
       progress(done);
-      done.complete_all(d::completion_mode::dispatch);
+      done.complete_all(*core_, d::completion_mode::dispatch);
     }
     check(!active_ && queue_.empty(), "the pumps did not drain after close()");
 

@@ -15,7 +15,6 @@
 
 #include <serq/config.hpp>
 #include <serq/detail/completion_mode.hpp>
-#include <serq/detail/intrusive_list.hpp>
 #include <serq/serialized_queue_service.hpp>
 
 #include <chrono>
@@ -23,8 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <optional>
-#include <vector>
+#include <utility>
 
 SERQ_NAMESPACE_BEGIN
 namespace detail {
@@ -49,14 +47,39 @@ class buffer_window {
   std::size_t count_ = 0;
 };
 
+// Where windows are cut: a few buffers inside the writer (a window of one
+// message, the common case when nothing waits), and an array of the gather
+// limit's size made when a window needs more, kept while the writer is busy
+// and freed when it has nothing left to write (writer_core::release_window).
+class window_storage {
+ public:
+  static constexpr std::size_t inline_size = 4;
+
+  net::const_buffer* initial(std::size_t& capacity) noexcept;
+  // Storage for up to `size` buffers holding the first `count` of `data`;
+  // null if it cannot be allocated (the window stays as it is).
+  net::const_buffer* grow(const net::const_buffer* data, std::size_t count,
+                          std::size_t size) noexcept;
+  void release() noexcept;
+  std::size_t heap_bytes() const noexcept { return heap_size_ * sizeof(net::const_buffer); }
+
+ private:
+  net::const_buffer inline_[inline_size];
+  std::unique_ptr<net::const_buffer[]> heap_;
+  std::size_t heap_size_ = 0;
+};
+
 // Appends buffers to the window under construction, within its limits.
 class window_builder {
  public:
-  window_builder(std::vector<net::const_buffer>& storage, std::size_t max_buffers,
-                 std::size_t max_bytes) noexcept
-      : storage_(storage), max_buffers_(max_buffers), max_bytes_(max_bytes) {}
+  window_builder(window_storage& storage, std::size_t max_buffers, std::size_t max_bytes) noexcept
+      : storage_(storage), max_buffers_(max_buffers), max_bytes_(max_bytes) {
+    data_ = storage_.initial(capacity_);
+  }
 
-  bool full() const noexcept { return count_ == max_buffers_ || bytes_ == max_bytes_; }
+  bool full() const noexcept {
+    return count_ == max_buffers_ || bytes_ == max_bytes_ || (count_ == capacity_ && stuck_);
+  }
   std::size_t bytes() const noexcept { return bytes_; }
   std::size_t count() const noexcept { return count_; }
 
@@ -66,11 +89,14 @@ class window_builder {
   buffer_window view() const noexcept;
 
  private:
-  std::vector<net::const_buffer>& storage_;
+  window_storage& storage_;
+  net::const_buffer* data_ = nullptr;
+  std::size_t capacity_ = 0;
   std::size_t max_buffers_;
   std::size_t max_bytes_;
   std::size_t count_ = 0;
   std::size_t bytes_ = 0;
+  bool stuck_ = false;  // the storage could not grow: the window ends at its capacity
 };
 
 // The writer's two FIFOs. Each has its own pumps, each holding a turn of its
@@ -85,7 +111,7 @@ enum class lane : unsigned char { normal, urgent };
 // and that write's completion meet, and the later of the two goes on.
 struct pump_id {
   lane l = lane::normal;
-  std::uint64_t segment = 0;
+  std::uint32_t segment = 0;
   bool early = false;
 };
 
@@ -98,14 +124,24 @@ enum class step_action : unsigned char {
 };
 
 // A queued write, flush, close or wait_writable request, type-erased
-// through a static table of functions.
+// through a static table of functions. Five words: a request whose handler
+// and buffers take three more fits the 80-byte block of Asio's recycling
+// allocator. What only the writer needs lives in the writer: the bytes
+// written of a partly written message (only a lane's head can be one), the
+// error a failed request reports (the writer's, which never changes once
+// set), the back link a cancelled request is unlinked by (in its canceller;
+// only a request with a canceller leaves from the middle of a list at
+// random), and the executor of handlers that have none of their own.
 class writer_node {
  public:
   enum class kind : unsigned char { write, flush, waiter, close };
 
   struct ops {
-    // Frees the node and invokes the handler with (ec, bytes) as mode says.
-    void (*complete)(writer_node*, error_code, std::size_t, completion_mode mode);
+    // Frees the node and invokes the handler with (ec, bytes) as mode says;
+    // core is the writer the node was queued on (its executor is the
+    // handler's unless the handler has one of its own).
+    void (*complete)(writer_node*, const writer_core& core, error_code, std::size_t,
+                     completion_mode mode);
     // Frees the node without invoking its handler.
     void (*destroy)(writer_node*) noexcept;
     // Appends the not yet written bytes, starting offset bytes in.
@@ -116,13 +152,11 @@ class writer_node {
   writer_node& operator=(const writer_node&) = delete;
 
   kind node_kind() const noexcept { return kind_; }
-  std::size_t size() const noexcept { return size_; }
 
   // Installs the cancellation handler in the user's slot. Called from the
   // initiating function.
   void attach_canceller(net::cancellation_slot slot, std::shared_ptr<writer_core> core);
 
-  void complete(completion_mode mode) { ops_->complete(this, result_, written_, mode); }
   void destroy() noexcept { ops_->destroy(this); }
 
  protected:
@@ -133,42 +167,83 @@ class writer_node {
 
  private:
   friend class writer_core;
-  template <class>
-  friend class intrusive_list;
+  friend class node_list;
   friend class node_canceller;
 
   // Which list of the core holds the node.
   enum class place : unsigned char { none, normal, urgent, waiters, followers };
+  // How a finished request ended: its error is derived from the writer's
+  // state when it completes (writer_core::result_of).
+  enum class outcome : unsigned char { success, aborted, shut_down, failed, close_result };
+
+  static constexpr unsigned char started_bit = 1;
+  static constexpr unsigned char cancel_shift = 1;  // the pending signal's type bits above it
+
+  bool started() const noexcept { return (flags_ & started_bit) != 0; }
+  void set_started(bool on) noexcept {
+    flags_ = on ? (flags_ | started_bit) : (flags_ & ~started_bit);
+  }
+  // The signals received while gathered into the write in flight
+  // (terminal, partial, total: three bits).
+  net::cancellation_type_t cancel_pending() const noexcept {
+    return static_cast<net::cancellation_type_t>(flags_ >> cancel_shift);
+  }
+  void add_cancel_pending(net::cancellation_type_t t) noexcept {
+    flags_ |= static_cast<unsigned char>((static_cast<unsigned>(t) & 7u) << cancel_shift);
+  }
 
   const ops* ops_;
-  std::size_t size_;
-  std::size_t written_ = 0;
-  std::uint64_t segment_ = 0;
-  error_code result_;
-  net::cancellation_type_t cancel_pending_ = net::cancellation_type::none;
-  node_canceller* canceller_ = nullptr;
   writer_node* next_ = nullptr;
-  writer_node* prev_ = nullptr;
+  node_canceller* canceller_ = nullptr;  // while queued, if the handler has a slot
+  // While queued: the message's length. Once finished: the bytes it wrote,
+  // which its handler receives.
+  std::size_t size_;
+  // The segment (run of writes between two composed operations) it belongs
+  // to. 32 bits: two live segments are never 2^32 apart, since every
+  // segment boundary is an entry in the writer's queue.
+  std::uint32_t segment_ = 0;
   kind kind_;
   place place_ = place::none;
-  bool started_ = false;
+  outcome outcome_ = outcome::success;
+  unsigned char flags_ = 0;
 };
 
-// A list of writer nodes that owns them: nodes still in it when it is
-// destroyed are destroyed without their handlers being invoked.
-class node_list : public intrusive_list<writer_node> {
+// A FIFO of writer nodes that owns them: nodes still in it when it is
+// destroyed are destroyed without their handlers being invoked. Singly
+// linked; the back link that unlinking from the middle needs is kept in the
+// node's canceller when it has one, and found by a walk otherwise (cancel(),
+// close() and failures walk the list anyway and pass the predecessor).
+class node_list {
  public:
   node_list() = default;
-  node_list(node_list&&) noexcept = default;
-  // The nodes this list held leave with o (and are destroyed with it).
+  node_list(node_list&& o) noexcept
+      : front_(std::exchange(o.front_, nullptr)), back_(std::exchange(o.back_, nullptr)) {}
+  // Swaps: the nodes this list held leave with o (and are destroyed with it).
   node_list& operator=(node_list&& o) noexcept {
-    intrusive_list::operator=(std::move(o));
+    std::swap(front_, o.front_);
+    std::swap(back_, o.back_);
     return *this;
   }
   ~node_list();
 
-  // Completes every node with its stored result, in order.
-  void complete_all(completion_mode mode);
+  bool empty() const noexcept { return front_ == nullptr; }
+  writer_node* front() const noexcept { return front_; }
+
+  void push_back(writer_node* n) noexcept;
+  writer_node* pop_front() noexcept;
+  // Unlinks n, whose predecessor in this list is prev (null: n is the front).
+  void unlink(writer_node* n, writer_node* prev) noexcept;
+  // Unlinks n: through its canceller's back link, else by a walk.
+  void unlink(writer_node* n) noexcept;
+
+  // Completes every node with its result, in order. core is the writer the
+  // nodes were queued on; it must be alive.
+  void complete_all(const writer_core& core, completion_mode mode);
+
+ private:
+  static void set_prev(writer_node* n, writer_node* prev) noexcept;
+  writer_node* front_ = nullptr;
+  writer_node* back_ = nullptr;
 };
 
 // Lives in a request's cancellation slot: removes a queued request; forwards
@@ -182,8 +257,10 @@ class node_canceller {
 
  private:
   friend class writer_core;
+  friend class node_list;
   std::shared_ptr<writer_core> core_;
-  writer_node* node_;  // guarded by core_->mutex_; null once completed
+  writer_node* node_;            // guarded by core_->mutex_; null once completed
+  writer_node* prev_ = nullptr;  // node_'s back link in its list (core_->mutex_)
 };
 
 // A composed operation whose turn came while urgent items were waiting. It
@@ -438,7 +515,7 @@ class writer_core : public service_member {
 
   // next_step for a normal pump that never meets urgent items nor a close.
   template <class StartWrite>
-  bool next_write(std::uint64_t segment, node_list& done, StartWrite&& start_write) {
+  bool next_write(std::uint32_t segment, node_list& done, StartWrite&& start_write) {
     writer_node* closing = nullptr;
     return next_step(
                pump_id{lane::normal, segment}, done, std::forward<StartWrite>(start_write), [] {},
@@ -470,20 +547,42 @@ class writer_core : public service_member {
   void set_gathering(bool on) noexcept;
   void set_gather_limits(std::size_t max_buffers, std::size_t max_bytes);
 
-  // The stall deadline: 0 (or less) turns it off. The timer is created on
-  // the executor given to set_timer_executor, which the writer sets first.
-  void set_stall_timeout(clock::duration timeout);
-  void set_timer_executor(const net::any_io_executor& ex);
+  // The stall deadline: 0 (or less) turns it off. The timer (made on the
+  // first deadline) runs on timer_executor.
+  void set_stall_timeout(clock::duration timeout, const net::any_io_executor& timer_executor);
+
+  // The executor of handlers that have none of their own: the writer's,
+  // of type Executor (set by the writer, set_io_executor).
+  template <class Executor>
+  const Executor& io_executor() const noexcept {
+    return *static_cast<const Executor*>(io_executor_);
+  }
+
+  // The error of a finished request that ended as o: the writer's own
+  // error and close result never change once set, so this is read after
+  // the lock that finished the request was released.
+  error_code result_of(writer_node::outcome o) const noexcept;
 
   std::size_t pending_bytes() const noexcept;
   std::size_t size() const noexcept;
+  // Heap bytes the window storage holds now (tests: it goes when idle).
+  std::size_t window_heap_bytes() const noexcept;
   writer_counters counters() const noexcept;
   bool writable() const noexcept;
   error_code error() const noexcept;
 
+ protected:
+  // Executor: the type the handler nodes of this writer read it back as.
+  template <class Executor>
+  void set_io_executor(const Executor& ex) noexcept {
+    io_executor_ = &ex;
+  }
+
  private:
   friend class node_canceller;
+  friend class node_list;
   struct stall_check;
+  struct stall_state;
 
   enum class held_state : unsigned char { none, running, ready, released };
 
@@ -497,8 +596,21 @@ class writer_core : public service_member {
   void fail_locked(const error_code& ec, node_list& done, bool keep_window = false);
   void fail_list_locked(node_list& list, std::size_t keep, node_list& done);
   void end_close_locked(const error_code& ec, node_list& done);
-  void remove_queued_locked(writer_node* n);
-  void finish_node_locked(writer_node* n, node_list& done);
+  // The bytes of n written so far: only a lane's head can have some.
+  std::size_t written_of(const writer_node* n) const noexcept;
+  // Takes n out of the list it is queued in (prev: its predecessor there,
+  // if the caller knows it), ending its pending bytes and its canceller's
+  // hold; from now on n->size_ is what it wrote.
+  void remove_queued_locked(writer_node* n, writer_node* prev = nullptr, bool prev_known = false);
+  // Removes n (as above) and puts it into done, ended as o.
+  void finish_node_locked(writer_node* n, writer_node::outcome o, node_list& done,
+                          writer_node* prev = nullptr, bool prev_known = false);
+  // Refuses n, never queued, inside its initiating call: into rejected, as o.
+  void reject_locked(writer_node* n, writer_node::outcome o, node_list& rejected) noexcept;
+  // The outcome of a request refused by a failed, closed or closing writer.
+  writer_node::outcome refusal_outcome_locked() const noexcept;
+  // Frees the window's heap storage once nothing is left to write.
+  void release_window_locked() noexcept;
   void update_writable_locked(node_list& done);
   // Every change of writable_ goes through here: it times the spells above
   // the high watermark.
@@ -510,14 +622,18 @@ class writer_core : public service_member {
   void disarm_stall_timer_locked() noexcept;
   void on_stall_timer(std::uint64_t generation);
 
+  const void* io_executor_ = nullptr;
   mutable std::mutex mutex_;
   node_list nodes_;                      // writes, flushes and the close, in order
   node_list urgent_nodes_;               // urgent writes, in order
   node_list waiters_;                    // async_wait_writable
   node_list followers_;                  // async_close calls made while a close is pending
   writer_node* closing_node_ = nullptr;  // the close whose operation runs
-  std::vector<net::const_buffer> window_storage_;
+  window_storage window_storage_;
   buffer_window window_;
+  // The bytes written of each lane's head message (normal, urgent): the
+  // only message of its lane that can be partly written.
+  std::size_t head_written_[2] = {0, 0};
   std::size_t window_nodes_ = 0;  // nodes (from the front of window_lane_) the window touches
   lane window_lane_ = lane::normal;
   std::size_t pending_bytes_ = 0;
@@ -526,8 +642,8 @@ class writer_core : public service_member {
   std::size_t high_ = default_high_watermark;
   std::size_t max_buffers_ = default_max_buffers;
   std::size_t max_bytes_ = default_max_bytes;
-  std::uint64_t segment_ = 0;
-  std::uint64_t urgent_segment_ = 0;
+  std::uint32_t segment_ = 0;
+  std::uint32_t urgent_segment_ = 0;
   bool segment_has_pump_ = false;
   bool urgent_segment_has_pump_ = false;
   bool gathering_ = true;
@@ -548,16 +664,10 @@ class writer_core : public service_member {
   net::cancellation_signal write_signal_;
   net::cancellation_signal close_signal_;
 
-  // The stall deadline. The timer exists once a deadline was armed; it is
-  // armed only while a write_some is in flight and re-armed from its own
-  // handler for the remainder, not per write_some.
-  clock::duration stall_timeout_{};
-  clock::time_point write_started_{};
-  net::any_io_executor timer_executor_;
-  std::optional<net::steady_timer> stall_timer_;
-  std::uint64_t timer_generation_ = 0;
+  // The stall deadline, made by the first set_stall_timeout with one: an
+  // idle writer without a deadline carries no timer.
+  std::unique_ptr<stall_state> stall_;
   bool write_in_flight_ = false;
-  bool timer_armed_ = false;
 
   // stats(): counted under mutex_, where the state they count changes.
   std::uint64_t messages_written_ = 0;

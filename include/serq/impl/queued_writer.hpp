@@ -172,20 +172,74 @@ struct no_bytes {
   }
 };
 
+// Outstanding work for a queued request's handler. A request always waits
+// behind an operation that counts outstanding work on the writer's executor
+// (a write_some or a closing operation in flight, a pump waiting in the
+// writer's queue, an urgent lend's barrier), so a handler whose executor is
+// the writer's needs none of its own: a handler without an associated
+// executor holds nothing (not even a pointer), one whose executor compares
+// equal to the writer's a null pointer, and only one on another executor a
+// work guard, allocated with the handler's allocator.
+template <class Handler, class Executor, bool = has_own_executor<Handler>::value>
+class request_work {
+ public:
+  using handler_executor = net::associated_executor_t<Handler, Executor>;
+
+  void start(const Handler&, const Executor&) noexcept {}
+  static handler_executor executor_of(const Handler&, const Executor& io_ex) noexcept {
+    return io_ex;
+  }
+  std::optional<work_guard<handler_executor>> take(const Handler&) noexcept { return {}; }
+  void release(const Handler&) noexcept {}
+};
+
+template <class Handler, class Executor>
+class request_work<Handler, Executor, true> {
+ public:
+  using handler_executor = net::associated_executor_t<Handler, Executor>;
+  using guard = work_guard<handler_executor>;
+
+  void start(const Handler& h, const Executor& io_ex) {
+    handler_executor ex = net::get_associated_executor(h, io_ex);
+    if constexpr (std::is_same_v<handler_executor, Executor>) {
+      if (ex == io_ex)
+        return;
+    }
+    work_ = allocate_node<guard>(h, std::move(ex));
+  }
+  static handler_executor executor_of(const Handler& h, const Executor& io_ex) noexcept {
+    return net::get_associated_executor(h, io_ex);
+  }
+  // The guard moves out (to be released after the handler is handed on).
+  std::optional<guard> take(const Handler& h) noexcept {
+    std::optional<guard> held;
+    if (guard* w = std::exchange(work_, nullptr)) {
+      held.emplace(std::move(*w));
+      deallocate_node(w, node_allocator(h));
+    }
+    return held;
+  }
+  void release(const Handler& h) noexcept {
+    if (guard* w = std::exchange(work_, nullptr))
+      deallocate_node(w, node_allocator(h));
+  }
+
+ private:
+  guard* work_ = nullptr;
+};
+
 // A queued request: owns the user's handler and, for a write, (a view of)
 // the bytes. Writes complete with (error_code, bytes); a flush or a
 // wait_writable (Buffers = no_bytes) with an error_code only.
 template <class Buffers, class Handler, class Executor>
-class handler_node final : public writer_node {
+class handler_node final : public writer_node, private request_work<Handler, Executor> {
   static constexpr bool carries_bytes = !std::is_same_v<Buffers, no_bytes>;
+  using work = request_work<Handler, Executor>;
 
  public:
   template <class B, class H>
   handler_node(kind k, B&& b, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
-      : writer_node(&table, k, 0),
-        buffers_(std::forward<B>(b)),
-        handler_(std::forward<H>(h)),
-        work_(net::get_associated_executor(handler_, ex)) {
+      : writer_node(&table, k, 0), buffers_(std::forward<B>(b)), handler_(std::forward<H>(h)) {
     std::size_t size = 0;
     auto add = [&size](net::const_buffer b) noexcept {
       size += b.size();
@@ -193,22 +247,25 @@ class handler_node final : public writer_node {
     };
     buffers_.for_each_buffer(add);
     set_size(size);
+    work::start(handler_, ex);
     attach_canceller(net::get_associated_cancellation_slot(handler_), core);
   }
 
  private:
-  using handler_executor = net::associated_executor_t<Handler, Executor>;
-
-  static void do_complete(writer_node* b, error_code ec, std::size_t n, completion_mode mode) {
+  static void do_complete(writer_node* b, const writer_core& core, error_code ec, std::size_t n,
+                          completion_mode mode) {
     auto* self = static_cast<handler_node*>(b);
+    const auto ex = work::executor_of(self->handler_, core.io_executor<Executor>());
+    const auto held = self->take(self->handler_);
     if constexpr (carries_bytes)
-      free_then_deliver(self, self->handler_, self->work_, mode, ec, n);
+      free_then_deliver_after(self, self->handler_, ex, mode, nothing_then{}, ec, n);
     else
-      free_then_deliver(self, self->handler_, self->work_, mode, ec);
+      free_then_deliver_after(self, self->handler_, ex, mode, nothing_then{}, ec);
   }
 
   static void do_destroy(writer_node* b) noexcept {
     auto* self = static_cast<handler_node*>(b);
+    self->release(self->handler_);
     deallocate_node(self, node_allocator(self->handler_));
   }
 
@@ -233,7 +290,6 @@ class handler_node final : public writer_node {
 
   Buffers buffers_;
   Handler handler_;
-  work_guard<handler_executor> work_;
 };
 
 template <class T, class = void>
@@ -369,28 +425,33 @@ class close_request : public writer_node {
 
 // An async_close request: the user's handler, and what closes the stream.
 template <class Closer, class Handler, class Executor, class State>
-class close_node final : public close_request<State> {
+class close_node final : public close_request<State>, private request_work<Handler, Executor> {
+  using work = request_work<Handler, Executor>;
+
  public:
   template <class C, class H>
   close_node(C&& c, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
       : close_request<State>(&table, &do_launch),
         closer_(std::forward<C>(c)),
-        handler_(std::forward<H>(h)),
-        work_(net::get_associated_executor(handler_, ex)) {
+        handler_(std::forward<H>(h)) {
+    work::start(handler_, ex);
     this->attach_canceller(net::get_associated_cancellation_slot(handler_), core);
   }
 
  private:
-  using handler_executor = net::associated_executor_t<Handler, Executor>;
   using base = close_request<State>;
 
-  static void do_complete(writer_node* b, error_code ec, std::size_t, completion_mode mode) {
+  static void do_complete(writer_node* b, const writer_core& core, error_code ec, std::size_t,
+                          completion_mode mode) {
     auto* self = static_cast<close_node*>(b);
-    free_then_deliver(self, self->handler_, self->work_, mode, ec);
+    const auto ex = work::executor_of(self->handler_, core.io_executor<Executor>());
+    const auto held = self->take(self->handler_);
+    free_then_deliver_after(self, self->handler_, ex, mode, nothing_then{}, ec);
   }
 
   static void do_destroy(writer_node* b) noexcept {
     auto* self = static_cast<close_node*>(b);
+    self->release(self->handler_);
     deallocate_node(self, node_allocator(self->handler_));
   }
 
@@ -406,7 +467,6 @@ class close_node final : public close_request<State> {
 
   Closer closer_;
   Handler handler_;
-  work_guard<handler_executor> work_;
 };
 
 // The result of a composed operation that ran in the urgent queue on behalf
@@ -505,14 +565,16 @@ class writer_state final : public writer_core {
   template <class... Args>
   explicit writer_state(std::in_place_t, Args&&... args)
       : stream_(make_storage(std::forward<Args>(args)...)), executor_(stream_->get_executor()) {
-    if constexpr (std::is_convertible_v<executor_type, net::any_io_executor>)
-      set_timer_executor(net::any_io_executor(executor_));
+    set_io_executor(executor_);
   }
 
   // The state a moved-from writer is left with: no stream, failed.
   explicit writer_state(const executor_type& ex) : executor_(ex) {
+    set_io_executor(executor_);
     fail(net::error::bad_descriptor);
   }
+
+  const executor_type& get_executor() const noexcept { return executor_; }
 
   bool has_stream() const noexcept { return static_cast<bool>(stream_); }
   next_layer_type& stream() noexcept { return *stream_; }
@@ -523,7 +585,7 @@ class writer_state final : public writer_core {
   // that urgent items were queued.
   queue_type& urgent_queue() {
     if (!urgent_queue_) {
-      urgent_queue_.emplace(executor_, "serq.queued_writer.urgent");
+      urgent_queue_ = std::make_unique<queue_type>(executor_, "serq.queued_writer.urgent");
       urgent_queue_->stop();
     }
     return *urgent_queue_;
@@ -818,7 +880,7 @@ class writer_state final : public writer_core {
   template <class Next>
   static void complete_then(std::shared_ptr<writer_state> self, node_list& done, Next next) {
     try {
-      done.complete_all(completion_mode::dispatch);
+      done.complete_all(*self, completion_mode::dispatch);
     } catch (...) {
       // Not through stream_: the handler that threw may have destroyed the
       // writer, and the stream with it.
@@ -836,7 +898,7 @@ class writer_state final : public writer_core {
   const executor_type executor_;
   turn turn_;         // the writer queue's, held by its active pump or lender
   turn urgent_turn_;  // the urgent queue's, held by its active pump
-  std::optional<queue_type> urgent_queue_;
+  std::unique_ptr<queue_type> urgent_queue_;  // made on the first urgent request
   // An early pump's turn and its first write_some's completion, arrived so
   // far (start_early_write).
   std::atomic<unsigned char> early_meetings_{0};
@@ -887,7 +949,7 @@ void queued_writer<Stream>::close_state() {
   detail::node_list done;
   state_->close(done);
   state_->abort_urgent();
-  done.complete_all(detail::completion_mode::post);
+  done.complete_all(*state_, detail::completion_mode::post);
   state_type::close_owned_stream(std::move(state_));  // state_ is reassigned or gone next
 }
 
@@ -902,7 +964,7 @@ void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
   if (urgent) {
     state_->add_urgent(
         n, rejected,
-        [this](std::uint64_t segment) {
+        [this](std::uint32_t segment) {
           state_->urgent_queue().async_acquire(
               typename state_type::pump_start{state_, {detail::lane::urgent, segment}});
         },
@@ -926,7 +988,8 @@ void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
           state_->start_early_write(state_, window, id);
         });
   }
-  rejected.complete_all(detail::completion_mode::immediate);  // still inside the initiating call
+  // Still inside the initiating call.
+  rejected.complete_all(*state_, detail::completion_mode::immediate);
 }
 
 template <class Stream>
@@ -967,7 +1030,7 @@ struct queued_writer<Stream>::initiate_signal {
     } else {
       detail::node_list ready;
       self->state_->add_waiter(n, ready);
-      ready.complete_all(detail::completion_mode::immediate);
+      ready.complete_all(*self->state_, detail::completion_mode::immediate);
     }
   }
 };
@@ -987,11 +1050,11 @@ struct queued_writer<Stream>::initiate_close {
                                                               std::forward<Handler>(handler),
                                                               get_executor(), self->state_);
     detail::node_list rejected;
-    self->state_->add_close(n, rejected, [this](std::uint64_t segment) {
+    self->state_->add_close(n, rejected, [this](std::uint32_t segment) {
       self->queue_.async_acquire(
           typename state_type::pump_start{self->state_, {detail::lane::normal, segment}});
     });
-    rejected.complete_all(detail::completion_mode::immediate);
+    rejected.complete_all(*self->state_, detail::completion_mode::immediate);
   }
 };
 
@@ -1144,7 +1207,7 @@ template <class Stream>
 void queued_writer<Stream>::set_watermarks(std::size_t low, std::size_t high) {
   detail::node_list done;
   state_->set_watermarks(low, high, done);
-  done.complete_all(detail::completion_mode::post);
+  done.complete_all(*state_, detail::completion_mode::post);
 }
 
 template <class Stream>
@@ -1163,7 +1226,7 @@ void queued_writer<Stream>::set_stall_timeout(const std::chrono::duration<Rep, P
     else
       d = std::chrono::ceil<clock_duration>(timeout);
   }
-  state_->set_stall_timeout(d);
+  state_->set_stall_timeout(d, net::any_io_executor(get_executor()));
 }
 
 template <class Stream>
@@ -1183,7 +1246,7 @@ template <class Stream>
 std::size_t queued_writer<Stream>::cancel() {
   detail::node_list done;
   const std::size_t n = state_->cancel(done);
-  done.complete_all(detail::completion_mode::post);
+  done.complete_all(*state_, detail::completion_mode::post);
   return n;
 }
 

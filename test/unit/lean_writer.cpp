@@ -1,0 +1,246 @@
+//
+// test/unit/lean_writer.cpp
+//
+// What keeps queued_writer's per-message and idle cost small, and the rules
+// that must survive it: a pending request is five words plus its handler and
+// buffers (the 80-byte block of Asio's recycling allocator for a one-pointer
+// callback, borrowed or std::string); outstanding work is held for a handler
+// on another executor only, and still held there; the gather window's array
+// exists only while a window needs it and the writer is busy; the stall
+// timer only once a deadline was set.
+//
+
+#include <serq/queued_writer.hpp>
+
+#include "common/exactly_once.hpp"
+#include "common/net.hpp"
+#include "common/test_stream.hpp"
+
+#include <boost/test/unit_test.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace d = serq::detail;
+using serq_test::test_stream;
+
+namespace {
+
+struct one_pointer_callback {
+  int* count;
+  void operator()(error_code, std::size_t) const { ++*count; }
+};
+
+// A bare request for driving writer_core directly: one buffer each.
+struct result {
+  error_code ec;
+  std::size_t bytes = 0;
+};
+
+class plain_node final : public d::writer_node {
+ public:
+  plain_node(std::string data, std::vector<result>* results)
+      : d::writer_node(&table, kind::write, 0), data_(std::move(data)), results_(results) {
+    set_size(data_.size());
+  }
+
+ private:
+  static void do_complete(d::writer_node* b, const d::writer_core&, error_code ec, std::size_t n,
+                          d::completion_mode) {
+    auto* self = static_cast<plain_node*>(b);
+    self->results_->push_back({ec, n});
+    delete self;
+  }
+  static void do_destroy(d::writer_node* b) noexcept { delete static_cast<plain_node*>(b); }
+  static void do_fill(const d::writer_node* b, std::size_t offset, d::window_builder& w) noexcept {
+    const auto* self = static_cast<const plain_node*>(b);
+    w.append(net::buffer(self->data_) + offset);
+  }
+  static constexpr ops table{&do_complete, &do_destroy, &do_fill};
+
+  std::string data_;
+  std::vector<result>* results_;
+};
+
+// Adds n one-byte messages to core, all in segment 0.
+void add_messages(d::writer_core& core, std::size_t n, std::vector<result>& results) {
+  for (std::size_t i = 0; i < n; ++i) {
+    d::node_list rejected;
+    core.add(new plain_node("x", &results), rejected, [](std::uint32_t) {});
+    BOOST_TEST_REQUIRE(rejected.empty());
+  }
+}
+
+// Cuts the next window of segment 0 (the pump's step) and returns its buffer count.
+std::size_t cut_window(d::writer_core& core) {
+  d::node_list done;
+  std::size_t buffers = 0;
+  const bool wrote = core.next_write(0, done, [&](const d::buffer_window& w) {
+    buffers = static_cast<std::size_t>(w.end() - w.begin());
+  });
+  BOOST_TEST_REQUIRE(wrote);
+  BOOST_TEST_REQUIRE(done.empty());
+  return buffers;
+}
+
+void written(d::writer_core& core, std::size_t n) {
+  d::node_list done;
+  core.on_written(error_code(), n, done);
+  done.complete_all(core, d::completion_mode::post);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(lean_writer)
+
+BOOST_AUTO_TEST_CASE(a_pending_message_with_a_one_pointer_callback_fits_an_80_byte_block) {
+  using io_executor = net::any_io_executor;
+  using borrowed =
+      d::handler_node<d::borrowed_buffers<net::const_buffer>, one_pointer_callback, io_executor>;
+  using owned = d::handler_node<d::owned_message<std::string>, one_pointer_callback, io_executor>;
+  BOOST_TEST(sizeof(d::writer_node) == 5 * sizeof(void*));
+  // Asio's recycling allocator adds one byte: 80 bytes make a 96-byte malloc chunk.
+  BOOST_TEST(sizeof(borrowed) <= 80u);
+  BOOST_TEST(sizeof(owned) <= 80u);
+}
+
+BOOST_AUTO_TEST_CASE(a_handler_on_another_io_context_keeps_it_running_and_completes_there) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc, handler_ioc;
+  test_stream peer(ioc);
+  serq::queued_writer<test_stream> writer(ioc);
+  writer.next_layer().connect(peer);
+
+  bool done = false;
+  writer.async_send(std::string("hello"),
+                    net::bind_executor(handler_ioc, tr.wrap([&](error_code ec, std::size_t n) {
+                      BOOST_TEST(!ec);
+                      BOOST_TEST(n == 5u);
+                      done = true;
+                    })));
+  // Nothing is ready there yet, but the pending write is work on it: poll()
+  // does not find the context out of work (which would stop it).
+  BOOST_TEST(handler_ioc.poll() == 0u);
+  BOOST_TEST(!handler_ioc.stopped());
+  ioc.run();
+  BOOST_TEST(peer.str() == "hello");
+  BOOST_TEST(!done);  // its completion went to handler_ioc
+  BOOST_TEST(handler_ioc.run() == 1u);
+  BOOST_TEST(done);
+  BOOST_TEST(handler_ioc.stopped());  // and the work went with it
+}
+
+BOOST_AUTO_TEST_CASE(messages_waiting_behind_a_stalled_write_keep_run_from_returning) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  test_stream peer(ioc);
+  std::optional<serq::queued_writer<test_stream>> writer(std::in_place, ioc);
+  writer->next_layer().connect(peer);
+
+  // The writer's own executor: no work of their own, only the writer's
+  // operations (the pump waiting for its turn) keep the context going.
+  int completed = 0;
+  for (int i = 0; i < 3; ++i)
+    writer->async_write(net::buffer("abc", 3),
+                        tr.wrap([&](error_code, std::size_t) { ++completed; }));
+  BOOST_TEST(ioc.poll() > 0u);
+  BOOST_TEST(completed == 3);
+  BOOST_TEST(peer.str() == "abcabcabc");
+  ioc.restart();
+  // Nothing pending: the context runs out of work.
+  BOOST_TEST(ioc.run() == 0u);
+  BOOST_TEST(ioc.stopped());
+}
+
+BOOST_AUTO_TEST_CASE(a_window_of_a_few_buffers_uses_no_heap_storage) {
+  auto core = std::make_shared<d::writer_core>();
+  std::vector<result> results;
+  add_messages(*core, d::window_storage::inline_size, results);
+  BOOST_TEST(cut_window(*core) == d::window_storage::inline_size);
+  BOOST_TEST(core->window_heap_bytes() == 0u);
+  written(*core, d::window_storage::inline_size);
+  BOOST_TEST(results.size() == d::window_storage::inline_size);
+}
+
+BOOST_AUTO_TEST_CASE(a_gathered_window_has_heap_storage_only_while_the_writer_is_busy) {
+  auto core = std::make_shared<d::writer_core>();
+  std::vector<result> results;
+  add_messages(*core, 100, results);
+  BOOST_TEST(cut_window(*core) == d::writer_core::default_max_buffers);
+  BOOST_TEST(core->window_heap_bytes() ==
+             d::writer_core::default_max_buffers * sizeof(net::const_buffer));
+  // Half of it written: still busy, the storage stays for the next window.
+  written(*core, 32);
+  BOOST_TEST(core->window_heap_bytes() > 0u);
+  BOOST_TEST(cut_window(*core) == 64u);  // the 32 left of the first window, and 32 more
+  BOOST_TEST(core->window_heap_bytes() > 0u);
+  written(*core, 64);
+  BOOST_TEST(cut_window(*core) == 4u);
+  written(*core, 4);
+  // Nothing left to write: the storage is gone.
+  BOOST_TEST(results.size() == 100u);
+  BOOST_TEST(core->pending_bytes() == 0u);
+  BOOST_TEST(core->window_heap_bytes() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(a_partly_written_head_resumes_at_its_offset_and_reports_its_bytes) {
+  auto core = std::make_shared<d::writer_core>();
+  std::vector<result> results;
+  d::node_list rejected;
+  core->add(new plain_node("abcdef", &results), rejected, [](std::uint32_t) {});
+  add_messages(*core, 2, results);
+  BOOST_TEST(cut_window(*core) == 3u);
+  written(*core, 4);  // "abcd" of the head
+  BOOST_TEST(results.empty());
+  BOOST_TEST(core->pending_bytes() == 4u);  // "ef", and the two others
+  // The next window starts at the head's offset.
+  d::node_list done;
+  std::string next;
+  core->next_write(0, done, [&](const d::buffer_window& w) {
+    for (const auto& b : w)
+      next.append(static_cast<const char*>(b.data()), b.size());
+  });
+  BOOST_TEST(next == "efxx");
+  // The stream fails without taking a byte: each message reports what it
+  // wrote, the head its four bytes.
+  core->on_written(net::error::broken_pipe, 0, done);
+  done.complete_all(*core, d::completion_mode::post);
+  BOOST_TEST_REQUIRE(results.size() == 3u);
+  BOOST_TEST(results[0].ec == net::error::broken_pipe);
+  BOOST_TEST(results[0].bytes == 4u);
+  for (std::size_t i = 1; i < 3; ++i) {
+    BOOST_TEST(results[i].ec == net::error::broken_pipe);
+    BOOST_TEST(results[i].bytes == 0u);
+  }
+  BOOST_TEST(core->pending_bytes() == 0u);
+  BOOST_TEST(core->window_heap_bytes() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(the_head_finishing_after_a_partial_write_resets_the_offset_for_the_next) {
+  auto core = std::make_shared<d::writer_core>();
+  std::vector<result> results;
+  d::node_list rejected;
+  core->add(new plain_node("abc", &results), rejected, [](std::uint32_t) {});
+  core->add(new plain_node("defg", &results), rejected, [](std::uint32_t) {});
+  BOOST_TEST(cut_window(*core) == 2u);
+  written(*core, 4);  // "abc" whole, "d" of the next
+  BOOST_TEST_REQUIRE(results.size() == 1u);
+  BOOST_TEST(results[0].bytes == 3u);
+  d::node_list done;
+  std::string next;
+  core->next_write(0, done, [&](const d::buffer_window& w) {
+    for (const auto& b : w)
+      next.append(static_cast<const char*>(b.data()), b.size());
+  });
+  BOOST_TEST(next == "efg");
+  written(*core, 3);
+  BOOST_TEST_REQUIRE(results.size() == 2u);
+  BOOST_TEST(!results[1].ec);
+  BOOST_TEST(results[1].bytes == 4u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
