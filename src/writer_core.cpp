@@ -123,7 +123,7 @@ void node_list::unlink(writer_node* n) noexcept {
 
 void node_list::complete_all(const writer_core& core, completion_mode mode) {
   while (writer_node* n = pop_front())
-    n->ops_->complete(n, core, core.result_of(n->outcome_), n->size_, mode);
+    n->ops_->complete(n, core, core.result_of(n->result()), n->size_, mode);
 }
 
 // ---- writer_node / node_canceller ------------------------------------------
@@ -143,12 +143,12 @@ void node_canceller::operator()(net::cancellation_type_t type) {
     writer_node* n = node_;
     if (!n)
       return;  // completed already: a stale signal
-    if (n->kind_ == writer_node::kind::close && n->started()) {
+    if (n->node_kind() == writer_node::kind::close && n->started()) {
       // The closing operation runs: it decides, as the stream's rules say.
       core->close_signal_.emit(type);
     } else if (!n->started()) {
       const bool queued_close =
-          n->kind_ == writer_node::kind::close && n->place_ == writer_node::place::normal;
+          n->node_kind() == writer_node::kind::close && n->where() == writer_node::place::normal;
       core->finish_node_locked(n, writer_node::outcome::aborted, done);
       if (queued_close) {
         // Taken back before it started: the writer stays open, and the
@@ -220,6 +220,8 @@ error_code writer_core::result_of(writer_node::outcome o) const noexcept {
       return error_;
     case writer_node::outcome::close_result:
       return close_result_;
+    case writer_node::outcome::too_long:
+      return net::error::message_size;
   }
   return {};
 }
@@ -234,7 +236,7 @@ void writer_core::reject_locked(writer_node* n, writer_node::outcome o,
                                 node_list& rejected) noexcept {
   if (n->canceller_)
     n->canceller_ = nullptr;  // never queued: its canceller's node_ stays null
-  n->outcome_ = o;
+  n->set_outcome(o);
   n->size_ = 0;
   rejected.push_back(n);
 }
@@ -254,13 +256,17 @@ bool writer_core::add_locked(writer_node* n, lane l, node_list& rejected, bool& 
     reject_locked(n, refusal_outcome_locked(), rejected);
     return false;
   }
+  if (n->too_long_) {
+    // Longer than any stream could take: refused, the writer stays as it is.
+    reject_locked(n, writer_node::outcome::too_long, rejected);
+    return false;
+  }
   const bool urgent = l == lane::urgent;
-  n->segment_ = urgent ? urgent_segment_ : segment_;
-  n->place_ = urgent ? writer_node::place::urgent : writer_node::place::normal;
+  n->set_place(urgent ? writer_node::place::urgent : writer_node::place::normal);
   if (n->canceller_)
     n->canceller_->node_ = n;
   list_of(l).push_back(n);
-  if (n->kind_ == writer_node::kind::write) {
+  if (n->node_kind() == writer_node::kind::write) {
     pending_bytes_ += n->size_;
     ++pending_writes_;
     peak_pending_bytes_ = std::max(peak_pending_bytes_, pending_bytes_);
@@ -285,17 +291,44 @@ bool writer_core::add_close_locked(writer_node* n, node_list& rejected) {
   if (n->canceller_)
     n->canceller_->node_ = n;
   if (closing_) {
-    n->place_ = writer_node::place::followers;
+    n->set_place(writer_node::place::followers);
     followers_.push_back(n);
     return false;
   }
   closing_ = true;
-  n->segment_ = segment_;
-  n->place_ = writer_node::place::normal;
+  n->set_place(writer_node::place::normal);
   nodes_.push_back(n);
   const bool needs_pump = !segment_has_pump_;
   segment_has_pump_ = true;
   return needs_pump;
+}
+
+void writer_core::mark_segment_locked(lane l) {
+  const bool urgent = l == lane::urgent;
+  std::uint32_t& segment = urgent ? urgent_segment_ : segment_;
+  auto* m = new segment_mark(segment + 1);  // before anything changes: it may throw
+  m->set_place(urgent ? writer_node::place::urgent : writer_node::place::normal);
+  list_of(l).push_back(m);
+  ++segment;
+  (urgent ? urgent_segment_has_pump_ : segment_has_pump_) = false;
+}
+
+void writer_core::drop_passed_marks_locked(pump_id id) {
+  node_list& list = list_of(id.l);
+  node_list dropped;
+  while (writer_node* n = list.front()) {
+    if (n->node_kind() != writer_node::kind::mark)
+      break;
+    // Segments wrap around; two live ones are never 2^31 apart (every
+    // boundary is an entry in a queue).
+    const auto ahead =
+        static_cast<std::int32_t>(static_cast<segment_mark*>(n)->segment() - id.segment);
+    if (ahead > 0)
+      break;  // the end of this pump's segment: its writes were all taken back
+    remove_queued_locked(n, nullptr, true);
+    dropped.push_back(n);
+  }
+  // dropped's destructor frees them.
 }
 
 bool writer_core::note_urgent_locked() noexcept {
@@ -347,14 +380,14 @@ void writer_core::add_waiter(writer_node* n, node_list& ready) {
         ready);
     return;
   }
-  n->place_ = writer_node::place::waiters;
+  n->set_place(writer_node::place::waiters);
   if (n->canceller_)
     n->canceller_->node_ = n;
   waiters_.push_back(n);
 }
 
 std::size_t writer_core::written_of(const writer_node* n) const noexcept {
-  switch (n->place_) {
+  switch (n->where()) {
     case writer_node::place::normal:
       return n == nodes_.front() ? head_written_[0] : 0;
     case writer_node::place::urgent:
@@ -372,7 +405,7 @@ void writer_core::remove_queued_locked(writer_node* n, writer_node* prev, bool p
     else
       list.unlink(n);
   };
-  switch (n->place_) {
+  switch (n->where()) {
     case writer_node::place::waiters:
       unlink(waiters_);
       break;
@@ -381,7 +414,7 @@ void writer_core::remove_queued_locked(writer_node* n, writer_node* prev, bool p
       break;
     case writer_node::place::normal:
     case writer_node::place::urgent: {
-      const lane l = n->place_ == writer_node::place::urgent ? lane::urgent : lane::normal;
+      const lane l = n->where() == writer_node::place::urgent ? lane::urgent : lane::normal;
       node_list& list = list_of(l);
       if (l == window_lane_) {
         // A node that carries no bytes (a flush, an empty message) can be
@@ -399,7 +432,7 @@ void writer_core::remove_queued_locked(writer_node* n, writer_node* prev, bool p
       if (n == list.front())
         head_written_[l == lane::urgent ? 1 : 0] = 0;
       unlink(list);
-      if (n->kind_ == writer_node::kind::write) {
+      if (n->node_kind() == writer_node::kind::write) {
         pending_bytes_ -= n->size_ - written;
         --pending_writes_;
       }
@@ -408,7 +441,7 @@ void writer_core::remove_queued_locked(writer_node* n, writer_node* prev, bool p
     case writer_node::place::none:
       break;
   }
-  n->place_ = writer_node::place::none;
+  n->set_place(writer_node::place::none);
   n->size_ = written;
   if (n->canceller_) {
     n->canceller_->node_ = nullptr;
@@ -419,7 +452,7 @@ void writer_core::remove_queued_locked(writer_node* n, writer_node* prev, bool p
 void writer_core::finish_node_locked(writer_node* n, writer_node::outcome o, node_list& done,
                                      writer_node* prev, bool prev_known) {
   remove_queued_locked(n, prev, prev_known);
-  n->outcome_ = o;
+  n->set_outcome(o);
   done.push_back(n);
 }
 
@@ -451,7 +484,7 @@ void writer_core::fail_list_locked(node_list& list, std::size_t keep, node_list&
   }
   while (n) {
     writer_node* next = n->next_;
-    if (n->kind_ == writer_node::kind::close) {
+    if (n->node_kind() == writer_node::kind::close) {
       // A close still queued fails with the error that came first.
       close_done_ = true;
       close_result_ = error_;
@@ -495,13 +528,18 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
   if (error_ || closed_)
     return step_action::drained;
 
+  drop_passed_marks_locked(id);
   node_list& list = list_of(id.l);
+  // From here on the pump's segment is what precedes the first mark.
+  auto in_segment = [](const writer_node* n) {
+    return n && n->node_kind() != writer_node::kind::mark;
+  };
   bool solo = false;
   if (id.l == lane::normal && urgent_pending_ && !lending_) {
     // Urgent items go next, but a message cannot be interrupted: finish the
     // one the stream has started, alone, then lend the stream.
     const writer_node* head = nodes_.front();
-    if (head && head->segment_ == id.segment && head_written_[0] != 0) {
+    if (in_segment(head) && head_written_[0] != 0) {
       solo = true;
     } else {
       lending_ = true;
@@ -512,20 +550,20 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
   // Whatever has nothing left to write at the head is done: a flush whose
   // predecessors are all written, a zero-length message.
   while (writer_node* n = list.front()) {
-    if (n->segment_ != id.segment || n->kind_ == writer_node::kind::close || n->size_ != 0)
+    if (!in_segment(n) || n->node_kind() == writer_node::kind::close || n->size_ != 0)
       break;  // (a head with bytes left: a head that wrote all of them has finished)
-    if (n->kind_ == writer_node::kind::write)
+    if (n->node_kind() == writer_node::kind::write)
       ++messages_written_;  // an empty message
     finish_node_locked(n, writer_node::outcome::success, done, nullptr, true);
   }
 
   if (writer_node* head = list.front();
-      head && head->segment_ == id.segment && head->kind_ == writer_node::kind::close) {
+      in_segment(head) && head->node_kind() == writer_node::kind::close) {
     // Everything queued before the close is written: it runs now. It leaves
     // the list (cancel() and close() leave it alone) but keeps its
     // canceller, which forwards signals to the closing operation.
     list.unlink(head, nullptr);
-    head->place_ = writer_node::place::none;
+    head->set_place(writer_node::place::none);
     head->set_started(true);
     closing_node_ = head;
     closing = head;
@@ -536,9 +574,8 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
   window_builder builder(window_storage_, max_buffers_, max_bytes_);
   window_lane_ = id.l;
   window_nodes_ = 0;
-  for (writer_node* n = list.front(); n && n->segment_ == id.segment && !builder.full();
-       n = n->next_) {
-    if (n->kind_ == writer_node::kind::close)
+  for (writer_node* n = list.front(); in_segment(n) && !builder.full(); n = n->next_) {
+    if (n->node_kind() == writer_node::kind::close)
       break;  // written by this pump's next step, once the window before it is
     ++window_nodes_;
     const std::size_t written = written_of(n);
@@ -592,7 +629,7 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
       // A message all of whose bytes went out succeeded, even if the same
       // write_some then reported an error for what followed.
       if (head_written == node->size_) {
-        if (node->kind_ == writer_node::kind::write)
+        if (node->node_kind() == writer_node::kind::write)
           ++messages_written_;
         finish_node_locked(node, writer_node::outcome::success, done, nullptr, true);
       } else {
@@ -603,7 +640,7 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
       node->set_started(false);  // none of it reached the stream: still cancellable
       if (node->cancel_pending() != net::cancellation_type::none)
         finish_node_locked(node, writer_node::outcome::aborted, done);
-    } else if (node->place_ != writer_node::place::none &&
+    } else if (node->where() != writer_node::place::none &&
                (node->cancel_pending() & net::cancellation_type::terminal) !=
                    net::cancellation_type::none) {
       // Cancelled while gathered, and now partly written: as for any
@@ -629,7 +666,7 @@ void writer_core::on_closed(const error_code& ec, node_list& done) {
     n->canceller_->node_ = nullptr;
     n->canceller_ = nullptr;
   }
-  n->outcome_ = writer_node::outcome::close_result;
+  n->set_outcome(writer_node::outcome::close_result);
   done.push_back(n);
   close_done_ = true;
   close_result_ = ec;
@@ -658,7 +695,7 @@ std::size_t writer_core::cancel(node_list& done) {
     writer_node* prev = nullptr;
     for (writer_node* n = list->front(); n;) {
       writer_node* next = n->next_;
-      if (!n->started() && n->kind_ == writer_node::kind::write) {
+      if (!n->started() && n->node_kind() == writer_node::kind::write) {
         finish_node_locked(n, writer_node::outcome::aborted, done, prev, true);
         ++count;
       } else {

@@ -140,6 +140,19 @@ inline constexpr urgent_t urgent{};
  * associated executor (default: the writer's), never inside the initiating
  * call.
  *
+ * @par Memory
+ * A pending request is one allocation from its handler's associated
+ * allocator (by default Asio's per-thread recycling allocator): four
+ * pointers of bookkeeping plus the handler and the buffer sequence (or the
+ * owned message). Outstanding work is counted by the writer's own operations
+ * on the stream's executor; only a handler whose associated executor is a
+ * different one gets a work guard of its own (one more allocation). A
+ * message of 2^48 bytes or more completes with `net::error::message_size`
+ * and is never written. An idle writer holds no gather array (it is made
+ * when a `write_some` gathers more than four buffers and freed when nothing
+ * is left to write), no stall timer before `set_stall_timeout`, and no
+ * urgent queue before the first urgent request.
+ *
  * @par Object lifetimes
  * Destroying the writer aborts queued messages (`operation_aborted`, 0). The
  * `write_some` in flight, if any, still returns; no further one starts, and a
@@ -247,7 +260,8 @@ class queued_writer {
    * @par Errors
    * The stream's error (with the bytes this message wrote), the writer's
    * sticky error, or `operation_aborted`. An empty message completes with
-   * success and 0 bytes in its turn.
+   * success and 0 bytes in its turn; one of 2^48 bytes or more at once with
+   * `net::error::message_size` and 0 (the writer goes on).
    */
   template <class ConstBufferSequence,
             class CompletionToken = net::default_completion_token_t<executor_type>,

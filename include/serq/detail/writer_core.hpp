@@ -124,17 +124,22 @@ enum class step_action : unsigned char {
 };
 
 // A queued write, flush, close or wait_writable request, type-erased
-// through a static table of functions. Five words: a request whose handler
-// and buffers take three more fits the 80-byte block of Asio's recycling
-// allocator. What only the writer needs lives in the writer: the bytes
-// written of a partly written message (only a lane's head can be one), the
-// error a failed request reports (the writer's, which never changes once
-// set), the back link a cancelled request is unlinked by (in its canceller;
-// only a request with a canceller leaves from the middle of a list at
-// random), and the executor of handlers that have none of their own.
+// through a static table of functions. Four words: a request whose handler
+// and bytes take up to five more (a one-pointer callback and a
+// std::string) fits the 80-byte block of Asio's recycling allocator. What
+// only the writer needs lives in the writer: the bytes written of a partly
+// written message (only a lane's head can be one), the error a failed
+// request reports (the writer's, which never changes once set), where the
+// runs of writes between composed operations end (segment_mark nodes, one
+// per boundary), the back link a cancelled request is unlinked by (in its
+// canceller; only a request with a canceller leaves from the middle of a
+// list at random), and the executor of handlers that have none of their own.
 class writer_node {
  public:
-  enum class kind : unsigned char { write, flush, waiter, close };
+  enum class kind : unsigned char { write, flush, waiter, close, mark };
+
+  // The longest message: its length shares a word with the node's state.
+  static constexpr std::uint64_t max_size = (std::uint64_t{1} << 48) - 1;
 
   struct ops {
     // Frees the node and invokes the handler with (ec, bytes) as mode says;
@@ -151,7 +156,7 @@ class writer_node {
   writer_node(const writer_node&) = delete;
   writer_node& operator=(const writer_node&) = delete;
 
-  kind node_kind() const noexcept { return kind_; }
+  kind node_kind() const noexcept { return static_cast<kind>(kind_); }
 
   // Installs the cancellation handler in the user's slot. Called from the
   // initiating function.
@@ -160,10 +165,24 @@ class writer_node {
   void destroy() noexcept { ops_->destroy(this); }
 
  protected:
-  writer_node(const ops* o, kind k, std::size_t size) noexcept : ops_(o), size_(size), kind_(k) {}
+  writer_node(const ops* o, kind k, std::size_t size) noexcept
+      : ops_(o),
+        size_(0),
+        kind_(static_cast<unsigned char>(k)),
+        place_(0),
+        outcome_(0),
+        started_(0),
+        cancel_(0),
+        too_long_(0) {
+    set_size(size);
+  }
   ~writer_node() = default;
 
-  void set_size(std::size_t s) noexcept { size_ = s; }
+  // A message longer than max_size is refused (net::error::message_size).
+  void set_size(std::size_t s) noexcept {
+    too_long_ = s > max_size;
+    size_ = too_long_ ? 0 : s;
+  }
 
  private:
   friend class writer_core;
@@ -174,22 +193,28 @@ class writer_node {
   enum class place : unsigned char { none, normal, urgent, waiters, followers };
   // How a finished request ended: its error is derived from the writer's
   // state when it completes (writer_core::result_of).
-  enum class outcome : unsigned char { success, aborted, shut_down, failed, close_result };
+  enum class outcome : unsigned char {
+    success,
+    aborted,
+    shut_down,
+    failed,
+    close_result,
+    too_long
+  };
 
-  static constexpr unsigned char started_bit = 1;
-  static constexpr unsigned char cancel_shift = 1;  // the pending signal's type bits above it
-
-  bool started() const noexcept { return (flags_ & started_bit) != 0; }
-  void set_started(bool on) noexcept {
-    flags_ = on ? (flags_ | started_bit) : (flags_ & ~started_bit);
-  }
+  place where() const noexcept { return static_cast<place>(place_); }
+  void set_place(place p) noexcept { place_ = static_cast<unsigned char>(p); }
+  outcome result() const noexcept { return static_cast<outcome>(outcome_); }
+  void set_outcome(outcome o) noexcept { outcome_ = static_cast<unsigned char>(o); }
+  bool started() const noexcept { return started_ != 0; }
+  void set_started(bool on) noexcept { started_ = on; }
   // The signals received while gathered into the write in flight
   // (terminal, partial, total: three bits).
   net::cancellation_type_t cancel_pending() const noexcept {
-    return static_cast<net::cancellation_type_t>(flags_ >> cancel_shift);
+    return static_cast<net::cancellation_type_t>(cancel_);
   }
   void add_cancel_pending(net::cancellation_type_t t) noexcept {
-    flags_ |= static_cast<unsigned char>((static_cast<unsigned>(t) & 7u) << cancel_shift);
+    cancel_ = cancel_ | (static_cast<unsigned>(t) & 7u);
   }
 
   const ops* ops_;
@@ -197,15 +222,36 @@ class writer_node {
   node_canceller* canceller_ = nullptr;  // while queued, if the handler has a slot
   // While queued: the message's length. Once finished: the bytes it wrote,
   // which its handler receives.
-  std::size_t size_;
-  // The segment (run of writes between two composed operations) it belongs
-  // to. 32 bits: two live segments are never 2^32 apart, since every
-  // segment boundary is an entry in the writer's queue.
-  std::uint32_t segment_ = 0;
-  kind kind_;
-  place place_ = place::none;
-  outcome outcome_ = outcome::success;
-  unsigned char flags_ = 0;
+  std::uint64_t size_ : 48;
+  std::uint64_t kind_ : 3;
+  std::uint64_t place_ : 3;
+  std::uint64_t outcome_ : 3;
+  std::uint64_t started_ : 1;
+  std::uint64_t cancel_ : 3;
+  std::uint64_t too_long_ : 1;
+};
+
+// Where a composed operation divides a lane's writes: the writes after it
+// (segment `segment`) belong to the pump queued after that operation. A pump
+// drops the marks at the front that start its own segment or an earlier one
+// and stops at the next.
+class segment_mark final : public writer_node {
+ public:
+  explicit segment_mark(std::uint32_t segment) noexcept
+      : writer_node(&table, kind::mark, 0), segment_(segment) {}
+
+  std::uint32_t segment() const noexcept { return segment_; }
+
+ private:
+  static void do_complete(writer_node* n, const writer_core&, error_code, std::size_t,
+                          completion_mode) {
+    delete static_cast<segment_mark*>(n);
+  }
+  static void do_destroy(writer_node* n) noexcept { delete static_cast<segment_mark*>(n); }
+  static void do_fill(const writer_node*, std::size_t, window_builder&) noexcept {}
+  static constexpr ops table{&do_complete, &do_destroy, &do_fill};
+
+  std::uint32_t segment_;
 };
 
 // A FIFO of writer nodes that owns them: nodes still in it when it is
@@ -393,10 +439,8 @@ class writer_core : public service_member {
     std::lock_guard<std::mutex> lock(mutex_);
     if (const error_code ec = refusal_locked())
       return ec;
-    if (segment_has_pump_) {
-      ++segment_;
-      segment_has_pump_ = false;
-    }
+    if (segment_has_pump_)
+      mark_segment_locked(lane::normal);
     enqueue();
     return {};
   }
@@ -409,10 +453,8 @@ class writer_core : public service_member {
     std::lock_guard<std::mutex> lock(mutex_);
     if (const error_code ec = refusal_locked())
       return ec;
-    if (urgent_segment_has_pump_) {
-      ++urgent_segment_;
-      urgent_segment_has_pump_ = false;
-    }
+    if (urgent_segment_has_pump_)
+      mark_segment_locked(lane::urgent);
     enqueue();
     if (note_urgent_locked())
       start_lender();
@@ -591,6 +633,12 @@ class writer_core : public service_member {
   bool add_locked(writer_node* n, lane l, node_list& rejected, bool& needs_pump);
   bool add_close_locked(writer_node* n, node_list& rejected);
   bool note_urgent_locked() noexcept;
+  // A composed operation ends lane l's current segment, which has a pump:
+  // a segment_mark goes behind its writes and the next segment begins.
+  void mark_segment_locked(lane l);
+  // Drops the marks at the front of pump id's lane that begin its segment
+  // or an earlier one: the pump's writes start behind them.
+  void drop_passed_marks_locked(pump_id id);
   node_list& list_of(lane l) noexcept { return l == lane::urgent ? urgent_nodes_ : nodes_; }
   step_action build_window_locked(pump_id id, node_list& done, writer_node*& closing);
   void fail_locked(const error_code& ec, node_list& done, bool keep_window = false);
