@@ -23,15 +23,36 @@ net::const_buffer* window_storage::initial(std::size_t& capacity) noexcept {
   return inline_;
 }
 
+namespace {
+
+// One released window array per thread, taken back by the next window cut
+// on that thread that needs one: a writer that goes idle between bursts
+// does not allocate per burst (as Asio's recycling allocator does for
+// operations; its per-thread cache takes no block of this size).
+struct spare_window {
+  std::unique_ptr<net::const_buffer[]> data;
+  std::size_t size = 0;
+};
+thread_local spare_window spare;
+
+}  // namespace
+
 net::const_buffer* window_storage::grow(const net::const_buffer* data, std::size_t count,
                                         std::size_t size) noexcept {
   if (heap_size_ < size) {
-    std::unique_ptr<net::const_buffer[]> bigger(new (std::nothrow) net::const_buffer[size]);
-    if (!bigger)
-      return nullptr;
+    std::unique_ptr<net::const_buffer[]> bigger;
+    std::size_t bigger_size = size;
+    if (spare.data && spare.size >= size) {
+      bigger = std::move(spare.data);
+      bigger_size = std::exchange(spare.size, 0);
+    } else {
+      bigger.reset(new (std::nothrow) net::const_buffer[size]);
+      if (!bigger)
+        return nullptr;
+    }
     std::copy(data, data + count, bigger.get());
     heap_ = std::move(bigger);
-    heap_size_ = size;
+    heap_size_ = bigger_size;
   } else if (data != heap_.get()) {
     std::copy(data, data + count, heap_.get());
   }
@@ -39,6 +60,12 @@ net::const_buffer* window_storage::grow(const net::const_buffer* data, std::size
 }
 
 void window_storage::release() noexcept {
+  if (!heap_)
+    return;
+  if (heap_size_ > spare.size) {
+    spare.data = std::move(heap_);
+    spare.size = heap_size_;
+  }
   heap_.reset();
   heap_size_ = 0;
 }

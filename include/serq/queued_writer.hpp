@@ -148,10 +148,11 @@ inline constexpr urgent_t urgent{};
  * on the stream's executor; only a handler whose associated executor is a
  * different one gets a work guard of its own (one more allocation). A
  * message of 2^48 bytes or more completes with `net::error::message_size`
- * and is never written. An idle writer holds no gather array (it is made
- * when a `write_some` gathers more than four buffers and freed when nothing
- * is left to write), no stall timer before `set_stall_timeout`, and no
- * urgent queue before the first urgent request.
+ * and is never written. An idle writer holds no gather array: it is taken
+ * when a `write_some` gathers more than four buffers and given back when
+ * nothing is left to write (each thread keeps the last one given back, for
+ * the next writer that needs one). Nor does it hold a stall timer before
+ * `set_stall_timeout`, or an urgent queue before the first urgent request.
  *
  * @par Object lifetimes
  * Destroying the writer aborts queued messages (`operation_aborted`, 0). The
