@@ -34,61 +34,6 @@ std::chrono::steady_clock::rep now_ticks() noexcept {
 }
 }  // namespace
 
-// ---- entry_list -------------------------------------------------------------
-
-void entry_list::set_prev(entry_base* e, entry_base* prev) noexcept {
-  if (e->canceller_)
-    e->canceller_->prev_ = prev;
-}
-
-void entry_list::push_back(entry_base* e) noexcept {
-  e->next_ = nullptr;
-  set_prev(e, back_);
-  if (back_)
-    back_->next_ = e;
-  else
-    front_ = e;
-  back_ = e;
-}
-
-void entry_list::push_front(entry_base* e) noexcept {
-  e->next_ = front_;
-  set_prev(e, nullptr);
-  if (front_)
-    set_prev(front_, e);
-  else
-    back_ = e;
-  front_ = e;
-}
-
-entry_base* entry_list::pop_front() noexcept {
-  entry_base* e = front_;
-  if (e) {
-    front_ = e->next_;
-    if (front_)
-      set_prev(front_, nullptr);
-    else
-      back_ = nullptr;
-    e->next_ = nullptr;
-  }
-  return e;
-}
-
-void entry_list::unlink(entry_base* e) noexcept {
-  entry_base* prev = e->canceller_->prev_;
-  entry_base* next = e->next_;
-  if (prev)
-    prev->next_ = next;
-  else
-    front_ = next;
-  if (next)
-    set_prev(next, prev);
-  else
-    back_ = prev;
-  e->next_ = nullptr;
-  e->canceller_->prev_ = nullptr;
-}
-
 // ---- hook_slot ----------------------------------------------------------------
 
 void hook_slot::store(trace_hook h) {

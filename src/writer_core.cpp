@@ -102,52 +102,6 @@ node_list::~node_list() {
     n->destroy();
 }
 
-void node_list::set_prev(writer_node* n, writer_node* prev) noexcept {
-  if (n && n->canceller_)
-    n->canceller_->prev_ = prev;
-}
-
-void node_list::push_back(writer_node* n) noexcept {
-  n->next_ = nullptr;
-  set_prev(n, back_);
-  if (back_)
-    back_->next_ = n;
-  else
-    front_ = n;
-  back_ = n;
-}
-
-writer_node* node_list::pop_front() noexcept {
-  writer_node* n = front_;
-  if (n)
-    unlink(n, nullptr);
-  return n;
-}
-
-void node_list::unlink(writer_node* n, writer_node* prev) noexcept {
-  writer_node* next = n->next_;
-  if (prev)
-    prev->next_ = next;
-  else
-    front_ = next;
-  if (next)
-    set_prev(next, prev);
-  else
-    back_ = prev;
-  n->next_ = nullptr;
-}
-
-void node_list::unlink(writer_node* n) noexcept {
-  writer_node* prev = nullptr;
-  if (n->canceller_) {
-    prev = n->canceller_->prev_;
-  } else {
-    for (writer_node* m = front_; m != n; m = m->next_)
-      prev = m;
-  }
-  unlink(n, prev);
-}
-
 void node_list::complete_all(const writer_core& core, completion_mode mode) {
   while (writer_node* n = pop_front())
     n->ops_->complete(n, core, core.result_of(n->result()), n->size_, mode);
@@ -261,8 +215,7 @@ writer_node::outcome writer_core::refusal_outcome_locked() const noexcept {
 
 void writer_core::reject_locked(writer_node* n, writer_node::outcome o,
                                 node_list& rejected) noexcept {
-  if (n->canceller_)
-    n->canceller_ = nullptr;  // never queued: its canceller's node_ stays null
+  n->canceller_ = nullptr;  // never queued: its canceller's node_ stays null
   n->set_outcome(o);
   n->size_ = 0;
   rejected.push_back(n);

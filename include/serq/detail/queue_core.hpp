@@ -11,6 +11,7 @@
 #define SERQ_DETAIL_QUEUE_CORE_HPP
 
 #include <serq/config.hpp>
+#include <serq/detail/back_linked_list.hpp>
 #include <serq/detail/work.hpp>
 #include <serq/serialized_queue_service.hpp>
 #include <serq/trace.hpp>
@@ -82,7 +83,8 @@ class entry_base {
 
  private:
   friend class queue_core;
-  friend class entry_list;
+  template <class>
+  friend class back_linked_list;
   friend void submit(queue_core&, entry_base*, bool);
 
   // Six words in all, which keeps an entry whose handler and operation hold
@@ -99,35 +101,9 @@ class entry_base {
   std::chrono::steady_clock::rep attach_ = 0;
 };
 
-// The queue's FIFO of waiting entries: singly linked, with a back link kept
-// for the entries that have a canceller (the only ones unlinked from the
-// middle), so a waiting entry costs one pointer of links.
-class entry_list {
- public:
-  entry_list() = default;
-  entry_list(entry_list&& o) noexcept
-      : front_(std::exchange(o.front_, nullptr)), back_(std::exchange(o.back_, nullptr)) {}
-  entry_list& operator=(entry_list&& o) noexcept {
-    std::swap(front_, o.front_);
-    std::swap(back_, o.back_);
-    return *this;
-  }
-
-  bool empty() const noexcept { return front_ == nullptr; }
-  entry_base* front() const noexcept { return front_; }
-
-  void push_back(entry_base* e) noexcept;
-  void push_front(entry_base* e) noexcept;
-  entry_base* pop_front() noexcept;
-  // e must have a canceller (its back link).
-  void unlink(entry_base* e) noexcept;
-  entry_list take() noexcept { return entry_list(std::move(*this)); }
-
- private:
-  static void set_prev(entry_base* e, entry_base* prev) noexcept;
-  entry_base* front_ = nullptr;
-  entry_base* back_ = nullptr;
-};
+// The queue's FIFO of waiting entries. Only an entry with a canceller leaves
+// from the middle (its back link lives there).
+using entry_list = back_linked_list<entry_base>;
 
 // The handler serq installs into an operation's cancellation slot.
 //
@@ -147,7 +123,8 @@ class canceller {
 
  private:
   friend class queue_core;
-  friend class entry_list;
+  template <class>
+  friend class back_linked_list;
   friend class launch_guard;
   friend void wait_launch_done(entry_base& e) noexcept;
 

@@ -14,6 +14,7 @@
 #define SERQ_DETAIL_WRITER_CORE_HPP
 
 #include <serq/config.hpp>
+#include <serq/detail/back_linked_list.hpp>
 #include <serq/detail/completion_mode.hpp>
 #include <serq/serialized_queue_service.hpp>
 
@@ -188,6 +189,8 @@ class writer_node {
   friend class writer_core;
   friend class node_list;
   friend class node_canceller;
+  template <class>
+  friend class back_linked_list;
 
   // Which list of the core holds the node.
   enum class place : unsigned char { none, normal, urgent, waiters, followers };
@@ -255,41 +258,23 @@ class segment_mark final : public writer_node {
 };
 
 // A FIFO of writer nodes that owns them: nodes still in it when it is
-// destroyed are destroyed without their handlers being invoked. Singly
-// linked; the back link that unlinking from the middle needs is kept in the
-// node's canceller when it has one, and found by a walk otherwise (cancel(),
-// close() and failures walk the list anyway and pass the predecessor).
-class node_list {
+// destroyed are destroyed without their handlers being invoked. cancel(),
+// close() and failures walk their lists and unlink with the predecessor; a
+// cancelled node has its back link in its canceller.
+class node_list : public back_linked_list<writer_node> {
  public:
   node_list() = default;
-  node_list(node_list&& o) noexcept
-      : front_(std::exchange(o.front_, nullptr)), back_(std::exchange(o.back_, nullptr)) {}
+  node_list(node_list&&) noexcept = default;
   // Swaps: the nodes this list held leave with o (and are destroyed with it).
   node_list& operator=(node_list&& o) noexcept {
-    std::swap(front_, o.front_);
-    std::swap(back_, o.back_);
+    back_linked_list::operator=(std::move(o));
     return *this;
   }
   ~node_list();
 
-  bool empty() const noexcept { return front_ == nullptr; }
-  writer_node* front() const noexcept { return front_; }
-
-  void push_back(writer_node* n) noexcept;
-  writer_node* pop_front() noexcept;
-  // Unlinks n, whose predecessor in this list is prev (null: n is the front).
-  void unlink(writer_node* n, writer_node* prev) noexcept;
-  // Unlinks n: through its canceller's back link, else by a walk.
-  void unlink(writer_node* n) noexcept;
-
   // Completes every node with its result, in order. core is the writer the
   // nodes were queued on; it must be alive.
   void complete_all(const writer_core& core, completion_mode mode);
-
- private:
-  static void set_prev(writer_node* n, writer_node* prev) noexcept;
-  writer_node* front_ = nullptr;
-  writer_node* back_ = nullptr;
 };
 
 // Lives in a request's cancellation slot: removes a queued request; forwards
@@ -303,7 +288,8 @@ class node_canceller {
 
  private:
   friend class writer_core;
-  friend class node_list;
+  template <class>
+  friend class back_linked_list;
   std::shared_ptr<writer_core> core_;
   writer_node* node_;            // guarded by core_->mutex_; null once completed
   writer_node* prev_ = nullptr;  // node_'s back link in its list (core_->mutex_)
@@ -622,7 +608,6 @@ class writer_core : public service_member {
 
  private:
   friend class node_canceller;
-  friend class node_list;
   struct stall_check;
   struct stall_state;
 
