@@ -88,6 +88,21 @@ std::size_t cut_window(d::writer_core& core) {
   return buffers;
 }
 
+// Cuts the next window of `segment` and returns its bytes; nothing if the
+// segment has nothing left to write (the pump would release its turn).
+std::optional<std::string> next_window_bytes(d::writer_core& core, std::uint32_t segment = 0) {
+  d::node_list done;
+  std::string bytes;
+  const bool wrote = core.next_write(segment, done, [&](const d::buffer_window& w) {
+    for (const auto& b : w)
+      bytes.append(static_cast<const char*>(b.data()), b.size());
+  });
+  BOOST_TEST_REQUIRE(done.empty());
+  if (!wrote)
+    return std::nullopt;
+  return bytes;
+}
+
 void written(d::writer_core& core, std::size_t n) {
   d::node_list done;
   core.on_written(error_code(), n, done);
@@ -231,15 +246,10 @@ BOOST_AUTO_TEST_CASE(a_partly_written_head_resumes_at_its_offset_and_reports_its
   BOOST_TEST(results.empty());
   BOOST_TEST(core->pending_bytes() == 4u);  // "ef", and the two others
   // The next window starts at the head's offset.
-  d::node_list done;
-  std::string next;
-  core->next_write(0, done, [&](const d::buffer_window& w) {
-    for (const auto& b : w)
-      next.append(static_cast<const char*>(b.data()), b.size());
-  });
-  BOOST_TEST(next == "efxx");
+  BOOST_TEST(next_window_bytes(*core).value_or("(drained)") == "efxx");
   // The stream fails without taking a byte: each message reports what it
   // wrote, the head its four bytes.
+  d::node_list done;
   core->on_written(net::error::broken_pipe, 0, done);
   done.complete_all(*core, d::completion_mode::post);
   BOOST_TEST_REQUIRE(results.size() == 3u);
@@ -263,13 +273,7 @@ BOOST_AUTO_TEST_CASE(the_head_finishing_after_a_partial_write_resets_the_offset_
   written(*core, 4);  // "abc" whole, "d" of the next
   BOOST_TEST_REQUIRE(results.size() == 1u);
   BOOST_TEST(results[0].bytes == 3u);
-  d::node_list done;
-  std::string next;
-  core->next_write(0, done, [&](const d::buffer_window& w) {
-    for (const auto& b : w)
-      next.append(static_cast<const char*>(b.data()), b.size());
-  });
-  BOOST_TEST(next == "efg");
+  BOOST_TEST(next_window_bytes(*core).value_or("(drained)") == "efg");
   written(*core, 3);
   BOOST_TEST_REQUIRE(results.size() == 2u);
   BOOST_TEST(!results[1].ec);
@@ -295,15 +299,8 @@ BOOST_AUTO_TEST_CASE(a_pump_whose_writes_were_all_taken_back_stops_where_the_nex
 
   // Segment 0's pump comes first: its segment is empty; "b" waits for the
   // operation and its own pump.
-  std::string wrote;
-  auto collect = [&](const d::buffer_window& w) {
-    for (const auto& b : w)
-      wrote.append(static_cast<const char*>(b.data()), b.size());
-  };
-  BOOST_TEST(!core->next_write(pumps[0], done, collect));
-  BOOST_TEST(wrote.empty());
-  BOOST_TEST(core->next_write(pumps[1], done, collect));
-  BOOST_TEST(wrote == "b");
+  BOOST_TEST(!next_window_bytes(*core, pumps[0]));
+  BOOST_TEST(next_window_bytes(*core, pumps[1]).value_or("(drained)") == "b");
   written(*core, 1);
   BOOST_TEST_REQUIRE(results.size() == 2u);
   BOOST_TEST(results[0].ec == net::error::operation_aborted);
