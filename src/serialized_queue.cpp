@@ -42,14 +42,14 @@ void hook_slot::store(trace_hook h) {
     p = std::make_shared<const trace_hook>(std::move(h));
   std::shared_ptr<const trace_hook> old;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     old = std::exchange(hook_, std::move(p));
     set_.store(hook_ != nullptr, std::memory_order_relaxed);
   }
 }
 
 std::shared_ptr<const trace_hook> hook_slot::load() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   return hook_;
 }
 
@@ -62,7 +62,7 @@ thread_local launch_guard* launching = nullptr;
 void canceller::operator()(net::cancellation_type_t type) {
   entry_base* e = nullptr;
   {
-    std::lock_guard<std::mutex> lock(core_->mutex_);
+    std::lock_guard lock(core_->mutex_);
     e = waiting_;
     if (e) {
       core_->unlink_locked(e);
@@ -78,7 +78,7 @@ void canceller::operator()(net::cancellation_type_t type) {
     return;
   }
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     if (!launched_) {
       pending_ = pending_ | type;  // triggered, not yet launched: the launch aborts instead
       return;
@@ -114,14 +114,35 @@ launch_guard* launch_guard::current(const entry_base* e) noexcept {
 
 void wait_launch_done(entry_base& e) noexcept {
   if (canceller* c = e.cancel_state())
-    std::lock_guard<std::mutex> lock(c->mutex_);
+    std::lock_guard lock(c->mutex_);
 }
 
 // ---- queue_core ------------------------------------------------------------
 
-queue_core::queue_core(std::string_view name) : name_(name) {}
+namespace {
+// The names serq gives the queues of its writers: shared, never copied.
+constexpr std::string_view builtin_names[] = {"serq.queued_writer", "serq.queued_writer.urgent"};
+}  // namespace
 
-queue_core::~queue_core() = default;
+queue_core::queue_core(std::string_view name) : name_size_(name.size()) {
+  if (name.empty())
+    return;
+  for (std::string_view builtin : builtin_names) {
+    if (name == builtin) {
+      name_ = builtin.data();
+      return;
+    }
+  }
+  char* copy = new char[name.size()];
+  name.copy(copy, name.size());
+  name_ = copy;
+  name_owned_ = true;
+}
+
+queue_core::~queue_core() {
+  if (name_owned_)
+    delete[] name_;
+}
 
 void queue_core::drop_work_locked(void* work_out) noexcept {
   if (!work_held_ || needs_work_locked())
@@ -134,12 +155,12 @@ void queue_core::drop_work_locked(void* work_out) noexcept {
 }
 
 void queue_core::release_work_if_idle() noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   drop_work_locked(nullptr);
 }
 
 void queue_core::turn_granted(void* work_out) noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   turn_held_ = true;
   drop_work_locked(work_out);
 }
@@ -171,7 +192,7 @@ void queue_core::activate_locked(entry_base* e, clock::rep now) noexcept {
 }
 
 queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   ++stats_.added;
   if (closed_) {
     ++stats_.aborted;
@@ -250,7 +271,7 @@ entry_base* queue_core::finish_and_take_next(void* work_out) noexcept {
   entry_base* next = nullptr;
   std::shared_ptr<queue_core> last_ref;  // released with the lock, after it
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     ++stats_.completed;
     turn_held_ = false;
     next = take_next_locked();
@@ -269,7 +290,7 @@ void queue_core::finish() noexcept {
 }
 
 queue_core::untrigger_result queue_core::untrigger(entry_base* e) noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   if (closed_)
     return untrigger_result::closed;
   if (running_ || !busy_ || !turn_held_)
@@ -294,7 +315,7 @@ queue_core::untrigger_result queue_core::untrigger(entry_base* e) noexcept {
 void queue_core::start() {
   entry_base* next = nullptr;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     running_ = true;
     if (!busy_)
       next = take_next_locked();
@@ -304,25 +325,31 @@ void queue_core::start() {
 }
 
 void queue_core::stop() noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   running_ = false;
 }
 
 bool queue_core::running() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   return running_;
 }
 
 std::size_t queue_core::size() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   return waiting_count_ + (busy_ ? 1 : 0);
 }
 
 queue_stats queue_core::stats() const noexcept {
   timing_.store(true, std::memory_order_relaxed);
-  std::lock_guard<std::mutex> lock(mutex_);
-  queue_stats s = stats_;
+  std::lock_guard lock(mutex_);
+  queue_stats s;
+  s.added = stats_.added;
+  s.completed = stats_.completed;
+  s.aborted = stats_.aborted;
   s.depth = waiting_count_ + (busy_ ? 1 : 0);
+  s.peak_depth = stats_.peak_depth;
+  s.total_wait = stats_.total_wait;
+  s.max_wait = stats_.max_wait;
   return s;
 }
 
@@ -332,7 +359,7 @@ void queue_core::set_hook(trace_hook h) {
   std::shared_ptr<const trace_hook> p;
   if (h)
     p = std::make_shared<const trace_hook>(std::move(h));
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   std::swap(hook_, p);
   has_hook_.store(hook_ != nullptr, std::memory_order_relaxed);
 }
@@ -340,7 +367,7 @@ void queue_core::set_hook(trace_hook h) {
 void queue_core::call_hook(trace_point p, entry_info& info) noexcept {
   std::shared_ptr<const trace_hook> hook;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     hook = hook_;
   }
   if (!hook && default_hook_)
@@ -351,20 +378,20 @@ void queue_core::call_hook(trace_point p, entry_info& info) noexcept {
 
 void queue_core::trace_entry(trace_point p, entry_base& e, error_code result) noexcept {
   const clock::rep waited = p == trace_point::attach ? 0 : e.attach_;
-  entry_info info{e.tag_, e.kind(), name_, clock::duration(waited), result};
+  entry_info info{e.tag_, e.kind(), name(), clock::duration(waited), result};
   call_hook(p, info);
   e.tag_ = info.tag;
 }
 
 void queue_core::trace_trigger_slow(entry_kind k) noexcept {
   active_kind_ = k;
-  entry_info info{active_tag_, active_kind_, name_, clock::duration(active_waited_), {}};
+  entry_info info{active_tag_, active_kind_, name(), clock::duration(active_waited_), {}};
   call_hook(trace_point::before_trigger, info);
   active_tag_ = info.tag;
 }
 
 void queue_core::trace_done_slow(error_code result) noexcept {
-  entry_info info{active_tag_, active_kind_, name_, clock::duration(active_waited_), result};
+  entry_info info{active_tag_, active_kind_, name(), clock::duration(active_waited_), result};
   if (active_triggered_)
     call_hook(trace_point::after_complete, info);
   call_hook(trace_point::detach, info);
@@ -391,7 +418,7 @@ std::size_t abort_all(entry_list list) {
 std::size_t queue_core::cancel() {
   entry_list list;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     list = take_all_locked();
   }
   trace_left(list, net::error::operation_aborted);
@@ -403,7 +430,7 @@ std::size_t queue_core::cancel() {
 void queue_core::close(std::shared_ptr<queue_core> owner) {
   entry_list list;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     closed_ = true;
     list = take_all_locked();
     if (busy_)
@@ -417,7 +444,7 @@ void queue_core::close(std::shared_ptr<queue_core> owner) {
 void queue_core::shutdown() noexcept {
   entry_list list;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     closed_ = true;
     list = take_all_locked();
   }
@@ -480,7 +507,7 @@ void serialized_queue_service::destroy(std::shared_ptr<detail::queue_core> core)
 }
 
 bool serialized_queue_service::add(detail::service_member& m) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   if (shut_down_)
     return false;
   m.svc_next_ = first_;
@@ -493,7 +520,7 @@ bool serialized_queue_service::add(detail::service_member& m) {
 }
 
 void serialized_queue_service::remove(detail::service_member& m) noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   if (!m.registered_)
     return;
   if (m.svc_prev_)
@@ -512,7 +539,7 @@ void serialized_queue_service::shutdown() {
   // writers (unregistering them) or create new ones.
   std::vector<std::shared_ptr<detail::service_member>> members;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     shut_down_ = true;
     for (detail::service_member* m = first_; m; m = m->svc_next_)
       members.push_back(m->shared_from_this());

@@ -120,7 +120,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
   // let go of this canceller meanwhile).
   const std::shared_ptr<writer_core> core = core_;
   {
-    std::lock_guard<std::mutex> lock(core->mutex_);
+    std::lock_guard lock(core->mutex_);
     writer_node* n = node_;
     if (!n)
       return;  // completed already: a stale signal
@@ -320,13 +320,13 @@ bool writer_core::note_urgent_locked() noexcept {
 }
 
 void writer_core::lender_gone() noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   lender_queued_ = false;
 }
 
 void writer_core::hold(held_completion* h) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     if (held_state_ != held_state::released) {
       held_ = h;
       held_state_ = held_state::ready;
@@ -340,7 +340,7 @@ void writer_core::hold(held_completion* h) {
 void writer_core::release_held() {
   held_completion* h = nullptr;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     if (held_state_ == held_state::ready) {
       h = std::exchange(held_, nullptr);
       held_state_ = held_state::none;
@@ -353,7 +353,7 @@ void writer_core::release_held() {
 }
 
 void writer_core::add_waiter(writer_node* n, node_list& ready) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   if (closed_ || error_ || closing_ || writable_) {
     reject_locked(
         n, closed_ || error_ || closing_ ? refusal_outcome_locked() : writer_node::outcome::success,
@@ -587,7 +587,7 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
 }
 
 void writer_core::on_written(const error_code& ec, std::size_t n, node_list& done) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   write_in_flight_ = false;
   node_list& list = list_of(window_lane_);
   std::size_t& head_written = head_written_[window_lane_ == lane::urgent ? 1 : 0];
@@ -638,7 +638,7 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
 }
 
 void writer_core::on_closed(const error_code& ec, node_list& done) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   writer_node* n = std::exchange(closing_node_, nullptr);
   if (!n)
     return;  // the context shut down, destroying it
@@ -662,14 +662,14 @@ void writer_core::on_closed(const error_code& ec, node_list& done) {
 void writer_core::fail(const error_code& ec) {
   node_list done;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     fail_locked(ec, done);
   }
   done.complete_all(*this, completion_mode::post);
 }
 
 std::size_t writer_core::cancel(node_list& done) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   std::size_t count = 0;
   for (node_list* list : {&nodes_, &urgent_nodes_}) {
     writer_node* prev = nullptr;
@@ -689,7 +689,7 @@ std::size_t writer_core::cancel(node_list& done) {
 }
 
 void writer_core::close(node_list& done) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   closed_ = true;
   for (node_list* list : {&nodes_, &urgent_nodes_}) {
     writer_node* prev = nullptr;
@@ -716,7 +716,7 @@ void writer_core::shutdown() noexcept {
   held_completion* held = nullptr;
   writer_node* closing = nullptr;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     closed_ = true;
     for (node_list* list : {&nodes_, &urgent_nodes_, &waiters_, &followers_}) {
       while (writer_node* n = list->front())
@@ -740,7 +740,7 @@ void writer_core::shutdown() noexcept {
 void writer_core::set_watermarks(std::size_t low, std::size_t high, node_list& done) {
   if (low > high)
     throw std::invalid_argument("serq::queued_writer::set_watermarks: low exceeds high");
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   low_ = low;
   high_ = high;
   if (writable_ && pending_bytes_ > high_)
@@ -749,14 +749,14 @@ void writer_core::set_watermarks(std::size_t low, std::size_t high, node_list& d
 }
 
 void writer_core::set_gathering(bool on) noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   gathering_ = on;
 }
 
 void writer_core::set_gather_limits(std::size_t max_buffers, std::size_t max_bytes) {
   if (max_buffers == 0 || max_bytes == 0)
     throw std::invalid_argument("serq::queued_writer::set_gather_limits: limits must be > 0");
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   // The storage grows when the next window is cut: a window in flight
   // points into it.
   max_buffers_ = max_buffers;
@@ -768,7 +768,7 @@ void writer_core::set_gather_limits(std::size_t max_buffers, std::size_t max_byt
 void writer_core::set_stall_timeout(clock::duration timeout,
                                     const net::any_io_executor& timer_executor) {
   timeout = timeout > clock::duration::zero() ? timeout : clock::duration::zero();
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   disarm_stall_timer_locked();
   if (!stall_) {
     if (timeout == clock::duration::zero() || !timer_executor)
@@ -819,7 +819,7 @@ void writer_core::disarm_stall_timer_locked() noexcept {
 void writer_core::on_stall_timer(std::uint64_t generation) {
   node_list done;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     if (generation != stall_->generation)
       return;  // cancelled or superseded
     stall_->armed = false;
@@ -848,7 +848,7 @@ void writer_core::set_writable_locked(bool on) noexcept {
 }
 
 writer_counters writer_core::counters() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   writer_counters c;
   c.messages = messages_written_;
   c.bytes = bytes_written_;
@@ -862,27 +862,27 @@ writer_counters writer_core::counters() const noexcept {
 }
 
 std::size_t writer_core::pending_bytes() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   return pending_bytes_;
 }
 
 std::size_t writer_core::window_heap_bytes() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   return window_storage_.heap_bytes();
 }
 
 std::size_t writer_core::size() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   return pending_writes_;
 }
 
 bool writer_core::writable() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   return writable_ && !error_ && !closed_ && !closing_;
 }
 
 error_code writer_core::error() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard lock(mutex_);
   return error_;
 }
 

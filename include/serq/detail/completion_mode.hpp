@@ -22,6 +22,9 @@ enum class completion_mode : unsigned char {
   // the handler's associated immediate executor (Asio 1.28 and later), else
   // posted.
   immediate,
+  // The result of an operation, from a thread known to run the handler's
+  // executor (the queue's, already checked): invoked here.
+  invoke,
 };
 
 }  // namespace detail

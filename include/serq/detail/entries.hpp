@@ -72,32 +72,6 @@ bound_completion<std::decay_t<Handler>, std::decay_t<Args>...> bind_completion(H
       std::forward<Handler>(h), std::forward<Args>(args)...);
 }
 
-template <class T, class = void>
-struct has_running_in_this_thread : std::false_type {};
-template <class T>
-struct has_running_in_this_thread<
-    T, std::void_t<decltype(std::declval<const T&>().running_in_this_thread())>> : std::true_type {
-};
-
-// True when the calling thread may run ex's functions inline, which is what
-// dispatch would find out, minus the type erasure and function wrapping it
-// costs on any_io_executor. False when it cannot tell.
-template <class Executor>
-bool running_in(const Executor& ex) noexcept {
-  if constexpr (has_running_in_this_thread<Executor>::value) {
-    return ex.running_in_this_thread();
-  } else if constexpr (std::is_same_v<Executor, net::any_io_executor>) {
-    using io_executor = net::io_context::executor_type;
-    if (const auto* e = ex.template target<io_executor>())
-      return e->running_in_this_thread();
-    if (const auto* s = ex.template target<net::strand<io_executor>>())
-      return s->running_in_this_thread();
-    return false;
-  } else {
-    return false;
-  }
-}
-
 template <class T>
 struct is_strand : std::false_type {};
 template <class Executor>
@@ -120,20 +94,6 @@ bool may_launch_here(const Executor& ex) noexcept {
   }
 }
 
-// asio::post, minus any_io_executor's type-erased require/prefer chain when
-// it wraps a plain io_context executor (the usual case): about a fifth of a
-// one-step operation's cost in the queue benchmark.
-template <class Executor, class Function>
-void post_to(const Executor& ex, Function&& f) {
-  if constexpr (std::is_same_v<Executor, net::any_io_executor>) {
-    if (const auto* e = ex.template target<net::io_context::executor_type>()) {
-      net::post(*e, std::forward<Function>(f));
-      return;
-    }
-  }
-  net::post(ex, std::forward<Function>(f));
-}
-
 // Immediate completions that run inline (through an immediate executor) may
 // start new operations that complete immediately too: past this depth on one
 // thread, they are posted instead, so such a loop cannot exhaust the stack.
@@ -145,7 +105,9 @@ inline thread_local unsigned immediate_depth = 0;
 // handler; here it means posted.
 template <class Executor, class Completion>
 void deliver(const Executor& ex, Completion&& c, completion_mode mode) {
-  if (mode != completion_mode::dispatch) {
+  if (mode == completion_mode::invoke) {
+    c();
+  } else if (mode != completion_mode::dispatch) {
     post_to(ex, std::forward<Completion>(c));
   } else if (running_in(ex)) {
     c();
@@ -307,9 +269,8 @@ class handler_entry : public entry_base, public tracked_entry {
   using allocator_type = node_allocator_t<Handler>;
   using core_type = basic_queue_core<QueueExecutor>;
 
-  const QueueExecutor& queue_executor() const noexcept {
-    return static_cast<const core_type&>(core()).executor();
-  }
+  const core_type& typed_core() const noexcept { return static_cast<const core_type&>(core()); }
+  const QueueExecutor& queue_executor() const noexcept { return typed_core().executor(); }
   handler_executor_type handler_executor() const noexcept {
     return net::get_associated_executor(handler_, queue_executor());
   }
@@ -348,7 +309,7 @@ class handler_entry : public entry_base, public tracked_entry {
   // entry: if it is destroyed unrun (the context shuts down), the entry is
   // abandoned and the queue's turn handed on.
   void post_trigger() {
-    post_to(queue_executor(), trigger_function{this, get_allocator()});
+    typed_core().post(trigger_function{this, get_allocator()});
   }
 
   // Frees this entry and completes the handler with args on ex (its
@@ -372,6 +333,15 @@ class handler_entry : public entry_base, public tracked_entry {
   static void complete(Derived* self, completion_mode mode, Args&&... args) {
     complete_after(self, self->handler_executor(), mode, nothing_then{},
                    std::forward<Args>(args)...);
+  }
+
+  // A dispatched completion on a thread that runs the queue's executor is
+  // invoked right away when the handler's executor is the queue's.
+  static completion_mode refine(completion_mode mode, bool on_queue_executor) noexcept {
+    return mode == completion_mode::dispatch && on_queue_executor &&
+                   !has_own_executor<Handler>::value
+               ? completion_mode::invoke
+               : mode;
   }
 
   // An entry aborted by cancel() or a signal is posted; one refused inside
@@ -524,8 +494,8 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
       // from a posted function, once the launch has returned and its guard
       // is gone, since the final handler may destroy the signal that holds
       // the canceller.
-      post_to(this->queue_executor(), inline_completion<op_entry, std::decay_t<Args>...>(
-                                          this, std::forward<Args>(args)...));
+      this->typed_core().post(
+          inline_completion<op_entry, std::decay_t<Args>...>(this, std::forward<Args>(args)...));
       return;
     }
 #if defined(SERQ_HANDLER_TRACKING)
@@ -552,13 +522,14 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
   // releases its outstanding work only after that, too.
   template <class Arg0, class... Args>
   void finish(completion_mode mode, Arg0&& ec, Args&&... args) {
-    const bool on_queue_executor = running_in(this->queue_executor());
+    const bool on_queue_executor = this->typed_core().running_here();
     const auto ex = this->handler_executor();
     wait_launch_done(*this);
     this->core().trace_done(ec);
     work_counter<QueueExecutor> idle_work;
     entry_base* next = this->core().finish_and_take_next(&idle_work);
-    base::complete_after(this, ex, mode, start_next{next, on_queue_executor},
+    base::complete_after(this, ex, base::refine(mode, on_queue_executor),
+                         start_next{next, on_queue_executor},
                          std::forward<Arg0>(ec), std::forward<Args>(args)...);
   }
 
@@ -661,11 +632,13 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
         queue_core& core = self->core();
         const auto ex = self->handler_executor();
         if (cancelled || !HandsOutTurn) {
-          const bool on_queue_executor = running_in(self->queue_executor());
+          const bool on_queue_executor = self->typed_core().running_here();
           core.trace_done(cancelled ? aborted : error_code());
           work_counter<QueueExecutor> idle_work;
           entry_base* next = core.finish_and_take_next(&idle_work);
-          finish_with(self, ex, cancelled ? completion_mode::post : completion_mode::dispatch,
+          finish_with(self, ex,
+                      cancelled ? completion_mode::post
+                                : base::refine(completion_mode::dispatch, on_queue_executor),
                       start_next{next, on_queue_executor}, cancelled ? aborted : error_code(),
                       nullptr);
         } else {

@@ -12,6 +12,8 @@
 
 #include <serq/config.hpp>
 #include <serq/detail/back_linked_list.hpp>
+#include <serq/detail/executor_ops.hpp>
+#include <serq/detail/small_mutex.hpp>
 #include <serq/detail/work.hpp>
 #include <serq/serialized_queue_service.hpp>
 #include <serq/trace.hpp>
@@ -25,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 SERQ_NAMESPACE_BEGIN
 class serialized_queue_service;
@@ -231,7 +234,7 @@ class queue_core : public service_member {
   bool running() const noexcept;
   std::size_t size() const noexcept;
   std::size_t cancel();
-  std::string_view name() const noexcept { return name_; }
+  std::string_view name() const noexcept { return {name_, name_size_}; }
   queue_stats stats() const noexcept;
 
   // ---- tracing: each point is reported only when a hook is installed ----
@@ -304,7 +307,22 @@ class queue_core : public service_member {
   void trace_trigger_slow(entry_kind k) noexcept;
   void trace_done_slow(error_code result) noexcept;
 
-  mutable std::mutex mutex_;
+  // The small fields first, packed beside the four-byte lock.
+  mutable small_mutex mutex_;
+  bool busy_ = false;
+  bool turn_held_ = false;  // the active entry is a turn handed out
+  bool work_held_ = false;  // == needs_work_locked(), updated lazily
+  bool running_ = true;
+  bool closed_ = false;
+  // The active entry's trace state: written when it becomes active (under
+  // the lock), then used by the thread that runs it (its trigger was posted
+  // or launched after the write).
+  bool active_triggered_ = false;
+  entry_kind active_kind_ = entry_kind::operation;
+  std::atomic<bool> has_hook_{false};        // hook_ != nullptr, read without the lock
+  mutable std::atomic<bool> timing_{false};  // measure waits: stats() was called
+  bool name_owned_ = false;                  // name_ is a heap copy
+
   entry_list waiting_;
   std::size_t waiting_count_ = 0;
   // When the IO object goes while an entry is active, its reference moves
@@ -312,49 +330,84 @@ class queue_core : public service_member {
   // finish(); released when the queue goes idle. No reference count changes
   // per entry otherwise.
   std::shared_ptr<queue_core> orphan_ref_;
-  bool busy_ = false;
-  bool turn_held_ = false;  // the active entry is a turn handed out
-  bool work_held_ = false;  // == needs_work_locked(), updated lazily
-  bool running_ = true;
-  bool closed_ = false;
 
-  // The active entry's trace state: written when it becomes active (under
-  // the lock), then used by the thread that runs it (its trigger was posted
-  // or launched after the write).
-  bool active_triggered_ = false;
-  entry_kind active_kind_ = entry_kind::operation;
   std::uint64_t active_tag_ = 0;
   clock::rep active_waited_ = 0;
   // The head entry put back by untrigger(), and what it had waited before.
   entry_base* untriggered_ = nullptr;
   clock::rep untriggered_waited_ = 0;
 
-  queue_stats stats_;                        // depth is computed on demand
+  // What stats() reports, but depth, which it computes.
+  struct counters {
+    std::uint64_t added = 0;
+    std::uint64_t completed = 0;
+    std::uint64_t aborted = 0;
+    std::size_t peak_depth = 0;
+    clock::duration total_wait{};
+    clock::duration max_wait{};
+  };
+  counters stats_;
   std::shared_ptr<const trace_hook> hook_;   // guarded by mutex_
-  std::atomic<bool> has_hook_{false};        // hook_ != nullptr, read without the lock
-  mutable std::atomic<bool> timing_{false};  // measure waits: stats() was called
   std::shared_ptr<hook_slot> default_hook_;  // the service's: set at registration
-  const std::string name_;
+  // The name: a heap copy of the one given, or, for an empty one and the
+  // names serq gives its own queues, a literal (nothing allocated).
+  const char* name_ = "";
+  std::size_t name_size_ = 0;
 };
 
 // A queue's core with its executor: what entries post their triggers to,
 // the default executor of their handlers, and where the queue counts its
-// outstanding work.
+// outstanding work. An any_io_executor that wraps a plain io_context
+// executor (the usual case) is looked into once, here, and used directly
+// on every operation's path.
 template <class Executor>
 class basic_queue_core final : public queue_core {
+  using io_executor = net::io_context::executor_type;
+  static constexpr bool type_erased = std::is_same_v<Executor, net::any_io_executor>;
+
  public:
-  basic_queue_core(const Executor& ex, std::string_view name) : queue_core(name), executor_(ex) {}
+  basic_queue_core(const Executor& ex, std::string_view name) : queue_core(name), executor_(ex) {
+    if constexpr (type_erased)
+      io_ = executor_.template target<io_executor>();
+  }
 
   const Executor& executor() const noexcept { return executor_; }
 
+  // Whether the calling thread runs the queue's executor (false when it
+  // cannot tell).
+  bool running_here() const noexcept {
+    if constexpr (type_erased)
+      if (io_)
+        return io_->running_in_this_thread();
+    return running_in(executor_);
+  }
+
+  // Posts f to the queue's executor.
+  template <class Function>
+  void post(Function&& f) const {
+    if constexpr (type_erased) {
+      if (io_) {
+        net::post(*io_, std::forward<Function>(f));
+        return;
+      }
+    }
+    post_to(executor_, std::forward<Function>(f));
+  }
+
  private:
-  void work_started() override { work_.start(executor_); }
+  void work_started() override {
+    if constexpr (type_erased)
+      work_.start(executor_, io_);
+    else
+      work_.start(executor_);
+  }
   void work_finished() noexcept override { work_.finish(); }
   void move_work_to(void* out) noexcept override {
     work_.move_to(*static_cast<work_counter<Executor>*>(out));
   }
 
   const Executor executor_;
+  const io_executor* io_ = nullptr;  // executor_'s target, if it is one
   work_counter<Executor> work_;
 };
 

@@ -10,6 +10,7 @@
 #ifndef SERQ_DETAIL_WORK_HPP
 #define SERQ_DETAIL_WORK_HPP
 
+#include <new>
 #include <optional>
 #include <serq/config.hpp>
 #include <utility>
@@ -72,27 +73,48 @@ class work_counter<net::any_io_executor> {
       const io_executor&, net::execution::outstanding_work_t::tracked_t>::type>;
 
  public:
-  void start(const net::any_io_executor& ex) {
-    if (const auto* e = ex.target<io_executor>())
-      io_work_.emplace(net::prefer(*e, net::execution::outstanding_work.tracked));
-    else
-      other_work_.emplace(net::prefer(ex, net::execution::outstanding_work.tracked));
+  work_counter() noexcept {}
+  ~work_counter() { finish(); }
+  work_counter(const work_counter&) = delete;
+  work_counter& operator=(const work_counter&) = delete;
+
+  void start(const net::any_io_executor& ex) { start(ex, ex.target<io_executor>()); }
+  // As above, with ex's io_context executor (target) already looked up.
+  void start(const net::any_io_executor& ex, const io_executor* target) {
+    finish();
+    if (target) {
+      new (&io_) tracked_io_executor(net::prefer(*target, net::execution::outstanding_work.tracked));
+      held_ = held::io;
+    } else {
+      new (&other_) net::any_io_executor(net::prefer(ex, net::execution::outstanding_work.tracked));
+      held_ = held::other;
+    }
   }
   void finish() noexcept {
-    io_work_.reset();
-    other_work_.reset();
+    if (held_ == held::io)
+      io_.~tracked_io_executor();
+    else if (held_ == held::other)
+      other_.~any_io_executor();
+    held_ = held::none;
   }
   void move_to(work_counter& other) noexcept {
-    if (io_work_)
-      other.io_work_.emplace(std::move(*io_work_));
-    if (other_work_)
-      other.other_work_.emplace(std::move(*other_work_));
+    other.finish();
+    if (held_ == held::io)
+      new (&other.io_) tracked_io_executor(std::move(io_));
+    else if (held_ == held::other)
+      new (&other.other_) net::any_io_executor(std::move(other_));
+    other.held_ = held_;
     finish();
   }
 
  private:
-  std::optional<tracked_io_executor> io_work_;
-  std::optional<net::any_io_executor> other_work_;
+  // One of the two, as held_ says: a plain io_context's work needs no type
+  // erasure, any other executor's goes through any_io_executor.
+  union {
+    tracked_io_executor io_;
+    net::any_io_executor other_;
+  };
+  enum class held : unsigned char { none, io, other } held_ = held::none;
 };
 
 }  // namespace detail

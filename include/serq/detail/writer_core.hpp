@@ -16,6 +16,7 @@
 #include <serq/config.hpp>
 #include <serq/detail/back_linked_list.hpp>
 #include <serq/detail/completion_mode.hpp>
+#include <serq/detail/small_mutex.hpp>
 #include <serq/serialized_queue_service.hpp>
 
 #include <chrono>
@@ -348,7 +349,7 @@ class writer_core : public service_member {
   // the calls.
   template <class StartPump>
   void add(writer_node* n, node_list& rejected, StartPump&& start_pump) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     bool needs_pump = false;
     if (add_locked(n, lane::normal, rejected, needs_pump) && needs_pump)
       start_pump(segment_);
@@ -374,7 +375,7 @@ class writer_core : public service_member {
   template <class WriteNow, class QueueIdle, class StartPump, class StartWrite>
   void add_write(writer_node* n, node_list& rejected, WriteNow&& write_now, QueueIdle&& queue_idle,
                  StartPump&& start_pump, StartWrite&& start_write) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     bool needs_pump = false;
     if (!add_locked(n, lane::normal, rejected, needs_pump) || !needs_pump)
       return;
@@ -407,7 +408,7 @@ class writer_core : public service_member {
   template <class StartPump, class StartLender>
   void add_urgent(writer_node* n, node_list& rejected, StartPump&& start_pump,
                   StartLender&& start_lender) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     bool needs_pump = false;
     if (!add_locked(n, lane::urgent, rejected, needs_pump))
       return;
@@ -422,7 +423,7 @@ class writer_core : public service_member {
   // closing, in which case it returns the error.
   template <class Enqueue>
   error_code add_operation(Enqueue&& enqueue) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     if (const error_code ec = refusal_locked())
       return ec;
     if (segment_has_pump_)
@@ -436,7 +437,7 @@ class writer_core : public service_member {
   // add_urgent.
   template <class Enqueue, class StartLender>
   error_code add_urgent_operation(Enqueue&& enqueue, StartLender&& start_lender) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     if (const error_code ec = refusal_locked())
       return ec;
     if (urgent_segment_has_pump_)
@@ -454,7 +455,7 @@ class writer_core : public service_member {
   // a flush and from now on every new request is refused with shut_down.
   template <class StartPump>
   void add_close(writer_node* n, node_list& rejected, StartPump&& start_pump) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     if (add_close_locked(n, rejected))
       start_pump(segment_);
   }
@@ -469,7 +470,7 @@ class writer_core : public service_member {
   // urgent queue (behind them) and start lending, and sets deferred.
   template <class Defer>
   error_code before_launch(Defer&& defer, bool& deferred) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     deferred = false;
     if (error_)
       return error_;
@@ -486,7 +487,7 @@ class writer_core : public service_member {
   // items wait, calls start_lending() under the lock and returns true.
   template <class StartLending>
   bool lender_turn(StartLending&& start_lending) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     lender_queued_ = false;
     if (!urgent_pending_ || lending_)
       return false;
@@ -503,7 +504,7 @@ class writer_core : public service_member {
   // calls stop_urgent() under the lock, ends the lend and returns false.
   template <class Size, class Stop>
   bool keep_lending(Size&& urgent_size, Stop&& stop_urgent) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     if (urgent_size() != 0)
       return true;
     stop_urgent();
@@ -530,7 +531,7 @@ class writer_core : public service_member {
   template <class StartWrite, class StartLending>
   step_action next_step(pump_id id, node_list& done, StartWrite&& start_write,
                         StartLending&& start_lending, writer_node*& closing) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard lock(mutex_);
     const step_action a = build_window_locked(id, done, closing);
     if (a == step_action::write) {
       note_write_started_locked();
@@ -656,7 +657,7 @@ class writer_core : public service_member {
   void on_stall_timer(std::uint64_t generation);
 
   const void* io_executor_ = nullptr;
-  mutable std::mutex mutex_;
+  mutable small_mutex mutex_;
   node_list nodes_;                      // writes, flushes and the close, in order
   node_list urgent_nodes_;               // urgent writes, in order
   node_list waiters_;                    // async_wait_writable

@@ -1,0 +1,58 @@
+//
+// serq/detail/small_mutex.hpp
+//
+// The lock of a queue's and a writer's shared state: four bytes instead of
+// std::mutex's forty, and an uncontended lock and unlock of one atomic
+// instruction each, inline, instead of two calls into libc. serq holds it
+// only for a few list and counter updates, never while calling out, so
+// contention is short: a waiter spins briefly, then sleeps (futex on Linux,
+// yield elsewhere). The three-state protocol is the one of Drepper's
+// "Futexes Are Tricky" (mutex 3): 0 free, 1 held, 2 held with sleepers.
+//
+
+#ifndef SERQ_DETAIL_SMALL_MUTEX_HPP
+#define SERQ_DETAIL_SMALL_MUTEX_HPP
+
+#include <serq/config.hpp>
+
+#include <atomic>
+#include <cstdint>
+
+SERQ_NAMESPACE_BEGIN
+namespace detail {
+
+class small_mutex {
+ public:
+  small_mutex() noexcept = default;
+  small_mutex(const small_mutex&) = delete;
+  small_mutex& operator=(const small_mutex&) = delete;
+
+  void lock() noexcept {
+    std::uint32_t expected = 0;
+    if (!state_.compare_exchange_strong(expected, 1, std::memory_order_acquire,
+                                        std::memory_order_relaxed))
+      lock_slow();
+  }
+
+  bool try_lock() noexcept {
+    std::uint32_t expected = 0;
+    return state_.compare_exchange_strong(expected, 1, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+
+  void unlock() noexcept {
+    if (state_.exchange(0, std::memory_order_release) == 2)
+      wake_one();
+  }
+
+ private:
+  void lock_slow() noexcept;  // src/small_mutex.cpp
+  void wake_one() noexcept;
+
+  std::atomic<std::uint32_t> state_{0};
+};
+
+}  // namespace detail
+SERQ_NAMESPACE_END
+
+#endif  // SERQ_DETAIL_SMALL_MUTEX_HPP

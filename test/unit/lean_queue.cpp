@@ -1,0 +1,149 @@
+//
+// test/unit/lean_queue.cpp
+//
+// What keeps a serialized_queue's per-operation and idle cost small, and the
+// rules that must survive it: the queue's own four-byte lock still excludes
+// (contended, the sleeping path), the name is kept exactly without a heap
+// block for serq's own names, the core stays within its measured size, and a
+// completion on the queue's thread is invoked there (no extra post) while one
+// from elsewhere still reaches the queue's executor.
+//
+
+#include <serq/serialized_queue.hpp>
+#include <serq/queued_writer.hpp>
+
+#include "common/net.hpp"
+
+#include <boost/test/unit_test.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace d = serq::detail;
+
+BOOST_AUTO_TEST_SUITE(lean_queue)
+
+BOOST_AUTO_TEST_CASE(small_mutex_excludes_under_contention) {
+  static_assert(sizeof(d::small_mutex) == 4);
+  d::small_mutex m;
+  std::size_t plain_counter = 0;  // no atomics: only the lock keeps it exact
+  constexpr int threads = 4;
+  constexpr int rounds = 200000;
+  std::atomic<int> ready{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&] {
+      ready.fetch_add(1);
+      while (ready.load() < threads) {
+      }
+      for (int i = 0; i < rounds; ++i) {
+        std::lock_guard lock(m);
+        ++plain_counter;
+        // Hold it a little, so that others spin out and sleep.
+        if (i % 1024 == 0)
+          std::this_thread::yield();
+      }
+    });
+  for (auto& th : pool)
+    th.join();
+  BOOST_TEST(plain_counter == std::size_t(threads) * rounds);
+}
+
+BOOST_AUTO_TEST_CASE(small_mutex_try_lock) {
+  d::small_mutex m;
+  BOOST_TEST(m.try_lock());
+  BOOST_TEST(!m.try_lock());
+  bool other = true;
+  std::thread([&] { other = m.try_lock(); }).join();
+  BOOST_TEST(!other);
+  m.unlock();
+  BOOST_TEST(m.try_lock());
+  m.unlock();
+}
+
+BOOST_AUTO_TEST_CASE(names_are_kept_exactly) {
+  net::io_context ioc;
+  std::string long_name(200, 'x');
+  long_name[0] = 'a';
+  long_name[199] = 'z';
+  serq::serialized_queue named(ioc, long_name);
+  long_name.assign(200, '?');  // the queue holds its own copy
+  BOOST_TEST(named.name().size() == 200u);
+  BOOST_TEST(named.name().front() == 'a');
+  BOOST_TEST(named.name().back() == 'z');
+
+  serq::serialized_queue unnamed(ioc);
+  BOOST_TEST(unnamed.name().empty());
+
+  // A name equal to one serq gives its writers' queues (shared, not copied)
+  // reads back the same.
+  std::string writer_name = "serq.queued_writer";
+  serq::serialized_queue like_writer(ioc, writer_name);
+  writer_name.clear();
+  BOOST_TEST(like_writer.name() == "serq.queued_writer");
+
+  // A moved-from queue is left with the same name, the moved-to one has it.
+  serq::serialized_queue moved(std::move(named));
+  BOOST_TEST(moved.name() == std::string(1, 'a') + std::string(198, 'x') + "z");
+  BOOST_TEST(named.name() == moved.name());
+}
+
+// The measured layout (x86-64, Boost.Asio or standalone): the core a queue
+// on any_io_executor allocates. Pinned so that it cannot grow unnoticed.
+BOOST_AUTO_TEST_CASE(core_size_is_pinned) {
+  constexpr std::size_t core = sizeof(d::basic_queue_core<net::any_io_executor>);
+  BOOST_TEST_MESSAGE("basic_queue_core<any_io_executor>: " << core << " bytes");
+  if constexpr (sizeof(void*) == 8)
+    BOOST_TEST(core <= 360u);
+}
+
+// A completion that arrives on the queue's thread runs its handler there and
+// then, with no post in between; one that arrives on a foreign thread still
+// runs the handler on the queue's executor.
+BOOST_AUTO_TEST_CASE(completion_on_the_queue_thread_is_invoked_there) {
+  net::io_context ioc;
+  serq::serialized_queue q(ioc);
+  int order = 0;
+  int handler_at = -1;
+  int after_at = -1;
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        // Completes from a handler that runs on the queue's executor: the
+        // user's handler runs inside it, before the line after the call.
+        net::post(ioc, [&, h = std::move(handler)]() mutable {
+          std::move(h)(error_code());
+          after_at = order++;
+        });
+      },
+      [&](error_code ec) {
+        BOOST_TEST(!ec);
+        handler_at = order++;
+      });
+  ioc.run();
+  BOOST_TEST(handler_at == 0);
+  BOOST_TEST(after_at == 1);
+
+  // From a foreign thread: the handler is not run there.
+  ioc.restart();
+  std::atomic<bool> ran_on_io_thread{false};
+  const auto io_thread = std::this_thread::get_id();
+  auto guard = net::make_work_guard(ioc);
+  std::thread foreign;
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        foreign = std::thread([h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+      },
+      [&](error_code) {
+        ran_on_io_thread = std::this_thread::get_id() == io_thread;
+        guard.reset();
+      });
+  ioc.run();
+  foreign.join();
+  BOOST_TEST(ran_on_io_thread.load());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
