@@ -68,7 +68,10 @@ inline constexpr trigger_inline_t trigger_inline{};
  * Queued operations run on the queue's executor: each is launched there, and
  * the handler serq gives it has the queue's executor as its associated
  * executor, so every intermediate step of a composed operation runs there
- * too. A queue on a strand therefore keeps a strand-protected object (a
+ * too (for a queue on an `any_io_executor` that wraps an `io_context`
+ * executor, the associated executor is that `io_context` executor itself: the
+ * same executor, without type erasure in every step). A queue on a strand
+ * therefore keeps a strand-protected object (a
  * websocket, an SSL stream) safe however many threads add to it, as a strand
  * would. Every completion handler then runs on its own associated executor,
  * which defaults to the queue's: invoked directly when the completing thread

@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace d = serq::detail;
@@ -144,6 +145,42 @@ BOOST_AUTO_TEST_CASE(completion_on_the_queue_thread_is_invoked_there) {
   ioc.run();
   foreign.join();
   BOOST_TEST(ran_on_io_thread.load());
+}
+
+// The handler a queued operation gets has the queue's executor: for a queue on
+// an any_io_executor around an io_context executor, that executor itself (no
+// type erasure in the operation's steps); around anything else (a strand),
+// the any_io_executor.
+BOOST_AUTO_TEST_CASE(launched_handler_executor_is_the_queue_executor) {
+  net::io_context ioc;
+  serq::serialized_queue plain(ioc);
+  bool plain_concrete = false;
+  bool plain_equal = false;
+  plain.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        auto ex = net::get_associated_executor(handler);
+        plain_concrete = std::is_same_v<decltype(ex), net::io_context::executor_type>;
+        plain_equal = ex == ioc.get_executor();
+        net::post(ex, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+      },
+      [](error_code) {});
+
+  serq::serialized_queue stranded(net::make_strand(ioc));
+  bool strand_erased = false;
+  bool strand_inside = false;
+  stranded.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        auto ex = net::get_associated_executor(handler);
+        strand_erased = std::is_same_v<decltype(ex), net::any_io_executor>;
+        strand_inside = ex == stranded.get_executor();
+        net::post(ex, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+      },
+      [](error_code) {});
+  ioc.run();
+  BOOST_TEST(plain_concrete);
+  BOOST_TEST(plain_equal);
+  BOOST_TEST(strand_erased);
+  BOOST_TEST(strand_inside);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -318,13 +318,19 @@ class handler_entry : public entry_base, public tracked_entry {
   template <class Derived, class Then, class... Args>
   static void complete_after(Derived* self, const handler_executor_type& ex, completion_mode mode,
                              Then&& then, Args&&... args) {
-    std::optional<handler_work> held;
-    if (handler_work* w = std::exchange(self->work_, nullptr)) {
-      held.emplace(std::move(*w));
-      deallocate_node(w, self->get_allocator());
+    if constexpr (has_own_executor<Handler>::value) {
+      std::optional<handler_work> held;
+      if (handler_work* w = std::exchange(self->work_, nullptr)) {
+        held.emplace(std::move(*w));
+        deallocate_node(w, self->get_allocator());
+      }
+      free_then_deliver_after(self, self->handler_, ex, mode, std::forward<Then>(then),
+                              std::forward<Args>(args)...);
+    } else {
+      // The queue's own executor: no work of its own was taken.
+      free_then_deliver_after(self, self->handler_, ex, mode, std::forward<Then>(then),
+                              std::forward<Args>(args)...);
     }
-    free_then_deliver_after(self, self->handler_, ex, mode, std::forward<Then>(then),
-                            std::forward<Args>(args)...);
   }
 
   // Frees this entry, then completes the handler with args as mode says.
@@ -390,7 +396,10 @@ class handler_entry : public entry_base, public tracked_entry {
 // so every step of a composed operation runs where the queue runs it (on a
 // strand, inside the strand), as a strand-protected object needs; its
 // allocator, cancellation slot and immediate executor are the user handler's.
-template <class Entry>
+// For a queue on an any_io_executor that wraps an io_context executor, the
+// executor is that io_context executor itself (Executor): the same executor,
+// without the type erasure in every step an operation posts or dispatches.
+template <class Entry, class Executor = typename Entry::queue_executor_type>
 class launched_handler {
  public:
   explicit launched_handler(Entry* e) noexcept : e_(e) {}
@@ -406,8 +415,13 @@ class launched_handler {
     std::exchange(e_, nullptr)->finish_op(std::forward<Args>(args)...);
   }
 
-  using executor_type = typename Entry::queue_executor_type;
-  executor_type get_executor() const noexcept { return e_->queue_executor(); }
+  using executor_type = Executor;
+  executor_type get_executor() const noexcept {
+    if constexpr (std::is_same_v<Executor, typename Entry::queue_executor_type>)
+      return e_->queue_executor();
+    else
+      return *e_->typed_core().io_target();
+  }
 
   using allocator_type = typename Entry::user_allocator_type;
   allocator_type get_allocator() const noexcept { return e_->user_allocator(); }
@@ -514,7 +528,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
   }
 
  private:
-  template <class>
+  template <class, class>
   friend class launched_handler;
 
   // The operation is over: the queue's turn goes to the next entry, which
@@ -573,6 +587,15 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
       cancelled = guard.cancelled();
       if (!cancelled) {
         Launcher l(std::move(launcher_));
+        if constexpr (std::is_same_v<QueueExecutor, net::any_io_executor>) {
+          if (this->typed_core().io_target()) {
+            std::move(l)(launched_handler<op_entry, net::io_context::executor_type>(this));
+#if defined(SERQ_HANDLER_TRACKING)
+            tracked.invocation_end();
+#endif
+            return;  // the entry may already be gone
+          }
+        }
         std::move(l)(launched_handler<op_entry>(this));
 #if defined(SERQ_HANDLER_TRACKING)
         tracked.invocation_end();

@@ -372,6 +372,9 @@ class basic_queue_core final : public queue_core {
   }
 
   const Executor& executor() const noexcept { return executor_; }
+  // The io_context executor an any_io_executor queue executor wraps; null
+  // for any other.
+  const io_executor* io_target() const noexcept { return io_; }
 
   // Whether the calling thread runs the queue's executor (false when it
   // cannot tell).
