@@ -342,10 +342,10 @@ class handler_entry : public entry_base, public tracked_entry {
   }
 
   // A dispatched completion on a thread that runs the queue's executor is
-  // invoked right away when the handler's executor is the queue's.
-  static completion_mode refine(completion_mode mode, bool on_queue_executor) noexcept {
-    return mode == completion_mode::dispatch && on_queue_executor &&
-                   !has_own_executor<Handler>::value
+  // invoked right away when the handler's executor is the queue's: it has
+  // none of its own, or one equal to the queue's (then it holds no work).
+  completion_mode refine(completion_mode mode, bool on_queue_executor) const noexcept {
+    return mode == completion_mode::dispatch && on_queue_executor && work_ == nullptr
                ? completion_mode::invoke
                : mode;
   }
@@ -542,7 +542,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
     this->core().trace_done(ec);
     work_counter<QueueExecutor> idle_work;
     entry_base* next = this->core().finish_and_take_next(&idle_work);
-    base::complete_after(this, ex, base::refine(mode, on_queue_executor),
+    base::complete_after(this, ex, this->refine(mode, on_queue_executor),
                          start_next{next, on_queue_executor},
                          std::forward<Arg0>(ec), std::forward<Args>(args)...);
   }
@@ -661,7 +661,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
           entry_base* next = core.finish_and_take_next(&idle_work);
           finish_with(self, ex,
                       cancelled ? completion_mode::post
-                                : base::refine(completion_mode::dispatch, on_queue_executor),
+                                : self->refine(completion_mode::dispatch, on_queue_executor),
                       start_next{next, on_queue_executor}, cancelled ? aborted : error_code(),
                       nullptr);
         } else {
