@@ -92,7 +92,7 @@ void canceller::operator()(net::cancellation_type_t type) {
 
 launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching) {
   if (canceller* c = e.cancel_state()) {
-    lock_ = std::unique_lock<std::mutex>(c->mutex_);
+    lock_ = std::unique_lock<small_mutex>(c->mutex_);
     cancelled_ = c->pending_ != net::cancellation_type::none;
     c->launched_ = !cancelled_;
   }

@@ -134,7 +134,7 @@ class canceller {
   std::shared_ptr<queue_core> core_;
   entry_base* waiting_ = nullptr;  // guarded by core_->mutex_
   entry_base* prev_ = nullptr;     // waiting_'s back link in the queue (core_->mutex_)
-  std::mutex mutex_;               // guards everything below
+  small_mutex mutex_;              // guards everything below
   bool launched_ = false;
   net::cancellation_type_t pending_ = net::cancellation_type::none;
   net::cancellation_signal inner_;
@@ -170,7 +170,7 @@ class launch_guard {
  private:
   entry_base& entry_;
   launch_guard* outer_;
-  std::unique_lock<std::mutex> lock_;
+  std::unique_lock<small_mutex> lock_;
   bool cancelled_ = false;
   bool completed_inline_ = false;
 };
