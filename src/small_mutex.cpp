@@ -1,15 +1,21 @@
 //
-// src/small_mutex.cpp: the contended paths of detail::small_mutex.
+// src/small_mutex.cpp: the contended paths of detail::small_mutex (Linux).
 //
 
 #include <serq/detail/small_mutex.hpp>
 
-#include <thread>
-
 #if defined(__linux__)
+
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#if defined(SYS_futex)
+#define SERQ_SYS_FUTEX SYS_futex
+#elif defined(SYS_futex_time64)
+#define SERQ_SYS_FUTEX SYS_futex_time64  // 32-bit targets with only 64-bit time
+#else
+#error "serq: no futex system call on this Linux target"
 #endif
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -30,25 +36,8 @@ static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
                   std::atomic<std::uint32_t>::is_always_lock_free,
               "small_mutex sleeps on the address of its state word");
 
-// Sleeps while *state == value (or returns at once if it no longer is).
-void sleep_while(std::atomic<std::uint32_t>& state, std::uint32_t value) noexcept {
-#if defined(__linux__)
-  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&state), FUTEX_WAIT_PRIVATE, value,
-            nullptr, nullptr, 0);
-#else
-  (void)state;
-  (void)value;
-  std::this_thread::yield();
-#endif
-}
-
-void wake(std::atomic<std::uint32_t>& state) noexcept {
-#if defined(__linux__)
-  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&state), FUTEX_WAKE_PRIVATE, 1, nullptr,
-            nullptr, 0);
-#else
-  (void)state;
-#endif
+std::uint32_t* futex_word(std::atomic<std::uint32_t>* state) noexcept {
+  return reinterpret_cast<std::uint32_t*>(state);
 }
 
 // How often a waiter looks again before it sleeps: the holder only updates
@@ -57,24 +46,27 @@ constexpr int spin_limit = 100;
 
 }  // namespace
 
-void small_mutex::lock_slow() noexcept {
+void small_mutex::lock_slow(std::atomic<std::uint32_t>& state) noexcept {
   for (int i = 0; i < spin_limit; ++i) {
     SERQ_CPU_RELAX();
     std::uint32_t expected = 0;
-    if (state_.load(std::memory_order_relaxed) == 0 &&
-        state_.compare_exchange_weak(expected, 1, std::memory_order_acquire,
-                                     std::memory_order_relaxed))
+    if (state.load(std::memory_order_relaxed) == 0 &&
+        state.compare_exchange_weak(expected, 1, std::memory_order_acquire,
+                                    std::memory_order_relaxed))
       return;
   }
   // Mark the lock as having sleepers (2) and sleep until it is free. Taking
-  // it with 2 makes its unlock wake the next sleeper, if there is one.
-  while (state_.exchange(2, std::memory_order_acquire) != 0)
-    sleep_while(state_, 2);
+  // it with 2 makes its unlock wake the next sleeper, if there is one. The
+  // futex returns at once if the word is no longer 2, and on a signal.
+  while (state.exchange(2, std::memory_order_acquire) != 0)
+    ::syscall(SERQ_SYS_FUTEX, futex_word(&state), FUTEX_WAIT_PRIVATE, 2u, nullptr, nullptr, 0);
 }
 
-void small_mutex::wake_one() noexcept {
-  wake(state_);
+void small_mutex::wake_one(std::atomic<std::uint32_t>* state) noexcept {
+  ::syscall(SERQ_SYS_FUTEX, futex_word(state), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
 }
 
 }  // namespace detail
 SERQ_NAMESPACE_END
+
+#endif  // __linux__

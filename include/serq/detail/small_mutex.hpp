@@ -5,9 +5,10 @@
 // std::mutex's forty, and an uncontended lock and unlock of one atomic
 // instruction each, inline, instead of two calls into libc. serq holds it
 // only for a few list and counter updates, never while calling out, so
-// contention is short: a waiter spins briefly, then sleeps (futex on Linux,
-// yield elsewhere). The three-state protocol is the one of Drepper's
-// "Futexes Are Tricky" (mutex 3): 0 free, 1 held, 2 held with sleepers.
+// contention is short: a waiter spins briefly, then sleeps on a futex. The
+// three-state protocol is the one of Drepper's "Futexes Are Tricky" (mutex
+// 3): 0 free, 1 held, 2 held with sleepers. Where there is no futex (not
+// Linux), it is std::mutex.
 //
 
 #ifndef SERQ_DETAIL_SMALL_MUTEX_HPP
@@ -17,9 +18,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 
 SERQ_NAMESPACE_BEGIN
 namespace detail {
+
+#if defined(__linux__)
 
 class small_mutex {
  public:
@@ -31,7 +35,7 @@ class small_mutex {
     std::uint32_t expected = 0;
     if (!state_.compare_exchange_strong(expected, 1, std::memory_order_acquire,
                                         std::memory_order_relaxed))
-      lock_slow();
+      lock_slow(state_);
   }
 
   bool try_lock() noexcept {
@@ -41,16 +45,35 @@ class small_mutex {
   }
 
   void unlock() noexcept {
-    if (state_.exchange(0, std::memory_order_release) == 2)
-      wake_one();
+    // The address is taken first: once the state is 0 another thread may
+    // take the lock and destroy this object, and the wake-up needs only the
+    // address (a stray wake-up is harmless).
+    std::atomic<std::uint32_t>* state = &state_;
+    if (state->exchange(0, std::memory_order_release) == 2)
+      wake_one(state);
   }
 
  private:
-  void lock_slow() noexcept;  // src/small_mutex.cpp
-  void wake_one() noexcept;
+  // src/small_mutex.cpp
+  static void lock_slow(std::atomic<std::uint32_t>& state) noexcept;
+  static void wake_one(std::atomic<std::uint32_t>* state) noexcept;
 
   std::atomic<std::uint32_t> state_{0};
 };
+
+#else
+
+class small_mutex {
+ public:
+  void lock() { m_.lock(); }
+  bool try_lock() { return m_.try_lock(); }
+  void unlock() noexcept { m_.unlock(); }
+
+ private:
+  std::mutex m_;
+};
+
+#endif
 
 }  // namespace detail
 SERQ_NAMESPACE_END
