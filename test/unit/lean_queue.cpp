@@ -9,8 +9,8 @@
 // from elsewhere still reaches the queue's executor.
 //
 
-#include <serq/serialized_queue.hpp>
 #include <serq/queued_writer.hpp>
+#include <serq/serialized_queue.hpp>
 
 #include "common/net.hpp"
 
@@ -118,9 +118,8 @@ BOOST_AUTO_TEST_CASE(completion_for_another_executor_is_not_invoked_inline) {
       [&](auto handler) {
         net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
       },
-      net::bind_executor(other, [&](error_code) {
-        on_other = other.get_executor().running_in_this_thread();
-      }));
+      net::bind_executor(
+          other, [&](error_code) { on_other = other.get_executor().running_in_this_thread(); }));
   ioc.run();
   BOOST_TEST(!on_other);  // not run on the queue's thread
   other.run();

@@ -543,8 +543,8 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
     work_counter<QueueExecutor> idle_work;
     entry_base* next = this->core().finish_and_take_next(&idle_work);
     base::complete_after(this, ex, this->refine(mode, on_queue_executor),
-                         start_next{next, on_queue_executor},
-                         std::forward<Arg0>(ec), std::forward<Args>(args)...);
+                         start_next{next, on_queue_executor}, std::forward<Arg0>(ec),
+                         std::forward<Args>(args)...);
   }
 
   static int do_action(entry_base* b, entry_base::action a) {

@@ -83,7 +83,8 @@ class work_counter<net::any_io_executor> {
   void start(const net::any_io_executor& ex, const io_executor* target) {
     finish();
     if (target) {
-      new (&io_) tracked_io_executor(net::prefer(*target, net::execution::outstanding_work.tracked));
+      new (&io_)
+          tracked_io_executor(net::prefer(*target, net::execution::outstanding_work.tracked));
       held_ = held::io;
     } else {
       new (&other_) net::any_io_executor(net::prefer(ex, net::execution::outstanding_work.tracked));
