@@ -394,7 +394,7 @@ class basic_queue_core final : public queue_core {
         return;
       }
     }
-    post_to(executor_, std::forward<Function>(f));
+    net::post(executor_, std::forward<Function>(f));
   }
 
  private:

@@ -78,8 +78,8 @@ class work_counter<net::any_io_executor> {
   work_counter(const work_counter&) = delete;
   work_counter& operator=(const work_counter&) = delete;
 
-  void start(const net::any_io_executor& ex) { start(ex, ex.target<io_executor>()); }
-  // As above, with ex's io_context executor (target) already looked up.
+  // Starts counting work on ex, whose io_context executor (target, if it
+  // wraps one) the caller has looked up.
   void start(const net::any_io_executor& ex, const io_executor* target) {
     finish();
     if (target) {
