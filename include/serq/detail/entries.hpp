@@ -167,6 +167,22 @@ void free_then_deliver_after(Node* node, Handler& handler, const Executor& ex, c
   then(true);
 }
 
+// free_then_deliver_after for completion_mode::invoke, which needs no
+// executor: the node holds no work of its own (see handler_entry::refine).
+template <class Node, class Handler, class Then, class... Args>
+void free_then_invoke(Node* node, Handler& handler, Then&& then, Args&&... args) {
+  const auto alloc = node_allocator(handler);
+  auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
+  deallocate_node(node, alloc);
+  try {
+    completion();
+  } catch (...) {
+    then(false);
+    throw;
+  }
+  then(true);
+}
+
 struct nothing_then {
   void operator()(bool) const noexcept {}
 };
@@ -270,7 +286,8 @@ class handler_entry : public entry_base, public tracked_entry {
   using core_type = basic_queue_core<QueueExecutor>;
 
   const core_type& typed_core() const noexcept { return static_cast<const core_type&>(core()); }
-  const QueueExecutor& queue_executor() const noexcept { return typed_core().executor(); }
+  // A reference, but on an any_io_executor queue a copy (see basic_queue_core).
+  decltype(auto) queue_executor() const noexcept { return typed_core().executor(); }
   handler_executor_type handler_executor() const noexcept {
     return net::get_associated_executor(handler_, queue_executor());
   }
@@ -291,9 +308,22 @@ class handler_entry : public entry_base, public tracked_entry {
     handler_executor_type ex = handler_executor();
     bool same = false;
     if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>)
-      same = ex == queue_executor();
+      same = same_executor(ex);
     if (!same)
       work_ = allocate_node<handler_work>(handler_, std::move(ex));
+  }
+
+  // Whether ex, the handler's executor, is the queue's. Two any_io_executors
+  // around io_context executors (a coroutine's on a plain io_context queue)
+  // are compared through their targets, without the type-erased call.
+  bool same_executor(const QueueExecutor& ex) const noexcept {
+    if constexpr (std::is_same_v<QueueExecutor, net::any_io_executor>) {
+      if (const auto* q = typed_core().io_target()) {
+        const auto* h = ex.template target<net::io_context::executor_type>();
+        return h && *h == *q;
+      }
+    }
+    return ex == queue_executor();
   }
 
   // Records, with handler tracking on, that this entry's next tracked
@@ -318,20 +348,22 @@ class handler_entry : public entry_base, public tracked_entry {
   template <class Derived, class Then, class... Args>
   static void complete_after(Derived* self, const handler_executor_type& ex, completion_mode mode,
                              Then&& then, Args&&... args) {
+    // Two calls rather than one after an optional guard: an empty
+    // std::optional<handler_work> here costs the hot path ~30 to 50
+    // instructions (callgrind), and most handlers hold no work of their own.
     if constexpr (has_own_executor<Handler>::value) {
-      std::optional<handler_work> held;
       if (handler_work* w = std::exchange(self->work_, nullptr)) {
-        held.emplace(std::move(*w));
+        // The handler's work, held until its completion has been handed on.
+        const handler_work held(std::move(*w));
         deallocate_node(w, self->get_allocator());
+        free_then_deliver_after(self, self->handler_, ex, mode, std::forward<Then>(then),
+                                std::forward<Args>(args)...);
+        return;
       }
-      free_then_deliver_after(self, self->handler_, ex, mode, std::forward<Then>(then),
-                              std::forward<Args>(args)...);
-    } else {
-      // The queue's own executor: no work of its own was taken, nothing to
-      // hold (an empty std::optional here costs the hot path ~50 instructions).
-      free_then_deliver_after(self, self->handler_, ex, mode, std::forward<Then>(then),
-                              std::forward<Args>(args)...);
     }
+    // The queue's own executor, or one equal to it: no work was taken.
+    free_then_deliver_after(self, self->handler_, ex, mode, std::forward<Then>(then),
+                            std::forward<Args>(args)...);
   }
 
   // Frees this entry, then completes the handler with args as mode says.
@@ -538,14 +570,24 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
   template <class Arg0, class... Args>
   void finish(completion_mode mode, Arg0&& ec, Args&&... args) {
     const bool on_queue_executor = this->typed_core().running_here();
+    mode = this->refine(mode, on_queue_executor);
+    work_counter<QueueExecutor> idle_work;
+    if (mode == completion_mode::invoke) {
+      // Run right here: the handler's executor is not needed (on an
+      // any_io_executor queue, making it is a type-erased construction).
+      wait_launch_done(*this);
+      this->core().trace_done(ec);
+      entry_base* next = this->core().finish_and_take_next(&idle_work);
+      free_then_invoke(this, this->handler_, start_next{next, on_queue_executor},
+                       std::forward<Arg0>(ec), std::forward<Args>(args)...);
+      return;
+    }
     const auto ex = this->handler_executor();
     wait_launch_done(*this);
     this->core().trace_done(ec);
-    work_counter<QueueExecutor> idle_work;
     entry_base* next = this->core().finish_and_take_next(&idle_work);
-    base::complete_after(this, ex, this->refine(mode, on_queue_executor),
-                         start_next{next, on_queue_executor}, std::forward<Arg0>(ec),
-                         std::forward<Args>(args)...);
+    base::complete_after(this, ex, mode, start_next{next, on_queue_executor},
+                         std::forward<Arg0>(ec), std::forward<Args>(args)...);
   }
 
   static int do_action(entry_base* b, entry_base::action a) {

@@ -357,61 +357,106 @@ class queue_core : public service_member {
 
 // A queue's core with its executor: what entries post their triggers to,
 // the default executor of their handlers, and where the queue counts its
-// outstanding work. An any_io_executor that wraps a plain io_context
-// executor (the usual case) is looked into once, here, and used directly
-// on every operation's path.
+// outstanding work.
 template <class Executor>
 class basic_queue_core final : public queue_core {
-  using io_executor = net::io_context::executor_type;
-  static constexpr bool type_erased = std::is_same_v<Executor, net::any_io_executor>;
-
  public:
-  basic_queue_core(const Executor& ex, std::string_view name) : queue_core(name), executor_(ex) {
-    if constexpr (type_erased)
-      io_ = executor_.template target<io_executor>();
-  }
+  basic_queue_core(const Executor& ex, std::string_view name) : queue_core(name), executor_(ex) {}
 
   const Executor& executor() const noexcept { return executor_; }
-  // The io_context executor an any_io_executor queue executor wraps; null
-  // for any other.
-  const io_executor* io_target() const noexcept { return io_; }
+  // Only the any_io_executor core has one (see below).
+  const net::io_context::executor_type* io_target() const noexcept { return nullptr; }
 
   // Whether the calling thread runs the queue's executor (false when it
   // cannot tell).
-  bool running_here() const noexcept {
-    if constexpr (type_erased)
-      if (io_)
-        return io_->running_in_this_thread();
-    return running_in(executor_);
-  }
+  bool running_here() const noexcept { return running_in(executor_); }
 
   // Posts f to the queue's executor.
   template <class Function>
   void post(Function&& f) const {
-    if constexpr (type_erased) {
-      if (io_) {
-        net::post(*io_, std::forward<Function>(f));
-        return;
-      }
-    }
     net::post(executor_, std::forward<Function>(f));
   }
 
  private:
-  void work_started() override {
-    if constexpr (type_erased)
-      work_.start(executor_, io_);
-    else
-      work_.start(executor_);
-  }
+  void work_started() override { work_.start(executor_); }
   void work_finished() noexcept override { work_.finish(); }
   void move_work_to(void* out) noexcept override {
     work_.move_to(*static_cast<work_counter<Executor>*>(out));
   }
 
   const Executor executor_;
-  const io_executor* io_ = nullptr;  // executor_'s target, if it is one
   work_counter<Executor> work_;
+};
+
+// The core of a queue on an any_io_executor. One that wraps a plain
+// io_context executor (the usual case) is kept as that executor, eight
+// bytes, and used directly on every operation's path; any other target is
+// kept with its work in a block of its own, made with the core.
+template <>
+class basic_queue_core<net::any_io_executor> final : public queue_core {
+  using io_executor = net::io_context::executor_type;
+  using tracked_io_executor = work_counter<net::any_io_executor>::tracked_io_executor;
+
+ public:
+  basic_queue_core(const net::any_io_executor& ex, std::string_view name) : queue_core(name) {
+    if (const io_executor* target = ex.target<io_executor>())
+      io_.emplace(*target);
+    else
+      other_ = std::make_unique<other_target>(ex);
+  }
+
+  // The queue's executor: a copy, made from the io_context executor kept.
+  net::any_io_executor executor() const noexcept {
+    if (io_)
+      return net::any_io_executor(*io_);
+    return other_->executor;
+  }
+  // The io_context executor the queue's executor wraps; null for any other.
+  const io_executor* io_target() const noexcept { return io_ ? &*io_ : nullptr; }
+
+  bool running_here() const noexcept {
+    return io_ ? io_->running_in_this_thread() : running_in(other_->executor);
+  }
+
+  template <class Function>
+  void post(Function&& f) const {
+    if (io_)
+      net::post(*io_, std::forward<Function>(f));
+    else
+      net::post(other_->executor, std::forward<Function>(f));
+  }
+
+ private:
+  struct other_target {
+    explicit other_target(const net::any_io_executor& ex) : executor(ex) {}
+    const net::any_io_executor executor;
+    std::optional<net::any_io_executor> work;  // tracked, while the queue counts work
+  };
+
+  void work_started() override {
+    if (io_)
+      io_work_.emplace(net::prefer(*io_, net::execution::outstanding_work.tracked));
+    else
+      other_->work.emplace(net::prefer(other_->executor, net::execution::outstanding_work.tracked));
+  }
+  void work_finished() noexcept override {
+    if (io_)
+      io_work_.reset();
+    else
+      other_->work.reset();
+  }
+  void move_work_to(void* out) noexcept override {
+    auto& to = *static_cast<work_counter<net::any_io_executor>*>(out);
+    if (io_ && io_work_)
+      to.adopt(std::move(*io_work_));
+    else if (!io_ && other_->work)
+      to.adopt(std::move(*other_->work));
+    work_finished();
+  }
+
+  std::optional<io_executor> io_;  // the target, when it is an io_context executor
+  std::optional<tracked_io_executor> io_work_;
+  std::unique_ptr<other_target> other_;  // any other target
 };
 
 }  // namespace detail

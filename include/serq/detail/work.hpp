@@ -66,30 +66,29 @@ class work_counter {
   std::optional<net::executor_work_guard<Executor>> work_;
 };
 
+// Outstanding work an any_io_executor queue's core has handed over (see
+// basic_queue_core<any_io_executor>::move_work_to), released when this goes.
 template <>
 class work_counter<net::any_io_executor> {
+ public:
   using io_executor = net::io_context::executor_type;
   using tracked_io_executor = std::decay_t<typename net::prefer_result<
       const io_executor&, net::execution::outstanding_work_t::tracked_t>::type>;
 
- public:
   work_counter() noexcept {}
   ~work_counter() { finish(); }
   work_counter(const work_counter&) = delete;
   work_counter& operator=(const work_counter&) = delete;
 
-  // Starts counting work on ex, whose io_context executor (target, if it
-  // wraps one) the caller has looked up.
-  void start(const net::any_io_executor& ex, const io_executor* target) {
+  void adopt(tracked_io_executor&& w) noexcept {
     finish();
-    if (target) {
-      new (&io_)
-          tracked_io_executor(net::prefer(*target, net::execution::outstanding_work.tracked));
-      held_ = held::io;
-    } else {
-      new (&other_) net::any_io_executor(net::prefer(ex, net::execution::outstanding_work.tracked));
-      held_ = held::other;
-    }
+    new (&io_) tracked_io_executor(std::move(w));
+    held_ = held::io;
+  }
+  void adopt(net::any_io_executor&& w) noexcept {
+    finish();
+    new (&other_) net::any_io_executor(std::move(w));
+    held_ = held::other;
   }
   void finish() noexcept {
     if (held_ == held::io)
@@ -97,15 +96,6 @@ class work_counter<net::any_io_executor> {
     else if (held_ == held::other)
       other_.~any_io_executor();
     held_ = held::none;
-  }
-  void move_to(work_counter& other) noexcept {
-    other.finish();
-    if (held_ == held::io)
-      new (&other.io_) tracked_io_executor(std::move(io_));
-    else if (held_ == held::other)
-      new (&other.other_) net::any_io_executor(std::move(other_));
-    other.held_ = held_;
-    finish();
   }
 
  private:
