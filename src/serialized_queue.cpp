@@ -7,6 +7,8 @@
 #include <serq/serialized_queue_service.hpp>
 #include <serq/turn.hpp>
 
+#include <limits>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -124,7 +126,10 @@ namespace {
 constexpr std::string_view builtin_names[] = {"serq.queued_writer", "serq.queued_writer.urgent"};
 }  // namespace
 
-queue_core::queue_core(std::string_view name) : name_size_(name.size()) {
+queue_core::queue_core(std::string_view name) {
+  if (name.size() > std::numeric_limits<std::uint32_t>::max())
+    throw std::length_error("serq::serialized_queue: name too long");
+  name_size_ = static_cast<std::uint32_t>(name.size());
   if (name.empty())
     return;
   for (std::string_view builtin : builtin_names) {

@@ -286,7 +286,9 @@ class handler_entry : public entry_base, public tracked_entry {
   using core_type = basic_queue_core<QueueExecutor>;
 
   const core_type& typed_core() const noexcept { return static_cast<const core_type&>(core()); }
-  // A reference, but on an any_io_executor queue a copy (see basic_queue_core).
+  // A reference, but on an any_io_executor queue a copy (see basic_queue_core):
+  // never bind what get_associated_executor(h, queue_executor()) returns to a
+  // reference, which may refer to that temporary.
   decltype(auto) queue_executor() const noexcept { return typed_core().executor(); }
   handler_executor_type handler_executor() const noexcept {
     return net::get_associated_executor(handler_, queue_executor());
@@ -307,8 +309,14 @@ class handler_entry : public entry_base, public tracked_entry {
       return;
     handler_executor_type ex = handler_executor();
     bool same = false;
-    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>)
+    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
       same = same_executor(ex);
+    } else if constexpr (std::is_same_v<QueueExecutor, net::any_io_executor> &&
+                         std::is_same_v<handler_executor_type, net::io_context::executor_type>) {
+      // Bound to the io_context executor the queue's any_io_executor wraps.
+      const auto* q = typed_core().io_target();
+      same = q && ex == *q;
+    }
     if (!same)
       work_ = allocate_node<handler_work>(handler_, std::move(ex));
   }

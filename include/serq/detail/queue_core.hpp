@@ -272,6 +272,10 @@ class queue_core : public service_member {
   explicit queue_core(std::string_view name);
   ~queue_core() override;
 
+  // Whether the queue counts outstanding work now (between work_started()
+  // and the matching work_finished() or move_work_to()).
+  bool work_held() const noexcept { return work_held_; }
+
   // The queue's executor counts one unit of outstanding work while the queue
   // holds entries (waiting or active), however many: called under the lock
   // when it gets its first entry and when it loses its last one.
@@ -322,6 +326,7 @@ class queue_core : public service_member {
   std::atomic<bool> has_hook_{false};        // hook_ != nullptr, read without the lock
   mutable std::atomic<bool> timing_{false};  // measure waits: stats() was called
   bool name_owned_ = false;                  // name_ is a heap copy
+  std::uint32_t name_size_ = 0;              // in the flags' padding (longer names throw)
 
   entry_list waiting_;
   std::size_t waiting_count_ = 0;
@@ -352,7 +357,6 @@ class queue_core : public service_member {
   // The name: a heap copy of the one given, or, for an empty one and the
   // names serq gives its own queues, a literal (nothing allocated).
   const char* name_ = "";
-  std::size_t name_size_ = 0;
 };
 
 // A queue's core with its executor: what entries post their triggers to,
@@ -391,7 +395,7 @@ class basic_queue_core final : public queue_core {
 // The core of a queue on an any_io_executor. One that wraps a plain
 // io_context executor (the usual case) is kept as that executor, eight
 // bytes, and used directly on every operation's path; any other target is
-// kept with its work in a block of its own, made with the core.
+// kept with its work in a second heap block, allocated with the core.
 template <>
 class basic_queue_core<net::any_io_executor> final : public queue_core {
   using io_executor = net::io_context::executor_type;
@@ -400,28 +404,35 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
  public:
   basic_queue_core(const net::any_io_executor& ex, std::string_view name) : queue_core(name) {
     if (const io_executor* target = ex.target<io_executor>())
-      io_.emplace(*target);
+      new (&io_) io_executor(*target);
     else
       other_ = std::make_unique<other_target>(ex);
+  }
+  ~basic_queue_core() override {
+    if (other_)
+      return;
+    if (work_held())
+      io_work_.~tracked_io_executor();
+    io_.~io_executor();
   }
 
   // The queue's executor: a copy, made from the io_context executor kept.
   net::any_io_executor executor() const noexcept {
-    if (io_)
-      return net::any_io_executor(*io_);
+    if (!other_)
+      return net::any_io_executor(io_);
     return other_->executor;
   }
   // The io_context executor the queue's executor wraps; null for any other.
-  const io_executor* io_target() const noexcept { return io_ ? &*io_ : nullptr; }
+  const io_executor* io_target() const noexcept { return other_ ? nullptr : &io_; }
 
   bool running_here() const noexcept {
-    return io_ ? io_->running_in_this_thread() : running_in(other_->executor);
+    return !other_ ? io_.running_in_this_thread() : running_in(other_->executor);
   }
 
   template <class Function>
   void post(Function&& f) const {
-    if (io_)
-      net::post(*io_, std::forward<Function>(f));
+    if (!other_)
+      net::post(io_, std::forward<Function>(f));
     else
       net::post(other_->executor, std::forward<Function>(f));
   }
@@ -433,29 +444,39 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
     std::optional<net::any_io_executor> work;  // tracked, while the queue counts work
   };
 
+  // Called under the core's lock as work_held() changes: io_work_ exists
+  // exactly while work_held() on an io_context target.
   void work_started() override {
-    if (io_)
-      io_work_.emplace(net::prefer(*io_, net::execution::outstanding_work.tracked));
+    if (!other_)
+      new (&io_work_)
+          tracked_io_executor(net::prefer(io_, net::execution::outstanding_work.tracked));
     else
       other_->work.emplace(net::prefer(other_->executor, net::execution::outstanding_work.tracked));
   }
   void work_finished() noexcept override {
-    if (io_)
-      io_work_.reset();
+    if (!other_)
+      io_work_.~tracked_io_executor();
     else
       other_->work.reset();
   }
   void move_work_to(void* out) noexcept override {
     auto& to = *static_cast<work_counter<net::any_io_executor>*>(out);
-    if (io_ && io_work_)
-      to.adopt(std::move(*io_work_));
-    else if (!io_ && other_->work)
+    if (!other_) {
+      to.adopt(std::move(io_work_));
+      io_work_.~tracked_io_executor();
+    } else if (other_->work) {
       to.adopt(std::move(*other_->work));
-    work_finished();
+      other_->work.reset();
+    }
   }
 
-  std::optional<io_executor> io_;  // the target, when it is an io_context executor
-  std::optional<tracked_io_executor> io_work_;
+  // An io_context target is kept as itself; only other_ says which is there.
+  union {
+    io_executor io_;  // when other_ is null
+  };
+  union {
+    tracked_io_executor io_work_;  // on io_, while work_held()
+  };
   std::unique_ptr<other_target> other_;  // any other target
 };
 
