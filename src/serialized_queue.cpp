@@ -187,7 +187,7 @@ void queue_core::activate_locked(entry_base* e, clock::rep now) noexcept {
   busy_ = true;
   active_triggered_ = false;
   if (tracing())
-    active_kind_ = e->kind();  // for an entry that goes before its trigger
+    active_kind_ = static_cast<unsigned char>(e->kind());  // for one that goes before its trigger
   active_tag_ = e->tag_;
   active_waited_ = waited_locked(*e, now);
   if (e->attach_)  // an untriggered turn's first wait was counted at its first trigger
@@ -389,14 +389,19 @@ void queue_core::trace_entry(trace_point p, entry_base& e, error_code result) no
 }
 
 void queue_core::trace_trigger_slow(entry_kind k) noexcept {
-  active_kind_ = k;
-  entry_info info{active_tag_, active_kind_, name(), clock::duration(active_waited_), {}};
+  active_kind_ = static_cast<unsigned char>(k);
+  entry_info info{active_tag_,
+                  static_cast<entry_kind>(active_kind_),
+                  name(),
+                  clock::duration(active_waited_),
+                  {}};
   call_hook(trace_point::before_trigger, info);
   active_tag_ = info.tag;
 }
 
 void queue_core::trace_done_slow(error_code result) noexcept {
-  entry_info info{active_tag_, active_kind_, name(), clock::duration(active_waited_), result};
+  entry_info info{active_tag_, static_cast<entry_kind>(active_kind_), name(),
+                  clock::duration(active_waited_), result};
   if (active_triggered_)
     call_hook(trace_point::after_complete, info);
   call_hook(trace_point::detach, info);

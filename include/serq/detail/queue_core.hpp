@@ -322,7 +322,8 @@ class queue_core : public service_member {
   // the lock), then used by the thread that runs it (its trigger was posted
   // or launched after the write).
   bool active_triggered_ = false;
-  entry_kind active_kind_ = entry_kind::operation;
+  // An entry_kind, in one byte (the enum is int-sized).
+  unsigned char active_kind_ = static_cast<unsigned char>(entry_kind::operation);
   std::atomic<bool> has_hook_{false};        // hook_ != nullptr, read without the lock
   mutable std::atomic<bool> timing_{false};  // measure waits: stats() was called
   bool name_owned_ = false;                  // name_ is a heap copy
