@@ -6,7 +6,9 @@
 // (contended, the sleeping path), the name is kept exactly without a heap
 // block for serq's own names, the core stays within its measured size, and a
 // completion on the queue's thread is invoked there (no extra post) while one
-// from elsewhere still reaches the queue's executor.
+// from elsewhere still reaches the queue's executor; a queue whose executor is
+// not an io_context's (a thread pool's, a strand on it) still serializes and
+// releases its work.
 //
 
 #include <serq/queued_writer.hpp>
@@ -19,6 +21,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <future>
 #include <memory>
 #include <string>
 #include <thread>
@@ -292,6 +295,60 @@ BOOST_AUTO_TEST_CASE(launched_handler_executor_is_the_queue_executor) {
   BOOST_TEST(plain_equal);
   BOOST_TEST(strand_erased);
   BOOST_TEST(strand_inside);
+}
+
+// A queue on an any_io_executor whose target is not an io_context executor
+// (a thread_pool's, and a strand on it) keeps that executor and its work in a
+// block of its own. Used the way a program with a pool does: four foreign
+// threads submit, half of them waiting on use_future, the operations run on
+// the pool's threads. Every operation runs alone, every one completes, and
+// the pool's join() returns (the queue's work was released, not leaked).
+BOOST_AUTO_TEST_CASE(queue_on_a_thread_pool_executor) {
+  for (const bool on_strand : {false, true}) {
+    net::thread_pool pool(4);
+    serq::serialized_queue q(on_strand ? net::any_io_executor(net::make_strand(pool))
+                                       : net::any_io_executor(pool.get_executor()));
+    BOOST_TEST(!q.get_executor().target<net::io_context::executor_type>());
+    std::atomic<int> active{0};
+    std::atomic<bool> overlapped{false};
+    std::atomic<int> ran{0};
+    std::atomic<int> completed{0};
+    const auto op = [&](auto handler) {
+      if (active.fetch_add(1) != 0)
+        overlapped = true;
+      ++ran;
+      // Completes from another of the pool's threads, later.
+      net::post(pool, [&, h = std::move(handler)]() mutable {
+        active.fetch_sub(1);
+        std::move(h)(error_code());
+      });
+    };
+    constexpr int threads = 4;
+    constexpr int per_thread = 250;
+    std::vector<std::thread> submitters;
+    for (int t = 0; t < threads; ++t)
+      submitters.emplace_back([&, t] {
+        for (int i = 0; i < per_thread; ++i) {
+          if (t % 2 == 0) {
+            q.async_enqueue<void(error_code)>(op, [&](error_code ec) {
+              if (!ec)
+                ++completed;
+            });
+          } else {
+            std::future<void> f = q.async_enqueue<void(error_code)>(op, net::use_future);
+            f.get();  // throws system_error on an error
+            ++completed;
+          }
+        }
+      });
+    for (auto& th : submitters)
+      th.join();
+    pool.join();  // returns once the queue holds no work
+    BOOST_TEST(!overlapped.load());
+    BOOST_TEST(ran.load() == threads * per_thread);
+    BOOST_TEST(completed.load() == threads * per_thread);
+    BOOST_TEST(q.size() == 0u);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
