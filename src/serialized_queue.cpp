@@ -24,8 +24,7 @@ void entry_base::abandon() noexcept {
   core->finish();
 }
 
-void entry_base::attach_canceller(net::cancellation_slot slot,
-                                  const std::shared_ptr<queue_core>& core) {
+void entry_base::attach_canceller(net::cancellation_slot slot, const core_ref& core) {
   if (slot.is_connected())
     canceller_ = &slot.template emplace<canceller>(core);
 }
@@ -120,6 +119,15 @@ void wait_launch_done(entry_base& e) noexcept {
 }
 
 // ---- queue_core ------------------------------------------------------------
+
+void core_add_ref(queue_core* c) noexcept {
+  c->refs_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void core_release(queue_core* c) noexcept {
+  if (c->refs_.fetch_sub(1, std::memory_order_acq_rel) == 1)
+    delete c;
+}
 
 namespace {
 // The names serq gives the queues of its writers: shared, never copied.
@@ -274,7 +282,7 @@ void queue_core::trace_left(const entry_list& list, error_code result) noexcept 
 
 entry_base* queue_core::finish_and_take_next(void* work_out) noexcept {
   entry_base* next = nullptr;
-  std::shared_ptr<queue_core> last_ref;  // released with the lock, after it
+  core_ref last_ref;  // released with the lock, after it
   {
     std::lock_guard lock(mutex_);
     ++stats_.completed;
@@ -437,7 +445,7 @@ std::size_t queue_core::cancel() {
   return n;
 }
 
-void queue_core::close(std::shared_ptr<queue_core> owner) {
+void queue_core::close(core_ref owner) {
   entry_list list;
   {
     std::lock_guard lock(mutex_);
@@ -510,7 +518,7 @@ void serialized_queue_service::register_core(detail::queue_core& core) {
     core.closed_ = true;  // the context has shut down: every entry is refused
 }
 
-void serialized_queue_service::destroy(std::shared_ptr<detail::queue_core> core) {
+void serialized_queue_service::destroy(detail::core_ref core) {
   remove(*core);
   detail::queue_core& c = *core;
   c.close(std::move(core));
@@ -547,15 +555,26 @@ void serialized_queue_service::shutdown() {
   // Keep every member alive through the loop, and call out with no lock
   // held: destroying handlers runs user code, which may destroy queues and
   // writers (unregistering them) or create new ones.
-  std::vector<std::shared_ptr<detail::service_member>> members;
+  struct pinned {
+    detail::service_member* member;
+    std::shared_ptr<void> owner;  // empty: the member holds a reference of its own
+  };
+  std::vector<pinned> members;
   {
     std::lock_guard lock(mutex_);
     shut_down_ = true;
+    std::size_t n = 0;
     for (detail::service_member* m = first_; m; m = m->svc_next_)
-      members.push_back(m->shared_from_this());
+      ++n;
+    members.reserve(n);  // may throw, before anything is pinned
+    for (detail::service_member* m = first_; m; m = m->svc_next_)
+      members.push_back({m, m->pin()});
   }
-  for (auto& m : members)
-    m->shutdown();
+  for (auto& p : members) {
+    p.member->shutdown();
+    if (!p.owner)
+      p.member->unpin();  // may destroy it
+  }
 }
 
 void set_default_trace_hook(net::execution_context& ctx, trace_hook hook) {

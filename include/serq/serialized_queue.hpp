@@ -322,7 +322,7 @@ class basic_serialized_queue {
 
   executor_type executor_;
   serialized_queue_service* service_;
-  std::shared_ptr<detail::queue_core> core_;
+  detail::core_ref core_;
 };
 
 /// A serialized queue using the type-erased `net::any_io_executor`.

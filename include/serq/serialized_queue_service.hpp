@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <serq/config.hpp>
+#include <serq/detail/core_ref.hpp>
 #include <serq/trace.hpp>
 #include <string_view>
 
@@ -19,13 +20,19 @@ class hook_slot;
 
 // Something a service tracks so that context shutdown can destroy its
 // pending handlers: queues and writers.
-class service_member : public std::enable_shared_from_this<service_member> {
+class service_member {
  public:
   service_member(const service_member&) = delete;
   service_member& operator=(const service_member&) = delete;
 
   // Destroys every pending handler without invoking it, and refuses new work.
   virtual void shutdown() noexcept = 0;
+
+  // Keeps this member alive while the service shuts it down (called under
+  // the service's lock): either an owning pointer to it, or an empty one and
+  // a reference of its own, given back by unpin() (which may destroy it).
+  virtual std::shared_ptr<void> pin() noexcept = 0;
+  virtual void unpin() noexcept {}
 
  protected:
   service_member() = default;
@@ -63,11 +70,11 @@ class serialized_queue_service final : public net::execution_context::service {
   /// Creates the state of one queue, whose operations run on `ex`, and
   /// registers it with the service.
   template <class Executor>
-  std::shared_ptr<detail::queue_core> create(const Executor& ex, std::string_view name);
+  detail::core_ref create(const Executor& ex, std::string_view name);
 
   /// Unregisters a queue whose IO object is being destroyed and aborts its
   /// waiting entries. Its active operation, if any, runs to completion.
-  void destroy(std::shared_ptr<detail::queue_core> core);
+  void destroy(detail::core_ref core);
 
   /// Registers an object whose pending handlers must be destroyed at
   /// shutdown. Returns false (and registers nothing) once the context has

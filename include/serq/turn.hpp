@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <serq/config.hpp>
+#include <serq/detail/core_ref.hpp>
 #include <utility>
 
 SERQ_NAMESPACE_BEGIN
@@ -52,8 +53,7 @@ class erased_turn_handler {
 
 // Creates the acquire entry, on the queue's executor type, that waits for
 // an untriggered turn's new grant.
-using untrigger_factory = entry_base* (*)(const std::shared_ptr<queue_core>&,
-                                          erased_turn_handler&&);
+using untrigger_factory = entry_base* (*)(const core_ref&, erased_turn_handler&&);
 }  // namespace detail
 
 /// A held turn of a serialized_queue, obtained from `async_acquire`.
@@ -147,10 +147,10 @@ class turn {
   friend class detail::turn_entry;
   struct initiate_untrigger;
 
-  turn(std::shared_ptr<detail::queue_core> core, detail::untrigger_factory untrigger) noexcept
+  turn(detail::core_ref core, detail::untrigger_factory untrigger) noexcept
       : core_(std::move(core)), untrigger_(untrigger) {}
 
-  std::shared_ptr<detail::queue_core> core_;
+  detail::core_ref core_;
   detail::untrigger_factory untrigger_ = nullptr;
 };
 

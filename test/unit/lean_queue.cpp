@@ -213,7 +213,7 @@ BOOST_AUTO_TEST_CASE(core_size_is_pinned) {
   constexpr std::size_t core = sizeof(d::basic_queue_core<net::any_io_executor>);
   BOOST_TEST_MESSAGE("basic_queue_core<any_io_executor>: " << core << " bytes");
   if constexpr (sizeof(void*) == 8)
-    BOOST_TEST(core <= 248u);
+    BOOST_TEST(core <= 232u);
 }
 
 // A completion that arrives on the queue's thread runs its handler there and

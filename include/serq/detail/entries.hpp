@@ -299,7 +299,7 @@ class handler_entry : public entry_base, public tracked_entry {
   using handler_work = work_guard<handler_executor_type>;
 
   template <class H>
-  handler_entry(func_type f, const std::shared_ptr<queue_core>& core, H&& h, entry_kind kind)
+  handler_entry(func_type f, const core_ref& core, H&& h, entry_kind kind)
       : entry_base(f, *core), handler_(std::forward<H>(h)) {
     track_creation(tracking_name(kind));
     attach_canceller(net::get_associated_cancellation_slot(handler_), core);
@@ -529,7 +529,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
 #endif
 
   template <class L, class H>
-  op_entry(const std::shared_ptr<queue_core>& core, L&& l, H&& h)
+  op_entry(const core_ref& core, L&& l, H&& h)
       : base(&op_entry::do_action, core, std::forward<H>(h), entry_kind::operation),
         launcher_(std::forward<L>(l)) {}
 
@@ -664,7 +664,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
 };
 
 template <class QueueExecutor>
-entry_base* make_untrigger_entry(const std::shared_ptr<queue_core>& core, erased_turn_handler&& h);
+entry_base* make_untrigger_entry(const core_ref& core, erased_turn_handler&& h);
 
 // An entry whose only work is its turn. An acquire (HandsOutTurn) gives the
 // turn itself to its handler, as a serq::turn that keeps the queue busy; a
@@ -677,7 +677,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
   static constexpr entry_kind kind = HandsOutTurn ? entry_kind::acquire : entry_kind::barrier;
 
   template <class H>
-  turn_entry(const std::shared_ptr<queue_core>& core, H&& h)
+  turn_entry(const core_ref& core, H&& h)
       : base(&turn_entry::do_action, core, std::forward<H>(h), kind) {}
 
  private:
@@ -714,7 +714,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
                       start_next{next, on_queue_executor}, cancelled ? aborted : error_code(),
                       nullptr);
         } else {
-          auto held = std::static_pointer_cast<queue_core>(core.shared_from_this());
+          core_ref held(&core);
           work_counter<QueueExecutor> idle_work;
           core.turn_granted(&idle_work);
           finish_with(self, ex, completion_mode::dispatch, nothing_then{}, error_code(),
@@ -744,8 +744,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
   // Completes the handler; an acquire also gets the turn (empty unless held).
   template <class Then>
   static void finish_with(turn_entry* self, const typename base::handler_executor_type& ex,
-                          completion_mode mode, Then&& then, error_code ec,
-                          std::shared_ptr<queue_core> held) {
+                          completion_mode mode, Then&& then, error_code ec, core_ref held) {
     if constexpr (HandsOutTurn)
       base::complete_after(
           self, ex, mode, std::forward<Then>(then), ec,
@@ -758,7 +757,7 @@ class turn_entry final : public handler_entry<Handler, QueueExecutor> {
 // The entry that waits, at the head of the queue, for an untriggered turn's
 // new grant: an acquire whose handler is the async_untrigger's.
 template <class QueueExecutor>
-entry_base* make_untrigger_entry(const std::shared_ptr<queue_core>& core, erased_turn_handler&& h) {
+entry_base* make_untrigger_entry(const core_ref& core, erased_turn_handler&& h) {
   using entry = turn_entry<erased_turn_handler, QueueExecutor, true>;
   return allocate_node<entry>(h, core, std::move(h));
 }

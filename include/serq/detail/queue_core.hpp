@@ -12,6 +12,7 @@
 
 #include <serq/config.hpp>
 #include <serq/detail/back_linked_list.hpp>
+#include <serq/detail/core_ref.hpp>
 #include <serq/detail/executor_ops.hpp>
 #include <serq/detail/small_mutex.hpp>
 #include <serq/detail/work.hpp>
@@ -82,7 +83,7 @@ class entry_base {
 
   // Installs the forwarding cancellation handler into the user's slot. Called
   // from the initiating function, where emplacing into the slot is allowed.
-  void attach_canceller(net::cancellation_slot slot, const std::shared_ptr<queue_core>& core);
+  void attach_canceller(net::cancellation_slot slot, const core_ref& core);
 
  private:
   friend class queue_core;
@@ -118,7 +119,7 @@ using entry_list = back_linked_list<entry_base>;
 // forwarded emit (on the caller's) safe to race.
 class canceller {
  public:
-  explicit canceller(std::shared_ptr<queue_core> core) noexcept : core_(std::move(core)) {}
+  explicit canceller(core_ref core) noexcept : core_(std::move(core)) {}
   canceller(const canceller&) = delete;
   canceller& operator=(const canceller&) = delete;
 
@@ -131,7 +132,7 @@ class canceller {
   friend class launch_guard;
   friend void wait_launch_done(entry_base& e) noexcept;
 
-  std::shared_ptr<queue_core> core_;
+  core_ref core_;
   entry_base* waiting_ = nullptr;  // guarded by core_->mutex_
   entry_base* prev_ = nullptr;     // waiting_'s back link in the queue (core_->mutex_)
   small_mutex mutex_;              // guards everything below
@@ -262,11 +263,16 @@ class queue_core : public service_member {
 
   // The IO object is gone: abort waiting entries; the active one runs on,
   // and the core keeps the IO object's reference `owner` until it is done.
-  void close(std::shared_ptr<queue_core> owner);
+  void close(core_ref owner);
   // The execution context is shutting down: destroy waiting entries
   // without invoking them; later additions are aborted (posted into the
   // dying context, which destroys them).
   void shutdown() noexcept override;
+  std::shared_ptr<void> pin() noexcept override {
+    core_add_ref(this);
+    return nullptr;
+  }
+  void unpin() noexcept override { core_release(this); }
 
  protected:
   explicit queue_core(std::string_view name);
@@ -286,6 +292,8 @@ class queue_core : public service_member {
  private:
   friend class canceller;
   friend class ::serq::serialized_queue_service;
+  friend void core_add_ref(queue_core* c) noexcept;
+  friend void core_release(queue_core* c) noexcept;
 
   entry_base* take_next_locked() noexcept;
   void unlink_locked(entry_base* e) noexcept;
@@ -313,6 +321,7 @@ class queue_core : public service_member {
 
   // The small fields first, packed beside the four-byte lock.
   mutable small_mutex mutex_;
+  std::atomic<std::uint32_t> refs_{0};  // core_ref's count
   bool busy_ = false;
   bool turn_held_ = false;  // the active entry is a turn handed out
   bool work_held_ = false;  // == needs_work_locked(), updated lazily
@@ -335,7 +344,7 @@ class queue_core : public service_member {
   // here, so that the active operation's completion can still call
   // finish(); released when the queue goes idle. No reference count changes
   // per entry otherwise.
-  std::shared_ptr<queue_core> orphan_ref_;
+  core_ref orphan_ref_;
 
   std::uint64_t active_tag_ = 0;
   clock::rep active_waited_ = 0;

@@ -330,7 +330,7 @@ struct writer_counters {
   std::chrono::steady_clock::duration time_above_high_watermark{};
 };
 
-class writer_core : public service_member {
+class writer_core : public service_member, public std::enable_shared_from_this<writer_core> {
  public:
   static constexpr std::size_t default_low_watermark = 32 * 1024;
   static constexpr std::size_t default_high_watermark = 64 * 1024;
@@ -571,6 +571,8 @@ class writer_core : public service_member {
   // and a running close are completed by their operations' results.
   void close(node_list& done);
   void shutdown() noexcept override;
+  // Owned by shared_ptr (the writer and its operations): pinned by one.
+  std::shared_ptr<void> pin() noexcept override { return shared_from_this(); }
 
   void set_watermarks(std::size_t low, std::size_t high, node_list& done);
   void set_gathering(bool on) noexcept;

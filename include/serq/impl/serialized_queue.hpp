@@ -26,9 +26,8 @@ serialized_queue_service& queue_service(const Executor& ex) {
 }  // namespace detail
 
 template <class Executor>
-std::shared_ptr<detail::queue_core> serialized_queue_service::create(const Executor& ex,
-                                                                     std::string_view name) {
-  auto core = std::make_shared<detail::basic_queue_core<Executor>>(ex, name);
+detail::core_ref serialized_queue_service::create(const Executor& ex, std::string_view name) {
+  detail::core_ref core(new detail::basic_queue_core<Executor>(ex, name));
   register_core(*core);
   return core;
 }

@@ -47,7 +47,7 @@ struct turn::initiate_untrigger {
       });
       return;
     }
-    const std::shared_ptr<detail::queue_core> core = self->core_;
+    const detail::core_ref core = self->core_;
     detail::entry_base* e =
         self->untrigger_(core, detail::erased_turn_handler(std::forward<Handler>(handler)));
     switch (core->untrigger(e)) {
