@@ -552,9 +552,10 @@ void serialized_queue_service::remove(detail::service_member& m) noexcept {
 }
 
 void serialized_queue_service::shutdown() {
-  // Keep every member alive through the loop, and call out with no lock
-  // held: destroying handlers runs user code, which may destroy queues and
-  // writers (unregistering them) or create new ones.
+  // Pin every member (each stays alive while it shuts down: a queue core
+  // until its unpin(), a writer until the loop ends), and call out with no
+  // lock held: destroying handlers runs user code, which may destroy queues
+  // and writers (unregistering them) or create new ones.
   struct pinned {
     detail::service_member* member;
     std::shared_ptr<void> owner;  // empty: the member holds a reference of its own
@@ -562,11 +563,11 @@ void serialized_queue_service::shutdown() {
   std::vector<pinned> members;
   {
     std::lock_guard lock(mutex_);
-    shut_down_ = true;
     std::size_t n = 0;
     for (detail::service_member* m = first_; m; m = m->svc_next_)
       ++n;
-    members.reserve(n);  // may throw, before anything is pinned
+    members.reserve(n);  // may throw, before anything is pinned or refused
+    shut_down_ = true;
     for (detail::service_member* m = first_; m; m = m->svc_next_)
       members.push_back({m, m->pin()});
   }

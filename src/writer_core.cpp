@@ -800,8 +800,7 @@ void writer_core::note_write_started_locked() {
 void writer_core::arm_stall_timer_locked(clock::time_point deadline) {
   stall_->timer.expires_at(deadline);
   stall_->armed = true;
-  stall_->timer.async_wait(
-      stall_check{std::static_pointer_cast<writer_core>(shared_from_this()), ++stall_->generation});
+  stall_->timer.async_wait(stall_check{shared_from_this(), ++stall_->generation});
 }
 
 void writer_core::disarm_stall_timer_locked() noexcept {

@@ -36,6 +36,12 @@ auto one_step(const Executor& ex) {
   };
 }
 
+// Lets a test shut an io_context down (as its destructor does) while objects
+// using it are still alive.
+struct shutdownable_io_context : net::io_context {
+  using net::io_context::shutdown;
+};
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(lifetime)
@@ -116,8 +122,9 @@ BOOST_AUTO_TEST_CASE(context_destroyed_with_entries_waiting_triggered_and_active
     ioc.poll();  // launches the timer wait; the rest wait
     BOOST_TEST(q.size() == 5u);
     captured.reset();
-    // ioc is destroyed before q: Asio's rule is IO objects first, but the
-    // service must cope with the queue still being there at shutdown.
+    // q goes first (Asio's rule: IO objects before their context), while its
+    // timer wait is active: the core outlives q until the context's shutdown
+    // destroys that wait's handler.
     ioc.stop();
   }
   BOOST_TEST(watch.expired());
@@ -170,6 +177,84 @@ BOOST_AUTO_TEST_CASE(context_destroyed_while_the_writer_gathers_releases_all) {
   }
   BOOST_TEST(watch.expired());
   BOOST_TEST(tr.invoked() == 0u);
+  tr.check_all_accounted();
+}
+
+// The context shuts down while a writer (and so its queue cores) is alive,
+// with writes queued and one in flight: every pending handler is destroyed
+// uninvoked, and the writer can still be destroyed afterwards.
+BOOST_AUTO_TEST_CASE(context_shutdown_with_a_live_writer_destroys_its_handlers) {
+  serq_test::handler_tracker tr;
+  auto captured = std::make_shared<int>(0);
+  std::weak_ptr<int> watch = captured;
+  const std::string msg(100, 'x');
+  {
+    shutdownable_io_context ioc;
+    serq_test::test_stream a(ioc), b(ioc);
+    a.connect(b);
+    a.write_size(7);
+    serq::queued_writer<serq_test::test_stream&> w(a);
+    for (int i = 0; i < 5; ++i)
+      w.async_write(net::buffer(msg),
+                    tr.wrap([captured](error_code, std::size_t) { BOOST_ERROR("invoked"); }));
+    for (int i = 0; i < 3; ++i)
+      ioc.run_one();
+    BOOST_TEST(w.pending_bytes() > 0u);
+    captured.reset();
+    ioc.shutdown();
+    BOOST_TEST(watch.expired());
+    BOOST_TEST(tr.invoked() == 0u);
+  }
+  tr.check_all_accounted();
+}
+
+// A held turn outlives its queue and the queue's context: releasing it then
+// only frees the queue's state (documented: "a turn may outlive its queue").
+BOOST_AUTO_TEST_CASE(turn_outliving_its_context_releases_cleanly) {
+  std::optional<serq::turn> held;
+  {
+    net::io_context ioc;
+    serq::serialized_queue q(ioc);
+    q.async_acquire([&](error_code ec, serq::turn t) {
+      BOOST_TEST(!ec);
+      held = std::move(t);
+    });
+    ioc.run();
+    BOOST_REQUIRE(held.has_value());
+    BOOST_TEST(static_cast<bool>(*held));
+  }
+  held->release();
+  BOOST_TEST(!static_cast<bool>(*held));
+  held.reset();
+}
+
+// At the context's shutdown a waiting entry's handler owns the only queue
+// object: destroying the handler destroys the queue while the service shuts
+// it down, and the queue's state goes with the last reference, once the
+// active timer wait's handler is destroyed too.
+BOOST_AUTO_TEST_CASE(handler_owning_its_queue_destroyed_at_context_shutdown) {
+  serq_test::handler_tracker tr;
+  std::weak_ptr<serq::serialized_queue> watch;
+  {
+    shutdownable_io_context ioc;
+    net::steady_timer never(ioc, std::chrono::hours(1));
+    {
+      auto q = std::make_shared<serq::serialized_queue>(ioc);
+      watch = q;
+      q->async_enqueue(never.async_wait(net::deferred),
+                       tr.wrap([](error_code) { BOOST_ERROR("invoked"); }));
+      serq::serialized_queue& queue = *q;
+      queue.async_enqueue<void(error_code)>(
+          one_step(ioc.get_executor()),
+          tr.wrap([owner = std::move(q)](error_code) { BOOST_ERROR("invoked"); }));
+      ioc.poll();  // the timer wait is launched; the second entry waits
+      BOOST_TEST(queue.size() == 2u);
+    }
+    BOOST_TEST(!watch.expired());  // owned by the waiting handler only
+    ioc.shutdown();
+    BOOST_TEST(watch.expired());
+    BOOST_TEST(tr.invoked() == 0u);
+  }
   tr.check_all_accounted();
 }
 
