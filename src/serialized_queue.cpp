@@ -7,8 +7,9 @@
 #include <serq/serialized_queue_service.hpp>
 #include <serq/turn.hpp>
 
-#include <limits>
-#include <stdexcept>
+#include <iterator>
+#include <memory>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -132,29 +133,47 @@ void core_release(queue_core* c) noexcept {
 namespace {
 // The names serq gives the queues of its writers: shared, never copied.
 constexpr std::string_view builtin_names[] = {"serq.queued_writer", "serq.queued_writer.urgent"};
+
+constexpr unsigned char name_in_extras = std::size(builtin_names) + 1;
 }  // namespace
 
 queue_core::queue_core(std::string_view name) {
-  if (name.size() > std::numeric_limits<std::uint32_t>::max())
-    throw std::length_error("serq::serialized_queue: name too long");
-  name_size_ = static_cast<std::uint32_t>(name.size());
   if (name.empty())
     return;
-  for (std::string_view builtin : builtin_names) {
-    if (name == builtin) {
-      name_ = builtin.data();
+  for (unsigned char i = 0; i < std::size(builtin_names); ++i) {
+    if (name == builtin_names[i]) {
+      name_kind_ = i + 1;
       return;
     }
   }
-  char* copy = new char[name.size()];
-  name.copy(copy, name.size());
-  name_ = copy;
-  name_owned_ = true;
+  auto x = std::make_unique<core_extras>();
+  x->name = name;
+  extras_.store(x.release(), std::memory_order_relaxed);
+  name_kind_ = name_in_extras;
 }
 
 queue_core::~queue_core() {
-  if (name_owned_)
-    delete[] name_;
+  delete extras_.load(std::memory_order_acquire);
+}
+
+std::string_view queue_core::name() const noexcept {
+  if (name_kind_ == 0)
+    return {};
+  if (name_kind_ == name_in_extras)
+    return extras()->name;
+  return builtin_names[name_kind_ - 1];
+}
+
+core_extras* queue_core::make_extras(bool nothrow) const {
+  if (core_extras* x = extras_.load(std::memory_order_acquire))
+    return x;
+  std::unique_ptr<core_extras> fresh(nothrow ? new (std::nothrow) core_extras : new core_extras);
+  if (!fresh)
+    return nullptr;
+  core_extras* seen = nullptr;
+  if (extras_.compare_exchange_strong(seen, fresh.get(), std::memory_order_acq_rel))
+    return fresh.release();
+  return seen;  // another thread's came first
 }
 
 void queue_core::drop_work_locked(void* work_out) noexcept {
@@ -178,37 +197,42 @@ void queue_core::turn_granted(void* work_out) noexcept {
   drop_work_locked(work_out);
 }
 
-queue_core::clock::rep queue_core::waited_locked(const entry_base& e,
-                                                 clock::rep now) const noexcept {
-  const clock::rep before = &e == untriggered_ ? untriggered_waited_ : 0;
+// Only a queue with extras times waits, tags entries or untriggers, so
+// without them every entry's attach_ and tag_ are zero.
+queue_core::clock::rep queue_core::waited(const core_extras& x, const entry_base& e,
+                                          clock::rep now) noexcept {
+  const clock::rep before = &e == x.untriggered ? x.untriggered_waited : 0;
   return e.attach_ ? before + (now - e.attach_) : before;
 }
 
-void queue_core::count_wait_locked(clock::rep waited) noexcept {
+void queue_core::count_wait(core_extras& x, clock::rep waited) noexcept {
   const clock::duration d(waited);
-  stats_.total_wait += d;
-  if (d > stats_.max_wait)
-    stats_.max_wait = d;
+  x.total_wait += d;
+  if (d > x.max_wait)
+    x.max_wait = d;
 }
 
 void queue_core::activate_locked(entry_base* e, clock::rep now) noexcept {
   busy_ = true;
   active_triggered_ = false;
-  if (tracing())
+  core_extras* x = extras();
+  if (!x)
+    return;  // no one observes the queue: nothing to record
+  if (x->tracing())
     active_kind_ = static_cast<unsigned char>(e->kind());  // for one that goes before its trigger
-  active_tag_ = e->tag_;
-  active_waited_ = waited_locked(*e, now);
+  const bool untriggered = e == x->untriggered;
+  x->active_tag = e->tag_;
+  x->active_waited = waited(*x, *e, now);
   if (e->attach_)  // an untriggered turn's first wait was counted at its first trigger
-    count_wait_locked(active_waited_ - (e == untriggered_ ? untriggered_waited_ : 0));
-  if (e == untriggered_)
-    untriggered_ = nullptr;
+    count_wait(*x, x->active_waited - (untriggered ? x->untriggered_waited : 0));
+  if (untriggered)
+    x->untriggered = nullptr;
 }
 
 queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
   std::lock_guard lock(mutex_);
-  ++stats_.added;
   if (closed_) {
-    ++stats_.aborted;
+    ++aborted_;
     return add_result::closed;
   }
   if (!work_held_) {
@@ -218,20 +242,21 @@ queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
   std::size_t depth = waiting_count_ + 1;
   if (running_ && !busy_ && waiting_.empty()) {
     activate_locked(e, 0);
-    if (depth > stats_.peak_depth)
-      stats_.peak_depth = depth;
+    if (depth > peak_depth_)
+      peak_depth_ = depth;
     return allow_inline ? add_result::launch_inline : add_result::trigger;
   }
   // Wait times cost two clock reads per waiting entry: measured only once
   // someone looks (stats() called, or a hook installed).
-  if (timing_.load(std::memory_order_relaxed) || tracing())
+  if (const core_extras* x = extras();
+      x && (x->timing.load(std::memory_order_relaxed) || x->tracing()))
     e->attach_ = now_ticks();
   waiting_.push_back(e);
   ++waiting_count_;
   if (busy_)
     ++depth;
-  if (depth > stats_.peak_depth)
-    stats_.peak_depth = depth;
+  if (depth > peak_depth_)
+    peak_depth_ = depth;
   if (e->canceller_)
     e->canceller_->waiting_ = e;
   return add_result::queued;
@@ -267,11 +292,14 @@ entry_list queue_core::take_all_locked() noexcept {
 }
 
 void queue_core::left_locked(entry_base& e, clock::rep now) noexcept {
-  ++stats_.aborted;
-  e.attach_ = waited_locked(e, now);  // from here on, its final wait
-  count_wait_locked(e.attach_);
-  if (&e == untriggered_)
-    untriggered_ = nullptr;
+  ++aborted_;
+  core_extras* x = extras();
+  if (!x)
+    return;                        // e.attach_ is zero: its wait was never measured
+  e.attach_ = waited(*x, e, now);  // from here on, its final wait
+  count_wait(*x, e.attach_);
+  if (&e == x->untriggered)
+    x->untriggered = nullptr;
 }
 
 void queue_core::trace_left(const entry_list& list, error_code result) noexcept {
@@ -282,18 +310,20 @@ void queue_core::trace_left(const entry_list& list, error_code result) noexcept 
 
 entry_base* queue_core::finish_and_take_next(void* work_out) noexcept {
   entry_base* next = nullptr;
-  core_ref last_ref;  // released with the lock, after it
+  bool orphan = false;
   {
     std::lock_guard lock(mutex_);
-    ++stats_.completed;
+    ++completed_;
     turn_held_ = false;
     next = take_next_locked();
     if (!next) {
       busy_ = false;
-      last_ref = std::move(orphan_ref_);
+      orphan = std::exchange(orphan_held_, false);
       drop_work_locked(work_out);
     }
   }
+  if (orphan)
+    core_release(this);  // after the lock: this may destroy the core
   return next;
 }
 
@@ -310,10 +340,12 @@ queue_core::untrigger_result queue_core::untrigger(entry_base* e) noexcept {
     return untrigger_result::refused;
   busy_ = false;
   turn_held_ = false;
-  e->tag_ = active_tag_;
-  e->attach_ = now_ticks();
-  untriggered_ = e;
-  untriggered_waited_ = active_waited_;
+  if (core_extras* x = extras()) {  // without, the turn had no tag and no wait measured
+    e->tag_ = x->active_tag;
+    e->attach_ = now_ticks();
+    x->untriggered = e;
+    x->untriggered_waited = x->active_waited;
+  }
   waiting_.push_front(e);
   ++waiting_count_;
   if (e->canceller_)
@@ -353,38 +385,57 @@ std::size_t queue_core::size() const noexcept {
 }
 
 queue_stats queue_core::stats() const noexcept {
-  timing_.store(true, std::memory_order_relaxed);
+  // Waits are measured from now on; if the extras cannot be had, they stay
+  // unmeasured (zero) and the counts are still right.
+  core_extras* x = make_extras(true);
+  if (x)
+    x->timing.store(true, std::memory_order_relaxed);
   std::lock_guard lock(mutex_);
   queue_stats s;
-  s.added = stats_.added;
-  s.completed = stats_.completed;
-  s.aborted = stats_.aborted;
+  s.completed = completed_;
+  s.aborted = aborted_;
   s.depth = waiting_count_ + (busy_ ? 1 : 0);
-  s.peak_depth = stats_.peak_depth;
-  s.total_wait = stats_.total_wait;
-  s.max_wait = stats_.max_wait;
+  s.added = s.completed + s.aborted + s.depth;
+  s.peak_depth = peak_depth_;
+  if (x) {
+    s.total_wait = x->total_wait;
+    s.max_wait = x->max_wait;
+  }
   return s;
 }
 
 // ---- tracing -----------------------------------------------------------------
 
 void queue_core::set_hook(trace_hook h) {
+  if (!h && !extras())
+    return;  // no hook to remove, and nothing to allocate for that
   std::shared_ptr<const trace_hook> p;
   if (h)
     p = std::make_shared<const trace_hook>(std::move(h));
+  core_extras* x = make_extras(false);
   std::lock_guard lock(mutex_);
-  std::swap(hook_, p);
-  has_hook_.store(hook_ != nullptr, std::memory_order_relaxed);
+  std::swap(x->hook, p);
+  x->has_hook.store(x->hook != nullptr, std::memory_order_relaxed);
+}
+
+void queue_core::use_default_hook(const std::shared_ptr<hook_slot>& slot) {
+  core_extras* x = make_extras(false);
+  std::lock_guard lock(mutex_);
+  if (x->default_owner)
+    return;
+  x->default_owner = slot;
+  x->default_slot.store(slot.get(), std::memory_order_release);
 }
 
 void queue_core::call_hook(trace_point p, entry_info& info) noexcept {
+  core_extras& x = *extras();  // tracing: there are extras
   std::shared_ptr<const trace_hook> hook;
   {
     std::lock_guard lock(mutex_);
-    hook = hook_;
+    hook = x.hook;
   }
-  if (!hook && default_hook_)
-    hook = default_hook_->load();
+  if (const hook_slot* d = x.default_slot.load(std::memory_order_acquire); !hook && d)
+    hook = d->load();
   if (hook)
     (*hook)(p, info);  // noexcept: a hook that throws terminates
 }
@@ -397,19 +448,21 @@ void queue_core::trace_entry(trace_point p, entry_base& e, error_code result) no
 }
 
 void queue_core::trace_trigger_slow(entry_kind k) noexcept {
+  core_extras& x = *extras();  // tracing: there are extras
   active_kind_ = static_cast<unsigned char>(k);
-  entry_info info{active_tag_,
+  entry_info info{x.active_tag,
                   static_cast<entry_kind>(active_kind_),
                   name(),
-                  clock::duration(active_waited_),
+                  clock::duration(x.active_waited),
                   {}};
   call_hook(trace_point::before_trigger, info);
-  active_tag_ = info.tag;
+  x.active_tag = info.tag;
 }
 
 void queue_core::trace_done_slow(error_code result) noexcept {
-  entry_info info{active_tag_, static_cast<entry_kind>(active_kind_), name(),
-                  clock::duration(active_waited_), result};
+  const core_extras& x = *extras();  // tracing: there are extras
+  entry_info info{x.active_tag, static_cast<entry_kind>(active_kind_), name(),
+                  clock::duration(x.active_waited), result};
   if (active_triggered_)
     call_hook(trace_point::after_complete, info);
   call_hook(trace_point::detach, info);
@@ -445,14 +498,16 @@ std::size_t queue_core::cancel() {
   return n;
 }
 
-void queue_core::close(core_ref owner) {
+void queue_core::close() {
   entry_list list;
   {
     std::lock_guard lock(mutex_);
     closed_ = true;
     list = take_all_locked();
-    if (busy_)
-      orphan_ref_ = owner;  // a copy: owner keeps the core alive to the end of this call
+    if (busy_ && !orphan_held_) {
+      core_add_ref(this);  // the caller's reference keeps it alive to the end of this call
+      orphan_held_ = true;
+    }
   }
   trace_left(list, net::error::operation_aborted);
   abort_all(std::move(list));
@@ -513,28 +568,46 @@ serialized_queue_service::serialized_queue_service(net::execution_context& ctx)
 serialized_queue_service::~serialized_queue_service() = default;
 
 void serialized_queue_service::register_core(detail::queue_core& core) {
-  core.default_hook_ = default_hook_;
-  if (!add(core))
+  std::lock_guard lock(mutex_);
+  if (default_hook_used_)
+    core.use_default_hook(default_hook_);
+  if (shut_down_)
     core.closed_ = true;  // the context has shut down: every entry is refused
+  else
+    link_locked(core);
+}
+
+void serialized_queue_service::hand_out_default_hook() {
+  // Queues look at the slot only once it is handed to them: every live one
+  // now, and every one created from now on.
+  std::lock_guard lock(mutex_);
+  if (default_hook_used_)
+    return;  // handed out already
+  for (detail::service_member* m = first_; m; m = m->svc_next_)
+    m->use_default_hook(default_hook_);  // may throw: then the next call tries again
+  default_hook_used_ = true;
 }
 
 void serialized_queue_service::destroy(detail::core_ref core) {
   remove(*core);
-  detail::queue_core& c = *core;
-  c.close(std::move(core));
+  core->close();
 }
 
 bool serialized_queue_service::add(detail::service_member& m) {
   std::lock_guard lock(mutex_);
   if (shut_down_)
     return false;
+  link_locked(m);
+  return true;
+}
+
+void serialized_queue_service::link_locked(detail::service_member& m) noexcept {
   m.svc_next_ = first_;
   m.svc_prev_ = nullptr;
   if (first_)
     first_->svc_prev_ = &m;
   first_ = &m;
   m.registered_ = true;
-  return true;
 }
 
 void serialized_queue_service::remove(detail::service_member& m) noexcept {
@@ -579,7 +652,10 @@ void serialized_queue_service::shutdown() {
 }
 
 void set_default_trace_hook(net::execution_context& ctx, trace_hook hook) {
-  net::use_service<serialized_queue_service>(ctx).default_hook_->store(std::move(hook));
+  auto& svc = net::use_service<serialized_queue_service>(ctx);
+  if (hook)
+    svc.hand_out_default_hook();
+  svc.default_hook_->store(std::move(hook));
 }
 
 SERQ_NAMESPACE_END

@@ -126,7 +126,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
       return;  // completed already: a stale signal
     if (n->node_kind() == writer_node::kind::close && n->started()) {
       // The closing operation runs: it decides, as the stream's rules say.
-      core->close_signal_.emit(type);
+      core->busy_->close_signal.emit(type);
     } else if (!n->started()) {
       const bool queued_close =
           n->node_kind() == writer_node::kind::close && n->where() == writer_node::place::normal;
@@ -135,7 +135,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
         // Taken back before it started: the writer stays open, and the
         // calls that joined this close are aborted with it.
         core->closing_ = false;
-        while (writer_node* f = core->followers_.front())
+        while (writer_node* f = core->busy_->followers.front())
           core->finish_node_locked(f, writer_node::outcome::aborted, done, nullptr, true);
       }
       core->update_writable_locked(done);
@@ -149,7 +149,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
       // be lost. Terminal cancellation stops the stream operation instead,
       // which fails the writer.
       core->terminal_requested_ = true;
-      core->write_signal_.emit(net::cancellation_type::terminal);
+      core->busy_->write_signal.emit(net::cancellation_type::terminal);
     }
   }
   done.complete_all(*core, completion_mode::post);
@@ -180,11 +180,54 @@ struct writer_core::stall_state {
   bool armed = false;
 };
 
+namespace {
+
+// One idle busy state per thread, taken by the next writer on that thread
+// that gets busy: a writer that drains between messages does not allocate
+// per message.
+thread_local std::unique_ptr<writer_core::busy_state> spare_busy;
+
+}  // namespace
+
+writer_core::busy_state::~busy_state() {
+  if (closing_node)
+    closing_node->destroy();
+  // The node lists destroy the nodes still in them.
+}
+
+bool writer_core::make_busy_locked() noexcept {
+  if (busy_)
+    return true;
+  if (spare_busy)
+    busy_ = spare_busy.release();
+  else
+    busy_ = new (std::nothrow) busy_state;
+  return busy_ != nullptr;
+}
+
+void writer_core::release_busy_locked() noexcept {
+  if (!busy_ || write_in_flight_ || !busy_->idle())
+    return;
+  busy_state* b = std::exchange(busy_, nullptr);
+  // Asio leaves an operation's cancellation handler in the slot when the
+  // operation completes; it refers to this writer's stream. The next writer
+  // to use the block (the spare is per thread) must not emit into it.
+  b->write_signal.slot().clear();
+  b->close_signal.slot().clear();
+  b->storage.release();
+  b->head_written[0] = b->head_written[1] = 0;
+  b->window = buffer_window();
+  b->window_lane = lane::normal;
+  if (!spare_busy)
+    spare_busy.reset(b);
+  else
+    delete b;
+}
+
 writer_core::writer_core() = default;
 
 writer_core::~writer_core() {
-  if (closing_node_)
-    closing_node_->destroy();
+  delete busy_;
   if (held_)
     held_->destroy();
 }
@@ -203,6 +246,8 @@ error_code writer_core::result_of(writer_node::outcome o) const noexcept {
       return close_result_;
     case writer_node::outcome::too_long:
       return net::error::message_size;
+    case writer_node::outcome::no_memory:
+      return net::error::no_memory;
   }
   return {};
 }
@@ -241,6 +286,10 @@ bool writer_core::add_locked(writer_node* n, lane l, node_list& rejected, bool& 
     reject_locked(n, writer_node::outcome::too_long, rejected);
     return false;
   }
+  if (!make_busy_locked()) {
+    reject_locked(n, writer_node::outcome::no_memory, rejected);
+    return false;
+  }
   const bool urgent = l == lane::urgent;
   n->set_place(urgent ? writer_node::place::urgent : writer_node::place::normal);
   if (n->canceller_)
@@ -268,16 +317,20 @@ bool writer_core::add_close_locked(writer_node* n, node_list& rejected) {
                   rejected);
     return false;
   }
+  if (!make_busy_locked()) {
+    reject_locked(n, writer_node::outcome::no_memory, rejected);
+    return false;
+  }
   if (n->canceller_)
     n->canceller_->node_ = n;
   if (closing_) {
     n->set_place(writer_node::place::followers);
-    followers_.push_back(n);
+    busy_->followers.push_back(n);
     return false;
   }
   closing_ = true;
   n->set_place(writer_node::place::normal);
-  nodes_.push_back(n);
+  busy_->nodes.push_back(n);
   const bool needs_pump = !segment_has_pump_;
   segment_has_pump_ = true;
   return needs_pump;
@@ -287,6 +340,10 @@ void writer_core::mark_segment_locked(lane l) {
   const bool urgent = l == lane::urgent;
   std::uint32_t& segment = urgent ? urgent_segment_ : segment_;
   auto* m = new segment_mark(segment + 1);  // before anything changes: it may throw
+  if (!make_busy_locked()) {
+    delete m;
+    throw std::bad_alloc();
+  }
   m->set_place(urgent ? writer_node::place::urgent : writer_node::place::normal);
   list_of(l).push_back(m);
   ++segment;
@@ -360,18 +417,22 @@ void writer_core::add_waiter(writer_node* n, node_list& ready) {
         ready);
     return;
   }
+  if (!make_busy_locked()) {
+    reject_locked(n, writer_node::outcome::no_memory, ready);
+    return;
+  }
   n->set_place(writer_node::place::waiters);
   if (n->canceller_)
     n->canceller_->node_ = n;
-  waiters_.push_back(n);
+  busy_->waiters.push_back(n);
 }
 
 std::size_t writer_core::written_of(const writer_node* n) const noexcept {
   switch (n->where()) {
     case writer_node::place::normal:
-      return n == nodes_.front() ? head_written_[0] : 0;
+      return n == busy_->nodes.front() ? busy_->head_written[0] : 0;
     case writer_node::place::urgent:
-      return n == urgent_nodes_.front() ? head_written_[1] : 0;
+      return n == busy_->urgent_nodes.front() ? busy_->head_written[1] : 0;
     default:
       return 0;
   }
@@ -387,30 +448,30 @@ void writer_core::remove_queued_locked(writer_node* n, writer_node* prev, bool p
   };
   switch (n->where()) {
     case writer_node::place::waiters:
-      unlink(waiters_);
+      unlink(busy_->waiters);
       break;
     case writer_node::place::followers:
-      unlink(followers_);
+      unlink(busy_->followers);
       break;
     case writer_node::place::normal:
     case writer_node::place::urgent: {
       const lane l = n->where() == writer_node::place::urgent ? lane::urgent : lane::normal;
       node_list& list = list_of(l);
-      if (l == window_lane_) {
+      if (l == busy_->window_lane) {
         // A node that carries no bytes (a flush, an empty message) can be
         // aborted from the middle of the window in flight: keep the
         // window's count, which on_written walks from the front, exact.
         std::size_t i = 0;
-        for (writer_node* m = list.front(); m && i < window_nodes_; m = m->next_, ++i) {
+        for (writer_node* m = list.front(); m && i < busy_->window_nodes; m = m->next_, ++i) {
           if (m == n) {
-            --window_nodes_;
+            --busy_->window_nodes;
             break;
           }
         }
       }
       written = written_of(n);
       if (n == list.front())
-        head_written_[l == lane::urgent ? 1 : 0] = 0;
+        busy_->head_written[l == lane::urgent ? 1 : 0] = 0;
       unlink(list);
       if (n->node_kind() == writer_node::kind::write) {
         pending_bytes_ -= n->size_ - written;
@@ -437,22 +498,22 @@ void writer_core::finish_node_locked(writer_node* n, writer_node::outcome o, nod
 }
 
 void writer_core::release_window_locked() noexcept {
-  if (pending_bytes_ == 0 && !write_in_flight_)
-    window_storage_.release();
+  if (busy_ && pending_bytes_ == 0 && !write_in_flight_)
+    busy_->storage.release();
+  release_busy_locked();
 }
 
 void writer_core::update_writable_locked(node_list& done) {
   if (!writable_ && pending_bytes_ <= low_) {
     set_writable_locked(true);
-    while (writer_node* w = waiters_.front())
+    while (writer_node* w = busy_ ? busy_->waiters.front() : nullptr)
       finish_node_locked(w, writer_node::outcome::success, done, nullptr, true);
   } else if (writable_ && pending_bytes_ > high_) {
     set_writable_locked(false);
   }
-  if (pending_bytes_ == 0) {
+  if (pending_bytes_ == 0)
     disarm_stall_timer_locked();
-    release_window_locked();
-  }
+  release_window_locked();
 }
 
 void writer_core::fail_list_locked(node_list& list, std::size_t keep, node_list& done) {
@@ -478,38 +539,39 @@ void writer_core::fail_list_locked(node_list& list, std::size_t keep, node_list&
 void writer_core::fail_locked(const error_code& ec, node_list& done, bool keep_window) {
   if (!error_)
     error_ = ec;
+  if (!busy_)
+    return;  // nothing queued, nothing in flight
   // Each started message reports the bytes it actually wrote; the others 0.
   // With keep_window, the messages of the write in flight stay: they
   // complete when it returns, with the bytes it reports.
-  const std::size_t keep = keep_window ? window_nodes_ : 0;
-  fail_list_locked(nodes_, window_lane_ == lane::normal ? keep : 0, done);
-  fail_list_locked(urgent_nodes_, window_lane_ == lane::urgent ? keep : 0, done);
-  while (writer_node* w = waiters_.front())
+  const std::size_t keep = keep_window ? busy_->window_nodes : 0;
+  fail_list_locked(busy_->nodes, busy_->window_lane == lane::normal ? keep : 0, done);
+  fail_list_locked(busy_->urgent_nodes, busy_->window_lane == lane::urgent ? keep : 0, done);
+  while (writer_node* w = busy_->waiters.front())
     finish_node_locked(w, writer_node::outcome::failed, done, nullptr, true);
-  if (!closing_node_) {
+  if (!busy_->closing_node) {
     // Calls that joined a close that never ran get the same error; those of
     // a running close wait for its result.
-    while (writer_node* f = followers_.front())
+    while (writer_node* f = busy_->followers.front())
       finish_node_locked(f, writer_node::outcome::failed, done, nullptr, true);
   }
   if (!keep_window)
-    window_nodes_ = 0;
-  if (pending_bytes_ == 0) {
+    busy_->window_nodes = 0;
+  if (pending_bytes_ == 0)
     disarm_stall_timer_locked();
-    release_window_locked();
-  }
+  release_window_locked();
 }
 
 step_action writer_core::build_window_locked(pump_id id, node_list& done, writer_node*& closing) {
   if (terminal_requested_ && !error_)
     fail_locked(net::error::operation_aborted, done);
-  if (closed_ && (!nodes_.empty() || !urgent_nodes_.empty()))
+  if (closed_ && busy_ && (!busy_->nodes.empty() || !busy_->urgent_nodes.empty()))
     fail_locked(net::error::operation_aborted, done);
   if (error_ || closed_)
     return step_action::drained;
 
-  drop_passed_marks_locked(id);
-  node_list& list = list_of(id.l);
+  if (busy_)
+    drop_passed_marks_locked(id);
   // From here on the pump's segment is what precedes the first mark.
   auto in_segment = [](const writer_node* n) {
     return n && n->node_kind() != writer_node::kind::mark;
@@ -518,14 +580,21 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
   if (id.l == lane::normal && urgent_pending_ && !lending_) {
     // Urgent items go next, but a message cannot be interrupted: finish the
     // one the stream has started, alone, then lend the stream.
-    const writer_node* head = nodes_.front();
-    if (in_segment(head) && head_written_[0] != 0) {
+    const writer_node* head = busy_ ? busy_->nodes.front() : nullptr;
+    if (in_segment(head) && busy_->head_written[0] != 0) {
       solo = true;
     } else {
       lending_ = true;
       return step_action::lend;
     }
   }
+  if (!busy_) {
+    // Everything this pump's segment held was taken back, and the writer
+    // went idle: nothing left to write.
+    end_segment_locked(id);
+    return step_action::drained;
+  }
+  node_list& list = list_of(id.l);
 
   // Whatever has nothing left to write at the head is done: a flush whose
   // predecessors are all written, a zero-length message.
@@ -545,19 +614,19 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
     list.unlink(head, nullptr);
     head->set_place(writer_node::place::none);
     head->set_started(true);
-    closing_node_ = head;
+    busy_->closing_node = head;
     closing = head;
-    window_nodes_ = 0;
+    busy_->window_nodes = 0;
     return step_action::close;
   }
 
-  window_builder builder(window_storage_, max_buffers_, max_bytes_);
-  window_lane_ = id.l;
-  window_nodes_ = 0;
+  window_builder builder(busy_->storage, max_buffers_, max_bytes_);
+  busy_->window_lane = id.l;
+  busy_->window_nodes = 0;
   for (writer_node* n = list.front(); in_segment(n) && !builder.full(); n = n->next_) {
     if (n->node_kind() == writer_node::kind::close)
       break;  // written by this pump's next step, once the window before it is
-    ++window_nodes_;
+    ++busy_->window_nodes;
     const std::size_t written = written_of(n);
     if (written != n->size_) {
       // Only a message whose bytes are handed to the stream has started; a
@@ -571,32 +640,38 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
   if (builder.bytes() == 0) {
     // The segment is drained: the pump hands its turn on. A later write to
     // this segment needs a new pump.
-    for (writer_node* n = list.front(); n && window_nodes_ > 0; n = n->next_, --window_nodes_)
+    for (writer_node* n = list.front(); n && busy_->window_nodes > 0;
+         n = n->next_, --busy_->window_nodes)
       n->set_started(false);
-    window_nodes_ = 0;
-    if (id.l == lane::normal) {
-      if (id.segment == segment_)
-        segment_has_pump_ = false;
-    } else if (id.segment == urgent_segment_) {
-      urgent_segment_has_pump_ = false;
-    }
+    busy_->window_nodes = 0;
+    end_segment_locked(id);
+    release_window_locked();
     return step_action::drained;
   }
-  window_ = builder.view();
+  busy_->window = builder.view();
   return step_action::write;
+}
+
+void writer_core::end_segment_locked(pump_id id) noexcept {
+  if (id.l == lane::normal) {
+    if (id.segment == segment_)
+      segment_has_pump_ = false;
+  } else if (id.segment == urgent_segment_) {
+    urgent_segment_has_pump_ = false;
+  }
 }
 
 void writer_core::on_written(const error_code& ec, std::size_t n, node_list& done) {
   std::lock_guard lock(mutex_);
   write_in_flight_ = false;
-  node_list& list = list_of(window_lane_);
-  std::size_t& head_written = head_written_[window_lane_ == lane::urgent ? 1 : 0];
+  node_list& list = list_of(busy_->window_lane);
+  std::size_t& head_written = busy_->head_written[busy_->window_lane == lane::urgent ? 1 : 0];
   // Messages complete strictly in order: once one is left unfinished, the
   // rest of the window (even zero-length ones) waits for the next write.
   bool blocked = false;
   writer_node* node = list.front();
   // Finishing nodes below must not shrink the count being walked.
-  const std::size_t window_nodes = std::exchange(window_nodes_, 0);
+  const std::size_t window_nodes = std::exchange(busy_->window_nodes, 0);
   for (std::size_t i = 0; i < window_nodes && node; ++i) {
     writer_node* next = node->next_;
     if (!blocked) {
@@ -629,7 +704,7 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
     }
     node = next;
   }
-  window_nodes_ = 0;
+  busy_->window_nodes = 0;
   if (ec)
     fail_locked(ec, done);
   else if (error_)
@@ -639,7 +714,7 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
 
 void writer_core::on_closed(const error_code& ec, node_list& done) {
   std::lock_guard lock(mutex_);
-  writer_node* n = std::exchange(closing_node_, nullptr);
+  writer_node* n = busy_ ? std::exchange(busy_->closing_node, nullptr) : nullptr;
   if (!n)
     return;  // the context shut down, destroying it
   if (n->canceller_) {
@@ -651,7 +726,7 @@ void writer_core::on_closed(const error_code& ec, node_list& done) {
   close_done_ = true;
   close_result_ = ec;
   closing_ = false;
-  while (writer_node* f = followers_.front())
+  while (writer_node* f = busy_->followers.front())
     finish_node_locked(f, writer_node::outcome::close_result, done, nullptr, true);
   // Closed, or failed by its closing operation: sticky either way.
   if (!error_)
@@ -671,7 +746,9 @@ void writer_core::fail(const error_code& ec) {
 std::size_t writer_core::cancel(node_list& done) {
   std::lock_guard lock(mutex_);
   std::size_t count = 0;
-  for (node_list* list : {&nodes_, &urgent_nodes_}) {
+  if (!busy_)
+    return 0;
+  for (node_list* list : {&busy_->nodes, &busy_->urgent_nodes}) {
     writer_node* prev = nullptr;
     for (writer_node* n = list->front(); n;) {
       writer_node* next = n->next_;
@@ -691,24 +768,27 @@ std::size_t writer_core::cancel(node_list& done) {
 void writer_core::close(node_list& done) {
   std::lock_guard lock(mutex_);
   closed_ = true;
-  for (node_list* list : {&nodes_, &urgent_nodes_}) {
-    writer_node* prev = nullptr;
-    for (writer_node* n = list->front(); n;) {
-      writer_node* next = n->next_;
-      if (!n->started())
-        finish_node_locked(n, writer_node::outcome::aborted, done, prev, true);
-      else
-        prev = n;
-      n = next;
+  if (busy_) {
+    for (node_list* list : {&busy_->nodes, &busy_->urgent_nodes}) {
+      writer_node* prev = nullptr;
+      for (writer_node* n = list->front(); n;) {
+        writer_node* next = n->next_;
+        if (!n->started())
+          finish_node_locked(n, writer_node::outcome::aborted, done, prev, true);
+        else
+          prev = n;
+        n = next;
+      }
     }
-  }
-  for (node_list* list : {&waiters_, &followers_}) {
-    while (writer_node* w = list->front())
-      finish_node_locked(w, writer_node::outcome::aborted, done, nullptr, true);
+    for (node_list* list : {&busy_->waiters, &busy_->followers}) {
+      while (writer_node* w = list->front())
+        finish_node_locked(w, writer_node::outcome::aborted, done, nullptr, true);
+    }
   }
   // Nothing may wait on the stream for a writer that is gone: the write in
   // flight, if any, returns when the stream is closed.
   disarm_stall_timer_locked();
+  release_window_locked();
 }
 
 void writer_core::shutdown() noexcept {
@@ -718,14 +798,17 @@ void writer_core::shutdown() noexcept {
   {
     std::lock_guard lock(mutex_);
     closed_ = true;
-    for (node_list* list : {&nodes_, &urgent_nodes_, &waiters_, &followers_}) {
-      while (writer_node* n = list->front())
-        finish_node_locked(n, writer_node::outcome::aborted, doomed, nullptr, true);
-    }
-    window_nodes_ = 0;
-    if ((closing = std::exchange(closing_node_, nullptr)) && closing->canceller_) {
-      closing->canceller_->node_ = nullptr;
-      closing->canceller_ = nullptr;
+    if (busy_) {
+      for (node_list* list :
+           {&busy_->nodes, &busy_->urgent_nodes, &busy_->waiters, &busy_->followers}) {
+        while (writer_node* n = list->front())
+          finish_node_locked(n, writer_node::outcome::aborted, doomed, nullptr, true);
+      }
+      busy_->window_nodes = 0;
+      if ((closing = std::exchange(busy_->closing_node, nullptr)) && closing->canceller_) {
+        closing->canceller_->node_ = nullptr;
+        closing->canceller_ = nullptr;
+      }
     }
     held = std::exchange(held_, nullptr);
   }
@@ -833,7 +916,7 @@ void writer_core::on_stall_timer(std::uint64_t generation) {
     // write in flight is cancelled and its messages complete when it
     // returns, with the bytes it reports; every other request now.
     fail_locked(net::error::timed_out, done, true);
-    write_signal_.emit(net::cancellation_type::terminal);
+    busy_->write_signal.emit(net::cancellation_type::terminal);
   }
   done.complete_all(*this, completion_mode::dispatch);
 }
@@ -867,7 +950,12 @@ std::size_t writer_core::pending_bytes() const noexcept {
 
 std::size_t writer_core::window_heap_bytes() const noexcept {
   std::lock_guard lock(mutex_);
-  return window_storage_.heap_bytes();
+  return busy_ ? busy_->storage.heap_bytes() : 0;
+}
+
+bool writer_core::holds_busy_state() const noexcept {
+  std::lock_guard lock(mutex_);
+  return busy_ != nullptr;
 }
 
 std::size_t writer_core::size() const noexcept {

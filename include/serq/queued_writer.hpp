@@ -148,11 +148,17 @@ inline constexpr urgent_t urgent{};
  * on the stream's executor; only a handler whose associated executor is a
  * different one gets a work guard of its own (one more allocation). A
  * message of 2^48 bytes or more completes with `net::error::message_size`
- * and is never written. An idle writer holds no gather array: it is taken
- * when a `write_some` gathers more than four buffers and given back when
- * nothing is left to write (each thread keeps the last one given back, for
- * the next writer that needs one). Nor does it hold a stall timer before
- * `set_stall_timeout`, or an urgent queue before the first urgent request.
+ * and is never written. What only a busy writer needs (its request lists,
+ * the window being written, the stream's and the close's cancellation
+ * signals) is one block, made when a request is queued and given back when
+ * nothing is queued, being written or closing; the gather array (taken when
+ * a `write_some` gathers more than four buffers) goes back at the same time.
+ * Each thread keeps the last block and array given back, for the next writer
+ * on that thread that needs one, so a writer that drains between messages
+ * allocates nothing for them. A request that finds no memory for the block
+ * completes with `net::error::no_memory`. An idle writer holds neither, nor
+ * a stall timer before `set_stall_timeout`, nor an urgent queue before the
+ * first urgent request.
  *
  * @par Object lifetimes
  * Destroying the writer aborts queued messages (`operation_aborted`, 0). The

@@ -34,6 +34,10 @@ class service_member {
   virtual std::shared_ptr<void> pin() noexcept = 0;
   virtual void unpin() noexcept {}
 
+  // The context's default trace hook is (or was) installed: a queue keeps
+  // the slot to consult it from then on. Called under the service's lock.
+  virtual void use_default_hook(const std::shared_ptr<hook_slot>& slot) { (void)slot; }
+
  protected:
   service_member() = default;
   virtual ~service_member() = default;
@@ -88,12 +92,18 @@ class serialized_queue_service final : public net::execution_context::service {
   friend void set_default_trace_hook(net::execution_context& ctx, trace_hook hook);
 
   void register_core(detail::queue_core& core);
+  void link_locked(detail::service_member& m) noexcept;
+  void hand_out_default_hook();
   void shutdown() override;
 
   const std::shared_ptr<detail::hook_slot> default_hook_;
   std::mutex mutex_;
   detail::service_member* first_ = nullptr;
   bool shut_down_ = false;
+  // A default hook was installed once: the queues alive then were handed
+  // the slot, and every queue created from then on gets it too. Until then
+  // no queue looks at the slot, which costs them nothing.
+  bool default_hook_used_ = false;
 };
 
 SERQ_NAMESPACE_END

@@ -85,7 +85,13 @@ using trace_hook = std::function<void(trace_point, entry_info&)>;
 /// removes it.
 /**
  * Takes effect for points that happen after the call: an entry added before
- * it may be reported from a later point on only.
+ * it may be reported from a later point on only. It reaches every queue of
+ * `ctx` alive then and every one created later. Two kinds of queue are
+ * reached only if the context had a default hook before: one whose IO
+ * object was already destroyed (its last operation still running), and one
+ * created after the context shut down (which refuses every entry).
+ *
+ * Throws `std::bad_alloc` if the queues' trace state cannot be allocated.
  *
  * @par Thread safety
  * May be called from any thread, concurrently with the queues' work.

@@ -6,8 +6,10 @@
 // buffers (the 80-byte block of Asio's recycling allocator for a one-pointer
 // callback, borrowed or std::string); outstanding work is held for a handler
 // on another executor only, and still held there; the gather window's array
-// exists only while a window needs it and the writer is busy; the stall
-// timer only once a deadline was set.
+// exists only while a window needs it and the writer is busy; the writer's
+// busy state (request lists, window, cancellation signals) only while
+// something is queued, written or closing; the stall timer only once a
+// deadline was set.
 //
 
 #include <serq/queued_writer.hpp>
@@ -36,7 +38,8 @@ struct one_pointer_callback {
   void operator()(error_code, std::size_t) const { ++*count; }
 };
 
-// A bare request for driving writer_core directly: one buffer each.
+// A bare request for driving writer_core directly: one buffer each (a write),
+// or none (kind::close: an async_close).
 struct completion {
   error_code ec;
   std::size_t bytes = 0;
@@ -44,8 +47,8 @@ struct completion {
 
 class plain_node final : public d::writer_node {
  public:
-  plain_node(std::string data, std::vector<completion>* results)
-      : d::writer_node(&table, kind::write, 0), data_(std::move(data)), results_(results) {
+  plain_node(std::string data, std::vector<completion>* results, kind k = kind::write)
+      : d::writer_node(&table, k, 0), data_(std::move(data)), results_(results) {
     set_size(data_.size());
   }
 
@@ -306,6 +309,115 @@ BOOST_AUTO_TEST_CASE(a_pump_whose_writes_were_all_taken_back_stops_where_the_nex
   BOOST_TEST(results[0].ec == net::error::operation_aborted);
   BOOST_TEST(!results[1].ec);
   BOOST_TEST(core->size() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(the_busy_state_exists_only_while_something_is_queued_written_or_closing) {
+  auto core = std::make_shared<d::writer_core>();
+  std::vector<completion> results;
+  BOOST_TEST(!core->holds_busy_state());  // fresh
+  add_messages(*core, 3, results);
+  BOOST_TEST(core->holds_busy_state());
+  BOOST_TEST(cut_window(*core) == 3u);
+  written(*core, 2);  // the third is still pending
+  BOOST_TEST(core->holds_busy_state());
+  BOOST_TEST(cut_window(*core) == 1u);
+  written(*core, 1);
+  BOOST_TEST(results.size() == 3u);
+  BOOST_TEST(!core->holds_busy_state());  // drained
+
+  // Taken back before it was written.
+  add_messages(*core, 1, results);
+  BOOST_TEST(core->holds_busy_state());
+  d::node_list done;
+  BOOST_TEST(core->cancel(done) == 1u);
+  done.complete_all(*core, d::completion_mode::post);
+  BOOST_TEST(!core->holds_busy_state());
+  // Its pump's turn comes after the state is gone: nothing to write.
+  BOOST_TEST(!next_window_bytes(*core));
+  BOOST_TEST(!core->holds_busy_state());
+
+  // A close: busy while it waits and while its operation runs, then idle
+  // for good; the close's result stays (later closes get it).
+  add_messages(*core, 1, results);
+  d::node_list rejected;
+  core->add_close(new plain_node("", &results, d::writer_node::kind::close), rejected,
+                  [](std::uint32_t) {});
+  BOOST_TEST_REQUIRE(rejected.empty());
+  BOOST_TEST(cut_window(*core) == 1u);
+  written(*core, 1);
+  BOOST_TEST(core->holds_busy_state());  // the close is queued still
+  d::writer_node* closing = nullptr;
+  const d::step_action a = core->next_step(
+      d::pump_id{}, done, [](const d::buffer_window&) {}, [] {}, closing);
+  BOOST_TEST_REQUIRE((a == d::step_action::close));
+  BOOST_TEST(core->holds_busy_state());  // its operation runs
+  core->on_closed(net::error::broken_pipe, done);
+  done.complete_all(*core, d::completion_mode::post);
+  BOOST_TEST(!core->holds_busy_state());
+  BOOST_TEST_REQUIRE(results.size() == 6u);
+  BOOST_TEST(results.back().ec == net::error::broken_pipe);
+  core->add_close(new plain_node("", &results, d::writer_node::kind::close), rejected,
+                  [](std::uint32_t) {});
+  BOOST_TEST_REQUIRE(!rejected.empty());
+  rejected.complete_all(*core, d::completion_mode::post);
+  BOOST_TEST(results.back().ec == net::error::broken_pipe);
+  BOOST_TEST(!core->holds_busy_state());
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_writer_gives_its_busy_state_back_and_keeps_its_error) {
+  auto core = std::make_shared<d::writer_core>();
+  std::vector<completion> results;
+  add_messages(*core, 2, results);
+  BOOST_TEST(cut_window(*core) == 2u);
+  d::node_list done;
+  core->on_written(net::error::connection_reset, 1, done);
+  done.complete_all(*core, d::completion_mode::post);
+  BOOST_TEST_REQUIRE(results.size() == 2u);
+  BOOST_TEST(!results[0].ec);
+  BOOST_TEST(results[1].ec == net::error::connection_reset);
+  BOOST_TEST(!core->holds_busy_state());
+  // Later requests are refused with the error without making the state.
+  d::node_list rejected;
+  core->add(new plain_node("x", &results), rejected, [](std::uint32_t) {});
+  BOOST_TEST_REQUIRE(!rejected.empty());
+  rejected.complete_all(*core, d::completion_mode::post);
+  BOOST_TEST(results.back().ec == net::error::connection_reset);
+  BOOST_TEST(!core->holds_busy_state());
+  BOOST_TEST(core->cancel(done) == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(a_busy_state_given_back_keeps_no_cancellation_handler_of_its_stream) {
+  // X stays busy throughout: it holds whatever spare this thread had, so the
+  // block A gives back is the one B takes.
+  auto x = std::make_shared<d::writer_core>();
+  std::vector<completion> results;
+  add_messages(*x, 1, results);
+
+  // A's stream operation installs its cancellation handler in the write
+  // signal's slot and leaves it there when it completes, as Asio's do.
+  bool a_stream_cancelled = false;
+  auto a = std::make_shared<d::writer_core>();
+  add_messages(*a, 1, results);
+  d::node_list done;
+  BOOST_TEST_REQUIRE(a->next_write(0, done, [&](const d::buffer_window&) {
+    a->write_slot().assign([&](net::cancellation_type_t) { a_stream_cancelled = true; });
+  }));
+  written(*a, 1);
+  BOOST_TEST_REQUIRE(!a->holds_busy_state());
+
+  // B's stream installs none. A terminal cancellation of B's partly written
+  // head is forwarded to B's write signal: it must not reach A's stream.
+  auto b = std::make_shared<d::writer_core>();
+  net::cancellation_signal user;
+  auto* head = new plain_node("abcdef", &results);
+  head->attach_canceller(user.slot(), b);
+  d::node_list rejected;
+  b->add(head, rejected, [](std::uint32_t) {});
+  BOOST_TEST_REQUIRE(rejected.empty());
+  BOOST_TEST_REQUIRE(b->next_write(0, done, [](const d::buffer_window&) {}));
+  written(*b, 2);
+  user.emit(net::cancellation_type::terminal);
+  BOOST_TEST(!a_stream_cancelled);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

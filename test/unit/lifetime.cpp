@@ -149,11 +149,29 @@ BOOST_AUTO_TEST_CASE(context_destroyed_with_a_trigger_posted_but_not_run_release
   BOOST_TEST(tr.invoked() == 0u);
 }
 
-BOOST_AUTO_TEST_CASE(context_destroyed_while_the_writer_gathers_releases_all) {
-  serq_test::handler_tracker tr;
-  auto captured = std::make_shared<int>(0);
-  std::weak_ptr<int> watch = captured;
-  const std::string msg(100, 'x');
+// Five writes of msg whose handlers must never run, queued on a writer with
+// its pump started: a gathered write_some is in flight or about to be, with
+// bytes still pending. The handlers own the only references to an object
+// that `watch` sees go when they are destroyed.
+struct pending_writes {
+  serq_test::handler_tracker tr;  // before the test's io_context
+  const std::string msg = std::string(100, 'x');
+  std::weak_ptr<int> watch;
+
+  template <class Writer>
+  void queue_and_start(Writer& w, net::io_context& ioc) {
+    const auto captured = std::make_shared<int>(0);
+    watch = captured;
+    for (int i = 0; i < 5; ++i)
+      w.async_write(net::buffer(msg),
+                    tr.wrap([captured](error_code, std::size_t) { BOOST_ERROR("invoked"); }));
+    for (int i = 0; i < 3; ++i)
+      ioc.run_one();
+    BOOST_TEST(w.pending_bytes() > 0u);
+  }
+};
+
+BOOST_FIXTURE_TEST_CASE(context_destroyed_while_the_writer_gathers_releases_all, pending_writes) {
   {
     net::io_context ioc;
     serq_test::test_stream a(ioc), b(ioc);
@@ -161,14 +179,7 @@ BOOST_AUTO_TEST_CASE(context_destroyed_while_the_writer_gathers_releases_all) {
     a.write_size(7);
     {
       serq::queued_writer<serq_test::test_stream&> w(a);
-      for (int i = 0; i < 5; ++i)
-        w.async_write(net::buffer(msg),
-                      tr.wrap([captured](error_code, std::size_t) { BOOST_ERROR("invoked"); }));
-      // Let the pump start: a gathered write_some is in flight or about to be.
-      for (int i = 0; i < 3; ++i)
-        ioc.run_one();
-      BOOST_TEST(w.pending_bytes() > 0u);
-      captured.reset();
+      queue_and_start(w, ioc);
       ioc.stop();
       // The writer outlives this block's io_context? No: it goes first, as
       // Asio requires; its queued messages are aborted (posted into the
@@ -183,24 +194,14 @@ BOOST_AUTO_TEST_CASE(context_destroyed_while_the_writer_gathers_releases_all) {
 // The context shuts down while a writer (and so its queue cores) is alive,
 // with writes queued and one in flight: every pending handler is destroyed
 // uninvoked, and the writer can still be destroyed afterwards.
-BOOST_AUTO_TEST_CASE(context_shutdown_with_a_live_writer_destroys_its_handlers) {
-  serq_test::handler_tracker tr;
-  auto captured = std::make_shared<int>(0);
-  std::weak_ptr<int> watch = captured;
-  const std::string msg(100, 'x');
+BOOST_FIXTURE_TEST_CASE(context_shutdown_with_a_live_writer_destroys_its_handlers, pending_writes) {
   {
     shutdownable_io_context ioc;
     serq_test::test_stream a(ioc), b(ioc);
     a.connect(b);
     a.write_size(7);
     serq::queued_writer<serq_test::test_stream&> w(a);
-    for (int i = 0; i < 5; ++i)
-      w.async_write(net::buffer(msg),
-                    tr.wrap([captured](error_code, std::size_t) { BOOST_ERROR("invoked"); }));
-    for (int i = 0; i < 3; ++i)
-      ioc.run_one();
-    BOOST_TEST(w.pending_bytes() > 0u);
-    captured.reset();
+    queue_and_start(w, ioc);
     ioc.shutdown();
     BOOST_TEST(watch.expired());
     BOOST_TEST(tr.invoked() == 0u);

@@ -11,6 +11,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -116,6 +117,34 @@ struct fixture {
   void drain() {
     ioc.restart();
     ioc.poll();
+  }
+
+  // What hold_and_untrigger leaves: the turn given back (held, now empty),
+  // the order in which the untrigger's handler (1) and the barrier behind
+  // the turn (2) ran, the untrigger's result and the turn granted anew.
+  struct untriggered {
+    std::vector<int> order;
+    std::optional<serq::turn> held;
+    std::optional<serq::turn> again;
+    error_code result{net::error::would_block};
+  };
+
+  // On q: a turn acquired (q's first entry) and held with a barrier behind
+  // it, then q stopped and the turn given back with async_untrigger.
+  void hold_and_untrigger(serq::serialized_queue& q, untriggered& u) {
+    q.async_acquire([&u](error_code, serq::turn t) { u.held.emplace(std::move(t)); });
+    q.async_wait([&u](error_code ec) {
+      BOOST_TEST(!ec);
+      u.order.push_back(2);
+    });
+    drain();
+    BOOST_REQUIRE(u.held && *u.held);
+    q.stop();
+    u.held->async_untrigger([&u](error_code ec, serq::turn t) {
+      u.result = ec;
+      u.order.push_back(1);
+      u.again.emplace(std::move(t));
+    });
   }
 };
 
@@ -316,44 +345,62 @@ BOOST_AUTO_TEST_CASE(the_default_hook_serves_queues_without_their_own_and_writer
   BOOST_TEST(rec.records.size() == before);
 }
 
+// A queue keeps nothing for tracing until something observes it: the
+// context's default hook must still reach queues (and writers) that existed
+// before it was installed, and stop when it is removed.
+BOOST_AUTO_TEST_CASE(a_default_hook_installed_later_serves_queues_made_before_it) {
+  serq::serialized_queue early(ioc, "early");
+  serq_test::test_stream stream(ioc.get_executor());
+  serq::queued_writer<serq_test::test_stream&> writer(stream);
+  early.async_wait([](error_code) {});  // before the hook: not reported
+  drain();
+  serq::set_default_trace_hook(ioc, rec.hook());
+  early.async_wait([](error_code) {});  // tag 1
+  writer.async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), {}),
+                                         [](error_code) {});  // tag 2
+  drain();
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.last(1, tp::detach).queue_name == "early");
+  BOOST_TEST(rec.points(2) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.last(2, tp::detach).queue_name == "serq.queued_writer");
+  serq::set_default_trace_hook(ioc, {});
+  const std::size_t before = rec.records.size();
+  early.async_wait([](error_code) {});
+  serq::serialized_queue late(ioc);
+  late.async_wait([](error_code) {});
+  drain();
+  BOOST_TEST(rec.records.size() == before);
+  serq::set_default_trace_hook(ioc, rec.hook());  // again: both queues see it
+  early.async_wait([](error_code) {});            // tag 3
+  late.async_wait([](error_code) {});             // tag 4
+  drain();
+  BOOST_TEST(rec.points(3) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.points(4) == full, boost::test_tools::per_element());
+}
+
 // ---- untrigger -------------------------------------------------------------
 
 BOOST_AUTO_TEST_CASE(untrigger_gives_the_turn_back_and_start_grants_it_again_first) {
   serq::serialized_queue q(ioc);
   q.set_trace_hook(rec.hook());
-  std::optional<serq::turn> held;
-  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });  // tag 1
-  std::vector<int> order;
-  q.async_wait([&](error_code ec) {
-    BOOST_TEST(!ec);
-    order.push_back(2);
-  });
-  drain();
-  BOOST_REQUIRE(held && *held);
-  q.stop();
-  std::optional<serq::turn> again;
-  error_code untrigger_ec(net::error::would_block);
-  held->async_untrigger([&](error_code ec, serq::turn t) {
-    untrigger_ec = ec;
-    order.push_back(1);
-    again.emplace(std::move(t));
-  });
-  BOOST_TEST(!*held);          // given back at once
+  untriggered u;
+  hold_and_untrigger(q, u);    // the acquire is tag 1
+  BOOST_TEST(!*u.held);        // given back at once
   BOOST_TEST(q.size() == 2u);  // the head waits again, the barrier behind it
   drain();
-  BOOST_TEST(order.empty());  // stopped: nothing runs
+  BOOST_TEST(u.order.empty());  // stopped: nothing runs
   q.start();
-  BOOST_TEST(order.empty());  // posted, never inside start()
+  BOOST_TEST(u.order.empty());  // posted, never inside start()
   drain();
-  BOOST_TEST(!untrigger_ec);
-  BOOST_TEST(order == (std::vector<int>{1}), boost::test_tools::per_element());
-  BOOST_REQUIRE(again && *again);
+  BOOST_TEST(!u.result);
+  BOOST_TEST(u.order == (std::vector<int>{1}), boost::test_tools::per_element());
+  BOOST_REQUIRE(u.again && *u.again);
   BOOST_TEST(rec.points(1) ==
                  (std::vector<trace_point>{tp::attach, tp::before_trigger, tp::before_trigger}),
              boost::test_tools::per_element());
-  again.reset();
+  u.again.reset();
   drain();
-  BOOST_TEST(order == (std::vector<int>{1, 2}), boost::test_tools::per_element());
+  BOOST_TEST(u.order == (std::vector<int>{1, 2}), boost::test_tools::per_element());
   BOOST_TEST(
       rec.points(1) == (std::vector<trace_point>{tp::attach, tp::before_trigger, tp::before_trigger,
                                                  tp::after_complete, tp::detach}),
@@ -362,6 +409,28 @@ BOOST_AUTO_TEST_CASE(untrigger_gives_the_turn_back_and_start_grants_it_again_fir
   BOOST_TEST(s.added == 2u);
   BOOST_TEST(s.completed == 2u);
   BOOST_TEST(s.depth == 0u);
+}
+
+// The same on a queue that nothing observes (no hook, no stats() yet), which
+// keeps no trace or wait state for the head it puts back.
+BOOST_AUTO_TEST_CASE(untrigger_on_an_unobserved_queue_grants_the_turn_again_first) {
+  serq::serialized_queue q(ioc);
+  untriggered u;
+  hold_and_untrigger(q, u);
+  BOOST_TEST(q.size() == 2u);
+  q.start();
+  drain();
+  BOOST_TEST(!u.result);
+  BOOST_TEST(u.order == (std::vector<int>{1}), boost::test_tools::per_element());
+  BOOST_REQUIRE(u.again && *u.again);
+  u.again.reset();
+  drain();
+  BOOST_TEST(u.order == (std::vector<int>{1, 2}), boost::test_tools::per_element());
+  const serq::queue_stats s = q.stats();
+  BOOST_TEST(s.added == 2u);
+  BOOST_TEST(s.completed == 2u);
+  BOOST_TEST(s.aborted == 0u);
+  BOOST_TEST(s.total_wait.count() == 0);  // nobody asked while they waited
 }
 
 BOOST_AUTO_TEST_CASE(untrigger_while_running_or_on_an_empty_turn_is_refused_changing_nothing) {
@@ -539,6 +608,99 @@ BOOST_AUTO_TEST_CASE(waits_are_measured_from_the_first_stats_call_on) {
   BOOST_TEST(s.completed == 4u);
   BOOST_TEST(s.total_wait.count() > 0);
   BOOST_TEST((s.total_wait == s.max_wait));
+}
+
+// A queue's observing state is made on first need, from whichever thread
+// needs it first: hooks (the queue's own and the context's default) and
+// stats() come and go on two threads while two others add entries, and a
+// fifth makes queues that are destroyed with their only operation active
+// (the default hook's hand-out races their registration and their end).
+// The observers keep going until the adders are done. Nothing is lost, the
+// counts agree, and the default hook installed last reaches a queue; TSan
+// checks the rest.
+BOOST_AUTO_TEST_CASE(observers_come_and_go_while_threads_add_and_complete) {
+  constexpr int rounds = 50;
+  constexpr int per_producer = 200;
+  std::array<std::optional<serq::serialized_queue>, 3> queues;
+  for (auto& q : queues)
+    q.emplace(ioc);
+  auto work = net::make_work_guard(ioc);
+  std::vector<std::thread> runners;
+  for (int i = 0; i < 2; ++i)
+    runners.emplace_back([&] { ioc.run(); });
+  std::atomic<int> hook_calls{0};
+  const serq::trace_hook hook = [&](trace_point, serq::entry_info&) { hook_calls.fetch_add(1); };
+  std::atomic<int> done{0};
+  std::atomic<int> short_lived_done{0};
+  std::promise<void> short_lived_all;
+  std::atomic<bool> adders_done{false};
+  std::vector<std::thread> observers;
+  observers.emplace_back([&] {
+    for (int i = 0; i < rounds || !adders_done.load(); ++i) {
+      serq::set_default_trace_hook(ioc, hook);
+      std::this_thread::yield();  // let the others run on a loaded or serialized (valgrind) CPU
+      serq::set_default_trace_hook(ioc, {});
+    }
+  });
+  observers.emplace_back([&] {
+    for (int i = 0; i < rounds || !adders_done.load(); ++i)
+      for (auto& q : queues) {
+        q->set_trace_hook(hook);
+        (void)q->stats();
+        std::this_thread::yield();
+        q->set_trace_hook({});
+      }
+  });
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] {
+    for (int i = 0; i < rounds; ++i) {
+      serq::serialized_queue q(ioc);
+      q.async_enqueue<void(error_code)>(completes_with(ioc.get_executor(), {}), [&](error_code) {
+        if (short_lived_done.fetch_add(1) + 1 == rounds)
+          short_lived_all.set_value();
+      });
+    }  // destroyed with its operation active: it runs on
+  });
+  for (int p = 0; p < 2; ++p)
+    threads.emplace_back([&] {
+      for (int i = 0; i < per_producer; ++i)
+        queues[static_cast<std::size_t>(i) % queues.size()]->async_enqueue<void(error_code)>(
+            completes_with(ioc.get_executor(), {}), [&](error_code) { done.fetch_add(1); });
+    });
+  for (auto& t : threads)
+    t.join();
+  adders_done.store(true);
+  for (auto& t : observers)
+    t.join();
+  for (auto& q : queues) {
+    std::promise<void> drained;
+    q->async_wait([&](error_code) { drained.set_value(); });
+    drained.get_future().wait();
+  }
+  short_lived_all.get_future().wait();
+  BOOST_TEST_MESSAGE("hook calls while running: " << hook_calls.load());
+  // The default hook, installed once more, reaches the queues: four points.
+  serq::set_default_trace_hook(ioc, hook);
+  hook_calls.store(0);
+  std::promise<void> passed;
+  queues[0]->async_wait([&](error_code) { passed.set_value(); });
+  passed.get_future().wait();
+  serq::set_default_trace_hook(ioc, {});
+  work.reset();
+  for (auto& t : runners)
+    t.join();
+  BOOST_TEST(done.load() == 2 * per_producer);
+  BOOST_TEST(short_lived_done.load() == rounds);
+  std::uint64_t added = 0;
+  for (auto& q : queues) {
+    const serq::queue_stats s = q->stats();
+    BOOST_TEST(s.completed == s.added);
+    BOOST_TEST(s.aborted == 0u);
+    BOOST_TEST(s.depth == 0u);
+    added += s.added;
+  }
+  BOOST_TEST(added == static_cast<std::uint64_t>(2 * per_producer + queues.size() + 1));
+  BOOST_TEST(hook_calls.load() == 4);
 }
 
 BOOST_AUTO_TEST_CASE(stats_are_consistent_while_threads_add_and_complete) {

@@ -131,6 +131,20 @@ void deliver_immediate(const ImmediateExecutor& iex, const Executor& ex, Complet
   net::dispatch(iex, std::forward<Completion>(c));
 }
 
+// Runs deliver (which hands a completion on), then then(true); if deliver
+// throws (a handler run inline threw), then(false) runs before the exception
+// leaves.
+template <class Then, class Deliver>
+void deliver_then(Then& then, Deliver&& deliver) {
+  try {
+    deliver();
+  } catch (...) {
+    then(false);
+    throw;
+  }
+  then(true);
+}
+
 // Completes a node's handler with args on executor ex (the handler's
 // associated one) and frees the node first, as Asio requires (storage
 // returned before the upcall). The handler is moved out, and args bound,
@@ -146,25 +160,13 @@ void free_then_deliver_after(Node* node, Handler& handler, const Executor& ex, c
     const auto iex = net::get_associated_immediate_executor(handler, ex);
     auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
     deallocate_node(node, alloc);
-    try {
-      deliver_immediate(iex, ex, std::move(completion));
-    } catch (...) {
-      then(false);
-      throw;
-    }
-    then(true);
+    deliver_then(then, [&] { deliver_immediate(iex, ex, std::move(completion)); });
     return;
   }
 #endif
   auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
   deallocate_node(node, alloc);
-  try {
-    deliver(ex, std::move(completion), mode);
-  } catch (...) {
-    then(false);
-    throw;
-  }
-  then(true);
+  deliver_then(then, [&] { deliver(ex, std::move(completion), mode); });
 }
 
 // free_then_deliver_after for completion_mode::invoke, which needs no
@@ -174,13 +176,7 @@ void free_then_invoke(Node* node, Handler& handler, Then&& then, Args&&... args)
   const auto alloc = node_allocator(handler);
   auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
   deallocate_node(node, alloc);
-  try {
-    completion();
-  } catch (...) {
-    then(false);
-    throw;
-  }
-  then(true);
+  deliver_then(then, [&] { completion(); });
 }
 
 struct nothing_then {
@@ -308,30 +304,32 @@ class handler_entry : public entry_base, public tracked_entry {
     if constexpr (!has_own_executor<Handler>::value)
       return;
     handler_executor_type ex = handler_executor();
-    bool same = false;
-    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
-      same = same_executor(ex);
-    } else if constexpr (std::is_same_v<QueueExecutor, net::any_io_executor> &&
-                         std::is_same_v<handler_executor_type, net::io_context::executor_type>) {
-      // Bound to the io_context executor the queue's any_io_executor wraps.
-      const auto* q = typed_core().io_target();
-      same = q && ex == *q;
-    }
-    if (!same)
+    if (!same_executor(ex))
       work_ = allocate_node<handler_work>(handler_, std::move(ex));
   }
 
-  // Whether ex, the handler's executor, is the queue's. Two any_io_executors
-  // around io_context executors (a coroutine's on a plain io_context queue)
-  // are compared through their targets, without the type-erased call.
-  bool same_executor(const QueueExecutor& ex) const noexcept {
-    if constexpr (std::is_same_v<QueueExecutor, net::any_io_executor>) {
-      if (const auto* q = typed_core().io_target()) {
-        const auto* h = ex.template target<net::io_context::executor_type>();
-        return h && *h == *q;
+  // Whether ex, the handler's executor, is the queue's. On a queue whose
+  // any_io_executor wraps an io_context executor, an any_io_executor (a
+  // coroutine's) is compared through its target, without the type-erased
+  // call, and that io_context executor itself is the queue's too. Executors
+  // of any other type are not the queue's.
+  bool same_executor(const handler_executor_type& ex) const noexcept {
+    constexpr bool any_io_queue = std::is_same_v<QueueExecutor, net::any_io_executor>;
+    if constexpr (std::is_same_v<handler_executor_type, QueueExecutor>) {
+      if constexpr (any_io_queue) {
+        if (const auto* q = typed_core().io_target()) {
+          const auto* h = ex.template target<net::io_context::executor_type>();
+          return h && *h == *q;
+        }
       }
+      return ex == queue_executor();
+    } else if constexpr (any_io_queue &&
+                         std::is_same_v<handler_executor_type, net::io_context::executor_type>) {
+      const auto* q = typed_core().io_target();
+      return q && ex == *q;
+    } else {
+      return false;
     }
-    return ex == queue_executor();
   }
 
   // Records, with handler tracking on, that this entry's next tracked

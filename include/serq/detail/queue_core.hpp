@@ -195,6 +195,42 @@ class hook_slot {
   std::atomic<bool> set_{false};
 };
 
+// What a queue needs only once someone observes it or names it: its trace
+// hook and the context's, the active entry's trace state, the untriggered
+// head's, the wait times of its stats, and a name given by the user. A queue
+// that is only used allocates none of it, which keeps an idle queue's core
+// within Asio-sized bounds. Allocated once, on first need, and kept until
+// the core goes (readers hold no lock).
+struct core_extras {
+  using clock = std::chrono::steady_clock;
+
+  bool tracing() const noexcept {
+    if (has_hook.load(std::memory_order_relaxed))
+      return true;
+    const hook_slot* d = default_slot.load(std::memory_order_acquire);
+    return d && d->set();
+  }
+
+  std::atomic<bool> has_hook{false};                    // hook != nullptr, read without the lock
+  std::atomic<bool> timing{false};                      // measure waits: stats() was called
+  std::atomic<const hook_slot*> default_slot{nullptr};  // default_owner.get()
+  std::shared_ptr<const trace_hook> hook;               // guarded by the core's mutex_
+  std::shared_ptr<hook_slot> default_owner;             // the context's, once it had one (mutex_)
+
+  // The active entry's trace state: written when it becomes active (under
+  // the lock), then used by the thread that runs it (its trigger was posted
+  // or launched after the write).
+  std::uint64_t active_tag = 0;
+  clock::rep active_waited = 0;
+  // The head entry put back by untrigger(), and what it had waited before.
+  const entry_base* untriggered = nullptr;
+  clock::rep untriggered_waited = 0;
+  clock::duration total_wait{};
+  clock::duration max_wait{};
+
+  std::string name;  // a name given by the user (not serq's own)
+};
+
 class queue_core : public service_member {
  public:
   enum class add_result { queued, trigger, launch_inline, closed };
@@ -235,20 +271,24 @@ class queue_core : public service_member {
   bool running() const noexcept;
   std::size_t size() const noexcept;
   std::size_t cancel();
-  std::string_view name() const noexcept { return {name_, name_size_}; }
+  std::string_view name() const noexcept;
   queue_stats stats() const noexcept;
 
   // ---- tracing: each point is reported only when a hook is installed ----
   void set_hook(trace_hook h);
+  // One load when nothing observes the queue (no extras).
   bool tracing() const noexcept {
-    return has_hook_.load(std::memory_order_relaxed) || (default_hook_ && default_hook_->set());
+    const core_extras* x = extras();
+    return x && x->tracing();
   }
+  // The context's default hook (once it had one) serves this queue too.
+  void use_default_hook(const std::shared_ptr<hook_slot>& slot) override;
   // The point of an entry that is not active: attach, or its detach when it
   // leaves unrun (after left_locked, or refused by a closed queue).
   void trace_entry(trace_point p, entry_base& e, error_code result) noexcept;
   // The active entry (of kind k) is triggered: its before_trigger point.
   void trace_trigger(entry_kind k) noexcept {
-    active_triggered_ = true;
+    active_triggered_ = true;  // read only when tracing
     if (tracing())
       trace_trigger_slow(k);
   }
@@ -262,8 +302,9 @@ class queue_core : public service_member {
   void release_turn() noexcept;
 
   // The IO object is gone: abort waiting entries; the active one runs on,
-  // and the core keeps the IO object's reference `owner` until it is done.
-  void close(core_ref owner);
+  // and the core keeps a reference to itself until it is done. The caller
+  // holds a reference throughout.
+  void close();
   // The execution context is shutting down: destroy waiting entries
   // without invoking them; later additions are aborted (posted into the
   // dying context, which destroys them).
@@ -277,6 +318,9 @@ class queue_core : public service_member {
  protected:
   explicit queue_core(std::string_view name);
   ~queue_core() override;
+
+  // Set by the derived core's constructor: which executor it keeps.
+  unsigned char target_kind_ = 0;
 
   // Whether the queue counts outstanding work now (between work_started()
   // and the matching work_finished() or move_work_to()).
@@ -295,6 +339,12 @@ class queue_core : public service_member {
   friend void core_add_ref(queue_core* c) noexcept;
   friend void core_release(queue_core* c) noexcept;
 
+  const core_extras* extras() const noexcept { return extras_.load(std::memory_order_acquire); }
+  core_extras* extras() noexcept { return extras_.load(std::memory_order_acquire); }
+  // The extras, allocated if there are none yet (null if that fails with
+  // nothrow).
+  core_extras* make_extras(bool nothrow) const;
+
   entry_base* take_next_locked() noexcept;
   void unlink_locked(entry_base* e) noexcept;
   // Takes every waiting entry out, counted as left unrun.
@@ -302,8 +352,8 @@ class queue_core : public service_member {
   // e becomes the active entry: its trace state moves into the core.
   void activate_locked(entry_base* e, clock::rep now) noexcept;
   // How long e has waited by `now` (in clock ticks).
-  clock::rep waited_locked(const entry_base& e, clock::rep now) const noexcept;
-  void count_wait_locked(clock::rep waited) noexcept;
+  static clock::rep waited(const core_extras& x, const entry_base& e, clock::rep now) noexcept;
+  static void count_wait(core_extras& x, clock::rep waited) noexcept;
   // e leaves unrun: counted, and its attach_ becomes its final wait.
   void left_locked(entry_base& e, clock::rep now) noexcept;
   // Reports the detach of entries that left unrun (counted by take_all_locked).
@@ -319,54 +369,35 @@ class queue_core : public service_member {
   void trace_trigger_slow(entry_kind k) noexcept;
   void trace_done_slow(error_code result) noexcept;
 
-  // The small fields first, packed beside the four-byte lock.
-  mutable small_mutex mutex_;
-  std::atomic<std::uint32_t> refs_{0};  // core_ref's count
+  // The small fields first, packed beside the four-byte lock and the
+  // service links' flag. Guarded by mutex_, but active_triggered_ and
+  // active_kind_ (written by the thread that runs the active entry) and
+  // name_kind_ and target_kind_ (set by the constructors).
   bool busy_ = false;
   bool turn_held_ = false;  // the active entry is a turn handed out
   bool work_held_ = false;  // == needs_work_locked(), updated lazily
+  mutable small_mutex mutex_;
+  std::atomic<std::uint32_t> refs_{0};  // core_ref's count
   bool running_ = true;
   bool closed_ = false;
-  // The active entry's trace state: written when it becomes active (under
-  // the lock), then used by the thread that runs it (its trigger was posted
-  // or launched after the write).
+  // The IO object went while an entry was active: the core holds one
+  // reference to itself, released when the queue goes idle.
+  bool orphan_held_ = false;
   bool active_triggered_ = false;
-  // An entry_kind, in one byte (the enum is int-sized).
+  // The active entry's kind (an entry_kind in one byte), for its trace points.
   unsigned char active_kind_ = static_cast<unsigned char>(entry_kind::operation);
-  std::atomic<bool> has_hook_{false};        // hook_ != nullptr, read without the lock
-  mutable std::atomic<bool> timing_{false};  // measure waits: stats() was called
-  bool name_owned_ = false;                  // name_ is a heap copy
-  std::uint32_t name_size_ = 0;              // in the flags' padding (longer names throw)
+  // The name: none, one of serq's own (a literal, nothing stored), or the
+  // extras' copy of the user's.
+  unsigned char name_kind_ = 0;
 
   entry_list waiting_;
   std::size_t waiting_count_ = 0;
-  // When the IO object goes while an entry is active, its reference moves
-  // here, so that the active operation's completion can still call
-  // finish(); released when the queue goes idle. No reference count changes
-  // per entry otherwise.
-  core_ref orphan_ref_;
-
-  std::uint64_t active_tag_ = 0;
-  clock::rep active_waited_ = 0;
-  // The head entry put back by untrigger(), and what it had waited before.
-  entry_base* untriggered_ = nullptr;
-  clock::rep untriggered_waited_ = 0;
-
-  // What stats() reports, but depth, which it computes.
-  struct counters {
-    std::uint64_t added = 0;
-    std::uint64_t completed = 0;
-    std::uint64_t aborted = 0;
-    std::size_t peak_depth = 0;
-    clock::duration total_wait{};
-    clock::duration max_wait{};
-  };
-  counters stats_;
-  std::shared_ptr<const trace_hook> hook_;   // guarded by mutex_
-  std::shared_ptr<hook_slot> default_hook_;  // the service's: set at registration
-  // The name: a heap copy of the one given, or, for an empty one and the
-  // names serq gives its own queues, a literal (nothing allocated).
-  const char* name_ = "";
+  // What stats() reports but `added` (completed + aborted + depth: every
+  // entry added leaves one way or the other) and depth, which it computes.
+  std::uint64_t completed_ = 0;
+  std::uint64_t aborted_ = 0;
+  std::size_t peak_depth_ = 0;
+  mutable std::atomic<core_extras*> extras_{nullptr};
 };
 
 // A queue's core with its executor: what entries post their triggers to,
@@ -410,17 +441,22 @@ template <>
 class basic_queue_core<net::any_io_executor> final : public queue_core {
   using io_executor = net::io_context::executor_type;
   using tracked_io_executor = work_counter<net::any_io_executor>::tracked_io_executor;
+  enum : unsigned char { io_target_kind = 0, other_target_kind = 1 };
 
  public:
   basic_queue_core(const net::any_io_executor& ex, std::string_view name) : queue_core(name) {
-    if (const io_executor* target = ex.target<io_executor>())
+    if (const io_executor* target = ex.target<io_executor>()) {
       new (&io_) io_executor(*target);
-    else
-      other_ = std::make_unique<other_target>(ex);
+    } else {
+      other_ = new other_target(ex);
+      target_kind_ = other_target_kind;
+    }
   }
   ~basic_queue_core() override {
-    if (other_)
+    if (other()) {
+      delete other_;
       return;
+    }
     if (work_held())
       io_work_.~tracked_io_executor();
     io_.~io_executor();
@@ -428,20 +464,20 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
 
   // The queue's executor: a copy, made from the io_context executor kept.
   net::any_io_executor executor() const noexcept {
-    if (!other_)
+    if (!other())
       return net::any_io_executor(io_);
     return other_->executor;
   }
   // The io_context executor the queue's executor wraps; null for any other.
-  const io_executor* io_target() const noexcept { return other_ ? nullptr : &io_; }
+  const io_executor* io_target() const noexcept { return other() ? nullptr : &io_; }
 
   bool running_here() const noexcept {
-    return !other_ ? io_.running_in_this_thread() : running_in(other_->executor);
+    return !other() ? io_.running_in_this_thread() : running_in(other_->executor);
   }
 
   template <class Function>
   void post(Function&& f) const {
-    if (!other_)
+    if (!other())
       net::post(io_, std::forward<Function>(f));
     else
       net::post(other_->executor, std::forward<Function>(f));
@@ -454,24 +490,26 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
     std::optional<net::any_io_executor> work;  // tracked, while the queue counts work
   };
 
+  bool other() const noexcept { return target_kind_ == other_target_kind; }
+
   // Called under the core's lock as work_held() changes: io_work_ exists
   // exactly while work_held() on an io_context target.
   void work_started() override {
-    if (!other_)
+    if (!other())
       new (&io_work_)
           tracked_io_executor(net::prefer(io_, net::execution::outstanding_work.tracked));
     else
       other_->work.emplace(net::prefer(other_->executor, net::execution::outstanding_work.tracked));
   }
   void work_finished() noexcept override {
-    if (!other_)
+    if (!other())
       io_work_.~tracked_io_executor();
     else
       other_->work.reset();
   }
   void move_work_to(void* out) noexcept override {
     auto& to = *static_cast<work_counter<net::any_io_executor>*>(out);
-    if (!other_) {
+    if (!other()) {
       to.adopt(std::move(io_work_));
       io_work_.~tracked_io_executor();
     } else if (other_->work) {
@@ -480,14 +518,16 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
     }
   }
 
-  // An io_context target is kept as itself; only other_ says which is there.
+  // An io_context target is kept as itself (eight bytes), any other in a
+  // block of its own; target_kind_ says which. Neither changes after
+  // construction, so both are read without the lock.
   union {
-    io_executor io_;  // when other_ is null
+    io_executor io_;
+    other_target* other_;
   };
   union {
     tracked_io_executor io_work_;  // on io_, while work_held()
   };
-  std::unique_ptr<other_target> other_;  // any other target
 };
 
 }  // namespace detail

@@ -203,7 +203,8 @@ class writer_node {
     shut_down,
     failed,
     close_result,
-    too_long
+    too_long,
+    no_memory  // the writer could not allocate its busy state
   };
 
   place where() const noexcept { return static_cast<place>(place_); }
@@ -398,7 +399,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     }
     start_pump(id);  // before the write: its completion must find the pump's rendezvous reset
     note_write_started_locked();
-    start_write(window_, id);
+    start_write(busy_->window, id);
   }
 
   // Adds an urgent write: as add, on the urgent lane, whose pumps wait in the
@@ -535,7 +536,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     const step_action a = build_window_locked(id, done, closing);
     if (a == step_action::write) {
       note_write_started_locked();
-      start_write(window_);
+      start_write(busy_->window);
     } else if (a == step_action::lend) {
       start_lending();
     }
@@ -559,9 +560,10 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
 
   // The stream operation's cancellation signal; emitted (under the lock)
   // by a terminal cancellation of a started write or by the stall deadline.
-  net::cancellation_slot write_slot() noexcept { return write_signal_.slot(); }
-  // The closing operation's cancellation signal.
-  net::cancellation_slot close_slot() noexcept { return close_signal_.slot(); }
+  // Only while a write is being started or is in flight.
+  net::cancellation_slot write_slot() noexcept { return busy_->write_signal.slot(); }
+  // The closing operation's cancellation signal; only while it runs.
+  net::cancellation_slot close_slot() noexcept { return busy_->close_signal.slot(); }
 
   // Fails the writer with ec, as a write error would.
   void fail(const error_code& ec);
@@ -598,6 +600,8 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   std::size_t size() const noexcept;
   // Heap bytes the window storage holds now (tests: it goes when idle).
   std::size_t window_heap_bytes() const noexcept;
+  // Whether the writer holds its busy state now (tests: it goes when idle).
+  bool holds_busy_state() const noexcept;
   writer_counters counters() const noexcept;
   bool writable() const noexcept;
   error_code error() const noexcept;
@@ -614,6 +618,37 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   struct stall_check;
   struct stall_state;
 
+ public:
+  // The busy state (see busy_). Public for the per-thread spare only.
+  struct busy_state {
+    busy_state() = default;
+    busy_state(const busy_state&) = delete;
+    busy_state& operator=(const busy_state&) = delete;
+    ~busy_state();
+
+    // Nothing queued, nothing in a window, no close running.
+    bool idle() const noexcept {
+      return nodes.empty() && urgent_nodes.empty() && waiters.empty() && followers.empty() &&
+             !closing_node && window_nodes == 0;
+    }
+
+    node_list nodes;                      // writes, flushes and the close, in order
+    node_list urgent_nodes;               // urgent writes, in order
+    node_list waiters;                    // async_wait_writable
+    node_list followers;                  // async_close calls made while a close is pending
+    writer_node* closing_node = nullptr;  // the close whose operation runs
+    window_storage storage;
+    buffer_window window;
+    // The bytes written of each lane's head message (normal, urgent): the
+    // only message of its lane that can be partly written.
+    std::size_t head_written[2] = {0, 0};
+    std::size_t window_nodes = 0;  // nodes (from the front of window_lane) the window touches
+    lane window_lane = lane::normal;
+    net::cancellation_signal write_signal;
+    net::cancellation_signal close_signal;
+  };
+
+ private:
   enum class held_state : unsigned char { none, running, ready, released };
 
   error_code refusal_locked() const noexcept;
@@ -627,7 +662,15 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // Drops the marks at the front of pump id's lane that begin its segment
   // or an earlier one: the pump's writes start behind them.
   void drop_passed_marks_locked(pump_id id);
-  node_list& list_of(lane l) noexcept { return l == lane::urgent ? urgent_nodes_ : nodes_; }
+  // Pump id's segment has no pump any more: a later write needs a new one.
+  void end_segment_locked(pump_id id) noexcept;
+  node_list& list_of(lane l) noexcept {
+    return l == lane::urgent ? busy_->urgent_nodes : busy_->nodes;
+  }
+  // Makes the busy state if there is none; false if it cannot be allocated.
+  bool make_busy_locked() noexcept;
+  // Gives the busy state back once nothing is queued, written or closing.
+  void release_busy_locked() noexcept;
   step_action build_window_locked(pump_id id, node_list& done, writer_node*& closing);
   void fail_locked(const error_code& ec, node_list& done, bool keep_window = false);
   void fail_list_locked(node_list& list, std::size_t keep, node_list& done);
@@ -660,18 +703,11 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
 
   const void* io_executor_ = nullptr;
   mutable small_mutex mutex_;
-  node_list nodes_;                      // writes, flushes and the close, in order
-  node_list urgent_nodes_;               // urgent writes, in order
-  node_list waiters_;                    // async_wait_writable
-  node_list followers_;                  // async_close calls made while a close is pending
-  writer_node* closing_node_ = nullptr;  // the close whose operation runs
-  window_storage window_storage_;
-  buffer_window window_;
-  // The bytes written of each lane's head message (normal, urgent): the
-  // only message of its lane that can be partly written.
-  std::size_t head_written_[2] = {0, 0};
-  std::size_t window_nodes_ = 0;  // nodes (from the front of window_lane_) the window touches
-  lane window_lane_ = lane::normal;
+  // What only a busy writer needs: made when the first request is queued,
+  // given back (to a per-thread spare, see release_busy_locked) when the
+  // writer has nothing queued, nothing in flight and no close running. A
+  // writer that failed or closed keeps no more than an idle one.
+  busy_state* busy_ = nullptr;
   std::size_t pending_bytes_ = 0;
   std::size_t pending_writes_ = 0;
   std::size_t low_ = default_low_watermark;
@@ -697,8 +733,6 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   held_completion* held_ = nullptr;
   error_code error_;
   error_code close_result_;
-  net::cancellation_signal write_signal_;
-  net::cancellation_signal close_signal_;
 
   // The stall deadline, made by the first set_stall_timeout with one: an
   // idle writer without a deadline carries no timer.

@@ -48,11 +48,12 @@ template <class Executor>
 basic_serialized_queue<Executor>& basic_serialized_queue<Executor>::operator=(
     basic_serialized_queue&& other) {
   if (this != &other) {
+    // other's next core first: if making it throws, both queues stay as they were.
+    detail::core_ref fresh = other.service_->create(other.executor_, other.core_->name());
     service_->destroy(std::move(core_));
     executor_ = other.executor_;
     service_ = other.service_;
-    core_ =
-        std::exchange(other.core_, other.service_->create(other.executor_, other.core_->name()));
+    core_ = std::exchange(other.core_, std::move(fresh));
   }
   return *this;
 }
