@@ -237,8 +237,8 @@ struct rethrow {
 };
 
 template <class Token>
-auto async_one_step(net::any_io_executor ex, Token&& token) {
-  return net::async_initiate<Token, void(error_code)>(one_step_op{std::move(ex)}, token);
+auto async_one_step(const net::any_io_executor& ex, Token&& token) {
+  return net::async_initiate<Token, void(error_code)>(lean_step_op{&ex}, token);
 }
 
 // ---- a window of callback operations (cases 1, 4 with callbacks, 5)
@@ -329,7 +329,8 @@ alloc_result count_window(net::io_context& ioc, std::size_t n, std::size_t warm,
 // ---- case 1: queue throughput, one thread
 // --------------------------------------------------------
 
-enum class queue_kind { serq_default, serq_inline, hand, bare };
+// serq_fat: serq default with an operation that holds an any_io_executor by value (case 6a only).
+enum class queue_kind { serq_default, serq_inline, serq_fat, hand, bare };
 
 // Each returns the seconds of n one-step operations with `window` in flight (or, with count, the
 // steady-state allocations).
@@ -340,14 +341,20 @@ auto with_queue(queue_kind kind, Body&& body) {
   switch (kind) {
     case queue_kind::serq_default: {
       serq::serialized_queue q(ioc);
+      return body(ioc, [&q, &ex](auto h) {
+        q.async_enqueue<void(error_code)>(lean_step_op{&ex}, std::move(h));
+      });
+    }
+    case queue_kind::serq_fat: {
+      serq::serialized_queue q(ioc);
       return body(ioc, [&q, ex](auto h) {
         q.async_enqueue<void(error_code)>(one_step_op{ex}, std::move(h));
       });
     }
     case queue_kind::serq_inline: {
       serq::serialized_queue q(ioc);
-      return body(ioc, [&q, ex](auto h) {
-        q.async_enqueue<void(error_code)>(serq::trigger_inline, one_step_op{ex}, std::move(h));
+      return body(ioc, [&q, &ex](auto h) {
+        q.async_enqueue<void(error_code)>(serq::trigger_inline, lean_step_op{&ex}, std::move(h));
       });
     }
     case queue_kind::hand: {
@@ -356,7 +363,7 @@ auto with_queue(queue_kind kind, Body&& body) {
     }
     case queue_kind::bare:
     default:
-      return body(ioc, [ex](auto h) { one_step_op{ex}(std::move(h)); });
+      return body(ioc, [&ex](auto h) { lean_step_op{&ex}(std::move(h)); });
   }
 }
 
@@ -409,7 +416,7 @@ double time_observed(observed how, std::size_t n, std::size_t window) {
   const double s = time_window(ioc, n, window, [&](auto h) {
     if (how == observed::stats && ++submitted % 64 == 0)
       read_depth += q.stats().depth;
-    q.async_enqueue<void(error_code)>(one_step_op{ex}, std::move(h));
+    q.async_enqueue<void(error_code)>(lean_step_op{&ex}, std::move(h));
   });
   if ((how == observed::own_hook || how == observed::default_hook) && hook_calls != 4 * n)
     throw std::logic_error("serq_bench: trace hook not called 4 times per entry");
@@ -498,11 +505,11 @@ bench_case contention_case(std::size_t n) {
       net::any_io_executor ex = ioc.get_executor();
       serq::serialized_queue q(ioc);
       if (inl)
-        return time_contended(ioc, n, [&q, ex](auto h) {
-          q.async_enqueue<void(error_code)>(serq::trigger_inline, one_step_op{ex}, std::move(h));
+        return time_contended(ioc, n, [&q, &ex](auto h) {
+          q.async_enqueue<void(error_code)>(serq::trigger_inline, lean_step_op{&ex}, std::move(h));
         });
-      return time_contended(ioc, n, [&q, ex](auto h) {
-        q.async_enqueue<void(error_code)>(one_step_op{ex}, std::move(h));
+      return time_contended(ioc, n, [&q, &ex](auto h) {
+        q.async_enqueue<void(error_code)>(lean_step_op{&ex}, std::move(h));
       });
     };
   };
@@ -519,7 +526,8 @@ bench_case contention_case(std::size_t n) {
                  [n] {
                    net::io_context ioc(2);
                    net::any_io_executor ex = ioc.get_executor();
-                   return time_contended(ioc, n, [ex](auto h) { one_step_op{ex}(std::move(h)); });
+                   return time_contended(ioc, n,
+                                         [&ex](auto h) { lean_step_op{&ex}(std::move(h)); });
                  },
                  {}}};
   return c;
@@ -541,7 +549,7 @@ net::awaitable<void> acquire_worker(serq::serialized_queue& q, std::size_t steps
 net::awaitable<void> enqueue_worker(serq::serialized_queue& q, std::size_t steps) {
   auto ex = co_await net::this_coro::executor;
   for (std::size_t i = 0; i < steps; ++i)
-    co_await q.async_enqueue<void(error_code)>(one_step_op{ex}, net::use_awaitable);
+    co_await q.async_enqueue<void(error_code)>(lean_step_op{&ex}, net::use_awaitable);
 }
 
 net::awaitable<void> hand_worker(hand_queue<net::any_completion_handler<void(error_code)>>& q,
@@ -771,7 +779,7 @@ alloc_result awaitable_allocations(std::size_t n, std::size_t coros) {
   auto worker = [&](std::size_t steps) -> net::awaitable<void> {
     auto ex = co_await net::this_coro::executor;
     for (std::size_t i = 0; i < steps; ++i) {
-      co_await q.async_enqueue<void(error_code)>(one_step_op{ex}, net::use_awaitable);
+      co_await q.async_enqueue<void(error_code)>(lean_step_op{&ex}, net::use_awaitable);
       if (++done == warm)
         mark = allocations_so_far();
     }
@@ -834,6 +842,9 @@ std::vector<std::size_t> depths_for(std::size_t n) {
   return d;
 }
 
+// Case 6a's serq with the one_step_op that holds an any_io_executor, at the first and last depth.
+constexpr const char* fat_op_variant = "serq fat op";
+
 std::string depth_variant(const char* who, std::size_t d) {
   return std::string(who) + " D=" + std::to_string(d);
 }
@@ -858,6 +869,9 @@ bench_case depth_callback_case(std::size_t n, const std::vector<std::size_t>& de
     c.variants.push_back({depth_variant("serq", d), timed(queue_kind::serq_default, d), {}});
     c.variants.push_back({depth_variant("hand-rolled", d), timed(queue_kind::hand, d), {}});
   }
+  // What an operation that holds an executor by value costs: 56 B more in every waiting entry.
+  for (std::size_t d : {depths.front(), depths.back()})
+    c.variants.push_back({depth_variant(fat_op_variant, d), timed(queue_kind::serq_fat, d), {}});
   return c;
 }
 
@@ -881,7 +895,7 @@ net::awaitable<void> depth_serq_worker(serq::serialized_queue* q, std::size_t st
                                        coro_clock* clock) {
   auto ex = co_await net::this_coro::executor;
   for (std::size_t i = 0; i < steps; ++i) {
-    co_await q->async_enqueue<void(error_code)>(one_step_op{ex}, net::use_awaitable);
+    co_await q->async_enqueue<void(error_code)>(lean_step_op{&ex}, net::use_awaitable);
     clock->tick();
   }
 }
