@@ -25,15 +25,45 @@ net::const_buffer* window_storage::initial(std::size_t& capacity) noexcept {
 
 namespace {
 
-// One released window array per thread, taken back by the next window cut
-// on that thread that needs one: a writer that goes idle between bursts
-// does not allocate per burst (as Asio's recycling allocator does for
-// operations; its per-thread cache takes no block of this size).
-struct spare_window {
-  std::unique_ptr<net::const_buffer[]> data;
-  std::size_t size = 0;
+// What a thread keeps for the next writer on it that needs one: the last
+// busy state and the largest gather array given back, so that a writer that
+// drains between messages or bursts does not allocate for them (as Asio's
+// recycling allocator does for operations; its per-thread cache takes no
+// block of these sizes).
+//
+// A writer may give its blocks back while the thread's thread_local objects
+// are destroyed, or, on the main thread, while the program's statics are (a
+// static io_context whose handlers hold writers): after the reaper below.
+// So the slots are trivially destructible, usable to the thread's very end,
+// and the reaper, made when the thread first keeps a block, frees what they
+// hold at thread exit and closes them: a block given back later is freed.
+struct thread_spares {
+  writer_core::busy_state* busy = nullptr;
+  net::const_buffer* window = nullptr;
+  std::size_t window_size = 0;
+  bool closed = false;  // the reaper ran
 };
-thread_local spare_window spare;
+thread_local thread_spares spares;
+
+struct spare_reaper {
+  spare_reaper() = default;
+  spare_reaper(const spare_reaper&) = delete;
+  spare_reaper& operator=(const spare_reaper&) = delete;
+  ~spare_reaper() {
+    delete spares.busy;
+    delete[] spares.window;
+    spares = thread_spares{};
+    spares.closed = true;
+  }
+};
+
+// Whether this thread may keep a block given back now.
+bool may_keep_spare() noexcept {
+  if (spares.closed)
+    return false;
+  thread_local spare_reaper reaper;  // made once per thread, before the first block is kept
+  return true;
+}
 
 }  // namespace
 
@@ -42,9 +72,9 @@ net::const_buffer* window_storage::grow(const net::const_buffer* data, std::size
   if (heap_size_ < size) {
     std::unique_ptr<net::const_buffer[]> bigger;
     std::size_t bigger_size = size;
-    if (spare.data && spare.size >= size) {
-      bigger = std::move(spare.data);
-      bigger_size = std::exchange(spare.size, 0);
+    if (spares.window && spares.window_size >= size) {
+      bigger.reset(std::exchange(spares.window, nullptr));
+      bigger_size = std::exchange(spares.window_size, 0);
     } else {
       bigger.reset(new (std::nothrow) net::const_buffer[size]);
       if (!bigger)
@@ -62,9 +92,10 @@ net::const_buffer* window_storage::grow(const net::const_buffer* data, std::size
 void window_storage::release() noexcept {
   if (!heap_)
     return;
-  if (heap_size_ > spare.size) {
-    spare.data = std::move(heap_);
-    spare.size = heap_size_;
+  if (heap_size_ > spares.window_size && may_keep_spare()) {
+    delete[] spares.window;
+    spares.window = heap_.release();
+    spares.window_size = heap_size_;
   }
   heap_.reset();
   heap_size_ = 0;
@@ -180,15 +211,6 @@ struct writer_core::stall_state {
   bool armed = false;
 };
 
-namespace {
-
-// One idle busy state per thread, taken by the next writer on that thread
-// that gets busy: a writer that drains between messages does not allocate
-// per message.
-thread_local std::unique_ptr<writer_core::busy_state> spare_busy;
-
-}  // namespace
-
 writer_core::busy_state::~busy_state() {
   if (closing_node)
     closing_node->destroy();
@@ -198,11 +220,18 @@ writer_core::busy_state::~busy_state() {
 bool writer_core::make_busy_locked() noexcept {
   if (busy_)
     return true;
-  if (spare_busy)
-    busy_ = spare_busy.release();
+  if (spares.busy)
+    busy_ = std::exchange(spares.busy, nullptr);
   else
     busy_ = new (std::nothrow) busy_state;
   return busy_ != nullptr;
+}
+
+bool writer_core::busy_or_reject_locked(writer_node* n, node_list& rejected) noexcept {
+  if (make_busy_locked())
+    return true;
+  reject_locked(n, writer_node::outcome::no_memory, rejected);
+  return false;
 }
 
 void writer_core::release_busy_locked() noexcept {
@@ -218,8 +247,8 @@ void writer_core::release_busy_locked() noexcept {
   b->head_written[0] = b->head_written[1] = 0;
   b->window = buffer_window();
   b->window_lane = lane::normal;
-  if (!spare_busy)
-    spare_busy.reset(b);
+  if (!spares.busy && may_keep_spare())
+    spares.busy = b;
   else
     delete b;
 }
@@ -286,10 +315,8 @@ bool writer_core::add_locked(writer_node* n, lane l, node_list& rejected, bool& 
     reject_locked(n, writer_node::outcome::too_long, rejected);
     return false;
   }
-  if (!make_busy_locked()) {
-    reject_locked(n, writer_node::outcome::no_memory, rejected);
+  if (!busy_or_reject_locked(n, rejected))
     return false;
-  }
   const bool urgent = l == lane::urgent;
   n->set_place(urgent ? writer_node::place::urgent : writer_node::place::normal);
   if (n->canceller_)
@@ -317,10 +344,8 @@ bool writer_core::add_close_locked(writer_node* n, node_list& rejected) {
                   rejected);
     return false;
   }
-  if (!make_busy_locked()) {
-    reject_locked(n, writer_node::outcome::no_memory, rejected);
+  if (!busy_or_reject_locked(n, rejected))
     return false;
-  }
   if (n->canceller_)
     n->canceller_->node_ = n;
   if (closing_) {
@@ -417,10 +442,8 @@ void writer_core::add_waiter(writer_node* n, node_list& ready) {
         ready);
     return;
   }
-  if (!make_busy_locked()) {
-    reject_locked(n, writer_node::outcome::no_memory, ready);
+  if (!busy_or_reject_locked(n, ready))
     return;
-  }
   n->set_place(writer_node::place::waiters);
   if (n->canceller_)
     n->canceller_->node_ = n;

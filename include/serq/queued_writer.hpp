@@ -155,8 +155,12 @@ inline constexpr urgent_t urgent{};
  * a `write_some` gathers more than four buffers) goes back at the same time.
  * Each thread keeps the last block and array given back, for the next writer
  * on that thread that needs one, so a writer that drains between messages
- * allocates nothing for them. A request that finds no memory for the block
- * completes with `net::error::no_memory`. An idle writer holds neither, nor
+ * allocates nothing for them; what a thread keeps is freed when it ends (a
+ * writer used later still, from the destructor of a `thread_local` or, on
+ * the main thread, of a static, allocates and frees its own). A request that
+ * finds no memory for the block completes with `net::error::no_memory` and
+ * the writer goes on; a window that finds none for the array writes the four
+ * buffers it holds inline. An idle writer holds neither, nor
  * a stall timer before `set_stall_timeout`, nor an urgent queue before the
  * first urgent request.
  *

@@ -8,8 +8,10 @@
 // on another executor only, and still held there; the gather window's array
 // exists only while a window needs it and the writer is busy; the writer's
 // busy state (request lists, window, cancellation signals) only while
-// something is queued, written or closing; the stall timer only once a
-// deadline was set.
+// something is queued, written or closing (a request that finds no memory
+// for it is refused with no_memory; a window that finds none for its gather
+// array is cut shorter); the blocks a thread keeps for its next writer do not
+// outlive the thread; the stall timer only once a deadline was set.
 //
 
 #include <serq/queued_writer.hpp>
@@ -26,6 +28,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace d = serq::detail;
@@ -112,7 +115,68 @@ void written(d::writer_core& core, std::size_t n) {
   done.complete_all(core, d::completion_mode::post);
 }
 
+// Nothrow allocations of exactly this many bytes fail on this thread (0:
+// none). serq asks for two blocks that way, the writer's busy state and its
+// gather array: the tests take them away with this.
+thread_local std::size_t failing_nothrow_size = 0;
+
+// A closing operation for async_close(op, token): notes that it ran and
+// succeeds.
+struct close_op {
+  net::io_context* ioc;
+  bool* ran;
+
+  template <class Token>
+  auto operator()(Token&& token) && {
+    return net::async_initiate<Token, void(error_code)>(
+        [](auto handler, net::io_context* ioc, bool* ran) {
+          *ran = true;
+          net::post(*ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+        },
+        token, ioc, ran);
+  }
+};
+
+// Sends ten one-letter messages, a to j, all queued before the writer runs,
+// on a writer of its own; returns what the peer received and the writer's
+// write_some calls. ok counts the messages that completed without error.
+std::string send_ten(int& ok, std::uint64_t* write_calls = nullptr) {
+  net::io_context ioc;
+  test_stream peer(ioc);
+  serq::queued_writer<test_stream> writer(ioc);
+  writer.next_layer().connect(peer);
+  for (char c = 'a'; c <= 'j'; ++c)
+    writer.async_send(std::string(1, c), [&ok](error_code ec, std::size_t n) {
+      if (!ec && n == 1)
+        ++ok;
+    });
+  ioc.run();
+  if (write_calls)
+    *write_calls = writer.stats().write_calls;
+  return peer.str();
+}
+
 }  // namespace
+
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  if (n == failing_nothrow_size)
+    return nullptr;
+  try {
+    return ::operator new(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  if (n == failing_nothrow_size)
+    return nullptr;
+  try {
+    return ::operator new[](n);
+  } catch (...) {
+    return nullptr;
+  }
+}
 
 BOOST_AUTO_TEST_SUITE(lean_writer)
 
@@ -407,8 +471,10 @@ BOOST_AUTO_TEST_CASE(a_busy_state_given_back_keeps_no_cancellation_handler_of_it
 
   // B's stream installs none. A terminal cancellation of B's partly written
   // head is forwarded to B's write signal: it must not reach A's stream.
-  auto b = std::make_shared<d::writer_core>();
+  // (The user's signal outlives B, whose head, still queued at the end,
+  // unlinks itself from the signal's canceller when B goes.)
   net::cancellation_signal user;
+  auto b = std::make_shared<d::writer_core>();
   auto* head = new plain_node("abcdef", &results);
   head->attach_canceller(user.slot(), b);
   d::node_list rejected;
@@ -418,6 +484,97 @@ BOOST_AUTO_TEST_CASE(a_busy_state_given_back_keeps_no_cancellation_handler_of_it
   written(*b, 2);
   user.emit(net::cancellation_type::terminal);
   BOOST_TEST(!a_stream_cancelled);
+}
+
+BOOST_AUTO_TEST_CASE(a_request_that_finds_no_memory_for_the_busy_state_completes_with_no_memory) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  // X stays busy until run(): it holds whatever busy state this thread
+  // kept, so the writer under test has to allocate its own.
+  test_stream x_peer(ioc);
+  serq::queued_writer<test_stream> x(ioc);
+  x.next_layer().connect(x_peer);
+  x.async_send(std::string("x"), tr.wrap([](error_code ec, std::size_t) { BOOST_TEST(!ec); }));
+
+  test_stream peer(ioc);
+  serq::queued_writer<test_stream> writer(ioc);
+  writer.next_layer().connect(peer);
+  error_code send_ec, close_ec;
+  std::size_t send_bytes = 1;
+  failing_nothrow_size = sizeof(d::writer_core::busy_state);
+  writer.async_send(std::string("lost"), tr.wrap([&](error_code ec, std::size_t n) {
+    send_ec = ec;
+    send_bytes = n;
+  }));
+  bool close_ran = false;
+  writer.async_close(close_op{&ioc, &close_ran}, tr.wrap([&](error_code ec) { close_ec = ec; }));
+  failing_nothrow_size = 0;
+  BOOST_TEST(writer.pending_bytes() == 0u);
+
+  // Refused, not failed: the writer goes on, and it did not start closing.
+  writer.async_send(std::string("kept"), tr.wrap([](error_code ec, std::size_t n) {
+    BOOST_TEST(!ec);
+    BOOST_TEST(n == 4u);
+  }));
+  ioc.run();
+  BOOST_TEST(send_ec == net::error::no_memory);
+  BOOST_TEST(send_bytes == 0u);
+  BOOST_TEST(close_ec == net::error::no_memory);
+  BOOST_TEST(!close_ran);
+  BOOST_TEST(!writer.error());
+  BOOST_TEST(peer.str() == "kept");
+  BOOST_TEST(x_peer.str() == "x");
+}
+
+BOOST_AUTO_TEST_CASE(a_window_that_cannot_get_its_gather_array_writes_four_buffers_a_call) {
+  // On a new thread, which keeps no gather array yet: the first run has to
+  // allocate one, and cannot.
+  int ok_limited = 0, ok_normal = 0;
+  std::string limited, normal;
+  std::uint64_t calls_limited = 0, calls_normal = 0;
+  std::thread([&] {
+    failing_nothrow_size = d::writer_core::default_max_buffers * sizeof(net::const_buffer);
+    limited = send_ten(ok_limited, &calls_limited);
+    failing_nothrow_size = 0;
+    normal = send_ten(ok_normal, &calls_normal);
+  }).join();
+  BOOST_TEST(ok_limited == 10);
+  BOOST_TEST(limited == "abcdefghij");
+  BOOST_TEST(calls_limited >= 3u);  // ten buffers, at most the four inline ones a call
+  BOOST_TEST(ok_normal == 10);
+  BOOST_TEST(normal == "abcdefghij");
+  BOOST_TEST(calls_normal <= 2u);  // gathered
+}
+
+BOOST_AUTO_TEST_CASE(a_writer_used_while_its_thread_ends_leaves_no_block_behind) {
+  // A thread_local made before the thread's first writer is destroyed after
+  // the blocks this thread kept were freed: a writer it uses then must
+  // neither take a freed block nor keep one that nobody frees any more
+  // (ASan and its leak checker see either; a plain build cannot).
+  struct late_user {
+    int* ok = nullptr;
+    std::string* received = nullptr;
+    late_user() = default;
+    late_user(const late_user&) = delete;
+    late_user& operator=(const late_user&) = delete;
+    ~late_user() {
+      if (ok)
+        *received = send_ten(*ok);
+    }
+  };
+  int ok_early = 0, ok_late = 0;
+  std::string early, late;
+  std::thread([&] {
+    thread_local late_user user;
+    // Now this thread keeps a busy state and a gather array.
+    early = send_ten(ok_early);
+    user.ok = &ok_late;
+    user.received = &late;
+  }).join();
+  BOOST_TEST(ok_early == 10);
+  BOOST_TEST(early == "abcdefghij");
+  BOOST_TEST(ok_late == 10);
+  BOOST_TEST(late == "abcdefghij");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -669,6 +669,9 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   }
   // Makes the busy state if there is none; false if it cannot be allocated.
   bool make_busy_locked() noexcept;
+  // The same for a request about to be queued: if there is no memory for
+  // the busy state, n is refused (into rejected) with no_memory.
+  bool busy_or_reject_locked(writer_node* n, node_list& rejected) noexcept;
   // Gives the busy state back once nothing is queued, written or closing.
   void release_busy_locked() noexcept;
   step_action build_window_locked(pump_id id, node_list& done, writer_node*& closing);
