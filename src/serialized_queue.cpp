@@ -216,10 +216,16 @@ void queue_core::activate_locked(entry_base* e, clock::rep now) noexcept {
   busy_ = true;
   active_triggered_ = false;
   core_extras* x = extras();
-  if (!x)
-    return;  // no one observes the queue: nothing to record
-  if (x->tracing())
+  // The kind, for the entry's later trace points: known only if it is traced
+  // now (a hook installed before its trigger learns it there; one installed
+  // later gets none of this entry's points rather than another entry's kind).
+  if (!x || !x->tracing()) {
+    active_kind_ = unknown_kind;
+    if (!x)
+      return;  // no one observes the queue: nothing to record
+  } else {
     active_kind_ = static_cast<unsigned char>(e->kind());  // for one that goes before its trigger
+  }
   const bool untriggered = e == x->untriggered;
   x->active_tag = e->tag_;
   x->active_waited = waited(*x, *e, now);
@@ -461,6 +467,8 @@ void queue_core::trace_trigger_slow(entry_kind k) noexcept {
 
 void queue_core::trace_done_slow(error_code result) noexcept {
   const core_extras& x = *extras();  // tracing: there are extras
+  if (active_kind_ == unknown_kind)
+    return;  // the hook came after this entry's trigger
   entry_info info{x.active_tag, static_cast<entry_kind>(active_kind_), name(),
                   clock::duration(x.active_waited), result};
   if (active_triggered_)

@@ -304,7 +304,8 @@ class basic_serialized_queue {
    * `detach` when it goes, however it goes. It runs with no serq lock held,
    * on the thread where the point happens; it must not throw (an exception
    * leaving it calls `std::terminate`). Points that happen before the call
-   * are not reported.
+   * are not reported; the active entry, if its trigger came before the call,
+   * is not reported at all.
    *
    * A queue nobody observes holds no state for it: the first hook (here or
    * the context's default, which reaches every queue of the context once

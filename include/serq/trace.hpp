@@ -85,7 +85,8 @@ using trace_hook = std::function<void(trace_point, entry_info&)>;
 /// removes it.
 /**
  * Takes effect for points that happen after the call: an entry added before
- * it may be reported from a later point on only. It reaches every queue of
+ * it may be reported from a later point on only (the active entry, if its
+ * trigger came before the call, not at all). It reaches every queue of
  * `ctx` alive then and every one created later. Two kinds of queue are
  * reached only if the context had a default hook before: one whose IO
  * object was already destroyed (its last operation still running), and one

@@ -242,6 +242,46 @@ BOOST_AUTO_TEST_CASE(turns_and_barriers_have_their_kinds_and_a_turn_completes_at
   BOOST_TEST(rec.points(2) == full, boost::test_tools::per_element());
 }
 
+BOOST_AUTO_TEST_CASE(a_hook_installed_after_the_active_entry_was_triggered_reports_none_of_it) {
+  serq::serialized_queue q(ioc);
+  // A traced turn: the last kind the queue traced is acquire.
+  q.set_trace_hook(rec.hook());
+  q.async_acquire([](error_code, serq::turn t) { t.release(); });
+  drain();
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  q.set_trace_hook(serq::trace_hook());
+
+  // An operation triggered untraced installs a hook while it runs; the
+  // barrier behind it was added untraced too.
+  recorder late;
+  bool op_done = false, barrier_done = false;
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        q.set_trace_hook(late.hook());
+        net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+      },
+      [&](error_code ec) {
+        BOOST_TEST(!ec);
+        op_done = true;
+      });
+  q.async_wait([&](error_code ec) {
+    BOOST_TEST(!ec);
+    barrier_done = true;
+  });
+  drain();
+  BOOST_TEST(op_done);
+  BOOST_TEST(barrier_done);
+  // The barrier from its trigger on; nothing of the operation (whose kind
+  // the queue did not learn), in particular not as the turn's kind.
+  std::vector<trace_point> seen;
+  for (const auto& r : late.records) {
+    BOOST_TEST((r.kind == entry_kind::barrier));
+    seen.push_back(r.point);
+  }
+  BOOST_TEST(seen == (std::vector<trace_point>{tp::before_trigger, tp::after_complete, tp::detach}),
+             boost::test_tools::per_element());
+}
+
 BOOST_AUTO_TEST_CASE(every_way_a_waiting_entry_leaves_reports_attach_and_detach_only) {
   std::optional<serq::serialized_queue> q(std::in_place, ioc);
   q->set_trace_hook(rec.hook());
@@ -616,8 +656,10 @@ BOOST_AUTO_TEST_CASE(waits_are_measured_from_the_first_stats_call_on) {
 // fifth makes queues that are destroyed with their only operation active
 // (the default hook's hand-out races their registration and their end).
 // The observers keep going until the adders are done. Nothing is lost, the
-// counts agree, and the default hook installed last reaches a queue; TSan
-// checks the rest.
+// counts agree, the default hook installed last reaches a queue, and an
+// entry whose attach a hook saw (and tagged) is reported at most once per
+// point, in order, always with its own kind, however the hooks changed in
+// between; TSan checks the rest.
 BOOST_AUTO_TEST_CASE(observers_come_and_go_while_threads_add_and_complete) {
   constexpr int rounds = 50;
   constexpr int per_producer = 200;
@@ -629,7 +671,23 @@ BOOST_AUTO_TEST_CASE(observers_come_and_go_while_threads_add_and_complete) {
   for (int i = 0; i < 2; ++i)
     runners.emplace_back([&] { ioc.run(); });
   std::atomic<int> hook_calls{0};
-  const serq::trace_hook hook = [&](trace_point, serq::entry_info&) { hook_calls.fetch_add(1); };
+  struct seen_point {
+    std::uint64_t tag;
+    trace_point point;
+    entry_kind kind;
+  };
+  std::mutex seen_mutex;
+  std::vector<seen_point> seen;  // an entry's points happen one after another: in order here
+  std::atomic<std::uint64_t> next_tag{1};
+  const serq::trace_hook hook = [&](trace_point p, serq::entry_info& info) {
+    hook_calls.fetch_add(1);
+    if (p == tp::attach)
+      info.tag = next_tag.fetch_add(1);
+    if (info.tag != 0) {
+      std::lock_guard<std::mutex> lock(seen_mutex);
+      seen.push_back({info.tag, p, info.kind});
+    }
+  };
   std::atomic<int> done{0};
   std::atomic<int> short_lived_done{0};
   std::promise<void> short_lived_all;
@@ -701,6 +759,20 @@ BOOST_AUTO_TEST_CASE(observers_come_and_go_while_threads_add_and_complete) {
   }
   BOOST_TEST(added == static_cast<std::uint64_t>(2 * per_producer + queues.size() + 1));
   BOOST_TEST(hook_calls.load() == 4);
+
+  // Per tagged entry: points strictly in their order (so none twice), the
+  // first one its attach, every one with the kind its attach reported.
+  std::vector<std::optional<seen_point>> last(next_tag.load());
+  std::size_t bad = 0;
+  for (const seen_point& r : seen) {
+    auto& prev = last.at(r.tag);
+    if (prev ? (r.point <= prev->point || r.kind != prev->kind) : r.point != tp::attach)
+      ++bad;
+    prev = r;
+  }
+  BOOST_TEST_MESSAGE("tagged points: " << seen.size());
+  BOOST_TEST(!seen.empty());
+  BOOST_TEST(bad == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(stats_are_consistent_while_threads_add_and_complete) {

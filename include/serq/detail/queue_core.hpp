@@ -384,8 +384,10 @@ class queue_core : public service_member {
   // reference to itself, released when the queue goes idle.
   bool orphan_held_ = false;
   bool active_triggered_ = false;
-  // The active entry's kind (an entry_kind in one byte), for its trace points.
-  unsigned char active_kind_ = static_cast<unsigned char>(entry_kind::operation);
+  // The active entry's kind (an entry_kind in one byte), for its trace
+  // points; unknown_kind if it was not traced when it became active.
+  static constexpr unsigned char unknown_kind = 0xff;
+  unsigned char active_kind_ = unknown_kind;
   // The name: none, one of serq's own (a literal, nothing stored), or the
   // extras' copy of the user's.
   unsigned char name_kind_ = 0;

@@ -48,12 +48,16 @@ template <class Executor>
 basic_serialized_queue<Executor>& basic_serialized_queue<Executor>::operator=(
     basic_serialized_queue&& other) {
   if (this != &other) {
-    // other's next core first: if making it throws, both queues stay as they were.
+    // other's next core first: if making it throws, both queues stay as
+    // they were. Nothing else throws until this queue's old core is closed
+    // (executors copy without throwing), and by then both queues hold their
+    // new cores: if closing it throws (posting an aborted entry's
+    // completion), both stay usable.
     detail::core_ref fresh = other.service_->create(other.executor_, other.core_->name());
-    service_->destroy(std::move(core_));
+    detail::core_ref old = std::exchange(core_, std::exchange(other.core_, std::move(fresh)));
+    serialized_queue_service* const old_service = std::exchange(service_, other.service_);
     executor_ = other.executor_;
-    service_ = other.service_;
-    core_ = std::exchange(other.core_, std::move(fresh));
+    old_service->destroy(std::move(old));
   }
   return *this;
 }
