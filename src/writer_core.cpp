@@ -668,6 +668,11 @@ step_action writer_core::build_window_locked(pump_id id, node_list& done, writer
       n->set_started(false);
     busy_->window_nodes = 0;
     end_segment_locked(id);
+    // The mark that begins the next segment, now at the front, has nothing
+    // left to hold back: without it a writer idle after a composed operation
+    // gives its busy state back (the next segment's pump, if one comes,
+    // finds no mark to pass).
+    drop_passed_marks_locked(pump_id{id.l, id.segment + 1, false});
     release_window_locked();
     return step_action::drained;
   }

@@ -157,7 +157,9 @@ inline constexpr urgent_t urgent{};
  * on that thread that needs one, so a writer that drains between messages
  * allocates nothing for them; what a thread keeps is freed when it ends (a
  * writer used later still, from the destructor of a `thread_local` or, on
- * the main thread, of a static, allocates and frees its own). A request that
+ * the main thread, of a static, allocates and frees its own; only a main
+ * thread that first keeps a block during static destruction keeps it until
+ * the process exits). A request that
  * finds no memory for the block completes with `net::error::no_memory` and
  * the writer goes on; a window that finds none for the array writes the four
  * buffers it holds inline. An idle writer holds neither, nor

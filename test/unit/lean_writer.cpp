@@ -428,6 +428,29 @@ BOOST_AUTO_TEST_CASE(the_busy_state_exists_only_while_something_is_queued_writte
   BOOST_TEST(!core->holds_busy_state());
 }
 
+BOOST_AUTO_TEST_CASE(a_writer_idle_after_a_composed_operation_gives_its_busy_state_back) {
+  auto core = std::make_shared<d::writer_core>();
+  std::vector<completion> results;
+  add_messages(*core, 1, results);
+  // A composed operation behind the write: a mark ends segment 0.
+  BOOST_TEST(!core->add_operation([] {}));
+  BOOST_TEST(cut_window(*core) == 1u);
+  written(*core, 1);
+  BOOST_TEST(results.size() == 1u);
+  BOOST_TEST(!next_window_bytes(*core));  // segment 0's pump drains
+  BOOST_TEST(!core->holds_busy_state());
+
+  // The next segment's writes go out with a pump of their own.
+  d::node_list rejected;
+  core->add(new plain_node("y", &results), rejected, [](std::uint32_t) {});
+  BOOST_TEST_REQUIRE(rejected.empty());
+  BOOST_TEST((next_window_bytes(*core, 1) == std::optional<std::string>("y")));
+  written(*core, 1);
+  BOOST_TEST(!next_window_bytes(*core, 1));
+  BOOST_TEST(results.size() == 2u);
+  BOOST_TEST(!core->holds_busy_state());
+}
+
 BOOST_AUTO_TEST_CASE(a_failed_writer_gives_its_busy_state_back_and_keeps_its_error) {
   auto core = std::make_shared<d::writer_core>();
   std::vector<completion> results;
@@ -478,7 +501,9 @@ BOOST_AUTO_TEST_CASE(a_busy_state_given_back_keeps_no_cancellation_handler_of_it
   auto* head = new plain_node("abcdef", &results);
   head->attach_canceller(user.slot(), b);
   d::node_list rejected;
+  failing_nothrow_size = sizeof(d::writer_core::busy_state);  // B can only get A's block
   b->add(head, rejected, [](std::uint32_t) {});
+  failing_nothrow_size = 0;
   BOOST_TEST_REQUIRE(rejected.empty());
   BOOST_TEST_REQUIRE(b->next_write(0, done, [](const d::buffer_window&) {}));
   written(*b, 2);
