@@ -157,7 +157,12 @@ void node_canceller::operator()(net::cancellation_type_t type) {
       return;  // completed already: a stale signal
     if (n->node_kind() == writer_node::kind::close && n->started()) {
       // The closing operation runs: it decides, as the stream's rules say.
-      core->busy_->close_signal.emit(type);
+      // Until it is launched (what finished before it completes first) the
+      // signal waits in the node, for close_launched to pass on.
+      if (core->close_launched_)
+        core->busy_->close_signal.emit(type);
+      else
+        n->add_cancel_pending(type);
     } else if (!n->started()) {
       const bool queued_close =
           n->node_kind() == writer_node::kind::close && n->where() == writer_node::place::normal;
@@ -740,11 +745,22 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
   update_writable_locked(done);
 }
 
+void writer_core::close_launched() {
+  std::lock_guard lock(mutex_);
+  writer_node* n = busy_ ? busy_->closing_node : nullptr;
+  if (!n)
+    return;  // it completed inside its launch
+  close_launched_ = true;
+  if (const net::cancellation_type_t t = n->cancel_pending(); t != net::cancellation_type::none)
+    busy_->close_signal.emit(t);
+}
+
 void writer_core::on_closed(const error_code& ec, node_list& done) {
   std::lock_guard lock(mutex_);
   writer_node* n = busy_ ? std::exchange(busy_->closing_node, nullptr) : nullptr;
   if (!n)
     return;  // the context shut down, destroying it
+  close_launched_ = false;
   if (n->canceller_) {
     n->canceller_->node_ = nullptr;
     n->canceller_ = nullptr;

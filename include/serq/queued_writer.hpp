@@ -408,7 +408,9 @@ class queued_writer {
    * All types while the close is queued: it completes with
    * `operation_aborted`, the writer stays open (new requests are accepted
    * again), and the `async_close` calls that joined it are aborted too. Once
-   * the shutdown runs, signals are passed to it: the stream's rules apply (a
+   * every write before it is done, signals are passed to the shutdown (one
+   * that arrives while the completions of those writes are still being
+   * delivered reaches it as soon as it starts): the stream's rules apply (a
    * socket's shutdown is instantaneous; a TLS shutdown honours every type).
    *
    * @par Errors

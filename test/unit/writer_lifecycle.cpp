@@ -441,6 +441,79 @@ BOOST_AUTO_TEST_CASE(close_with_a_closing_operation_runs_it_after_the_queued_wri
   BOOST_TEST(!eof);  // the operation given decides how the stream closes
 }
 
+// A closing operation that finishes only when cancelled, with
+// operation_aborted; it records that it was launched and the signal it got.
+struct close_until_cancelled {
+  net::io_context* ioc;
+  bool* launched;
+  net::cancellation_type_t* seen;
+
+  template <class Token>
+  auto operator()(Token&& token) && {
+    return net::async_initiate<Token, void(error_code)>(
+        [](auto handler, net::io_context* ioc, bool* launched, net::cancellation_type_t* seen) {
+          *launched = true;
+          auto slot = net::get_associated_cancellation_slot(handler);
+          BOOST_TEST_REQUIRE(slot.is_connected());
+          using handler_type = decltype(handler);
+          auto held = std::make_shared<std::optional<handler_type>>(std::move(handler));
+          slot.assign([held, ioc, seen](net::cancellation_type_t t) {
+            *seen = t;
+            net::post(*ioc, [held] {
+              if (*held) {
+                handler_type h = std::move(**held);
+                held->reset();
+                std::move(h)(error_code(net::error::operation_aborted));
+              }
+            });
+          });
+        },
+        token, ioc, launched, seen);
+  }
+};
+
+BOOST_AUTO_TEST_CASE(a_close_cancelled_after_it_is_due_but_before_it_starts_gets_the_signal) {
+  net::io_context ioc;
+  serq_test::test_stream peer(ioc);
+  serq::queued_writer<serq_test::test_stream> writer(ioc);
+  writer.next_layer().connect(peer);
+
+  // A handler that runs once the close is due (every write before it is
+  // done) and before its operation starts (what finished before the close
+  // completes first) cancels the close: the signal must reach the operation.
+  net::cancellation_signal close_cancel;
+  bool launched = false;
+  net::cancellation_type_t seen = net::cancellation_type::none;
+  error_code close_ec = net::error::would_block;
+  // An operation first: the writes after it wait for it, so the pump that
+  // goes on behind it finds an empty message at the head, done at once, and
+  // then the close: due now, launched once the empty message's handler has
+  // run, and that handler cancels the close.
+  writer.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+      },
+      [](error_code ec) { BOOST_TEST(!ec); });
+  writer.async_write(net::const_buffer(), [&](error_code ec, std::size_t n) {
+    BOOST_TEST(!ec);
+    BOOST_TEST(n == 0u);
+    BOOST_TEST(!launched);
+    close_cancel.emit(net::cancellation_type::terminal);
+  });
+  writer.async_close(
+      close_until_cancelled{&ioc, &launched, &seen},
+      net::bind_cancellation_slot(close_cancel.slot(), [&](error_code ec) { close_ec = ec; }));
+  // Not run(): without the signal the close would never finish.
+  for (int i = 0; i < 100 && close_ec == net::error::would_block; ++i) {
+    ioc.restart();
+    ioc.poll();
+  }
+  BOOST_TEST(launched);
+  BOOST_TEST((seen == net::cancellation_type::terminal));
+  BOOST_TEST(close_ec == net::error::operation_aborted);
+  BOOST_TEST(peer.str().empty());
+}
+
 BOOST_AUTO_TEST_CASE(tls_close_sends_every_byte_then_a_clean_shutdown) {
   using tls_stream = net::ssl::stream<tcp::socket>;
   serq_test::tls_contexts tls;

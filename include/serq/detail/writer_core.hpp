@@ -555,6 +555,10 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // Attributes the result of one write_some to the messages in order.
   void on_written(const error_code& ec, std::size_t n, node_list& done);
 
+  // The closing operation of the due close was launched (its cancellation
+  // slot, close_slot(), is bound): signals the close received since it was
+  // due are passed on now.
+  void close_launched();
   // The closing operation started by a close's pump has finished with ec.
   void on_closed(const error_code& ec, node_list& done);
 
@@ -727,6 +731,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   bool closing_ = false;  // async_close was called and has not completed
   bool close_done_ = false;
   bool terminal_requested_ = false;
+  bool close_launched_ = false;  // the due close's operation has its slot
   // Urgent items were queued and the urgent queue may hold some: every
   // holder of the writer queue's turn lends it the stream first.
   bool urgent_pending_ = false;

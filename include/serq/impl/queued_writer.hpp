@@ -865,9 +865,10 @@ class writer_state final : public writer_core {
       case step_action::close:
         // What finished before the close completes before it starts.
         complete_then(keep, done, [closing, id](std::shared_ptr<writer_state> st) {
-          writer_state& state = *st;
-          static_cast<close_request<writer_state>*>(closing)->launch(state,
+          const std::shared_ptr<writer_state> state = st;
+          static_cast<close_request<writer_state>*>(closing)->launch(*state,
                                                                      close_done(std::move(st), id));
+          state->close_launched();
         });
         break;
     }
