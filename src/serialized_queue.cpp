@@ -7,6 +7,7 @@
 #include <serq/serialized_queue_service.hpp>
 #include <serq/turn.hpp>
 
+#include <exception>
 #include <iterator>
 #include <memory>
 #include <new>
@@ -19,6 +20,10 @@ namespace detail {
 // ---- entry_base ------------------------------------------------------------
 
 void entry_base::abandon() noexcept {
+  if (launch_guard* guard = launch_guard::current(this)) {
+    guard->set_abandoned();  // the guard abandons the entry once its lock is released
+    return;
+  }
   queue_core* core = core_;
   destroy();
   core->trace_done(net::error::shut_down);
@@ -103,6 +108,11 @@ launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching) {
 
 launch_guard::~launch_guard() {
   launching = outer_;
+  if (abandoned_) {
+    if (lock_.owns_lock())
+      lock_.unlock();
+    entry_.abandon();
+  }
 }
 
 net::cancellation_slot launch_guard::slot_of(const entry_base& e) noexcept {
@@ -334,8 +344,16 @@ entry_base* queue_core::finish_and_take_next(void* work_out) noexcept {
 }
 
 void queue_core::finish() noexcept {
-  if (entry_base* next = finish_and_take_next(nullptr))
-    next->trigger();
+  if (entry_base* next = finish_and_take_next(nullptr)) {
+    try {
+      next->trigger();
+    } catch (...) {
+      // The executor could not take the trigger (std::bad_alloc): the
+      // posted function that owned next was destroyed unrun, which
+      // abandoned next (its handler destroyed, as at shutdown) and handed
+      // the queue on. Nothing is lost; there is no caller to tell.
+    }
+  }
 }
 
 queue_core::untrigger_result queue_core::untrigger(entry_base* e) noexcept {
@@ -483,11 +501,20 @@ void queue_core::release_turn() noexcept {
 
 namespace {
 // Completes every entry of list with operation_aborted (each posts its
-// handler, so this never runs user code inline).
-std::size_t abort_all(entry_list list) {
+// handler, so this never runs user code inline). An entry whose completion
+// cannot be posted (std::bad_alloc from its executor) is freed before the
+// exception leaves its abort(), and its handler destroyed unrun, as at the
+// context's shutdown: the walk goes on, and the first such exception is
+// returned.
+std::size_t abort_all(entry_list list, std::exception_ptr& failure) noexcept {
   std::size_t n = 0;
   while (entry_base* e = list.pop_front()) {
-    e->abort();
+    try {
+      e->abort();
+    } catch (...) {
+      if (!failure)
+        failure = std::current_exception();
+    }
     ++n;
   }
   return n;
@@ -501,8 +528,11 @@ std::size_t queue_core::cancel() {
     list = take_all_locked();
   }
   trace_left(list, net::error::operation_aborted);
-  const std::size_t n = abort_all(std::move(list));
+  std::exception_ptr failure;
+  const std::size_t n = abort_all(std::move(list), failure);
   release_work_if_idle();
+  if (failure)
+    std::rethrow_exception(failure);
   return n;
 }
 
@@ -518,7 +548,11 @@ void queue_core::close() {
     }
   }
   trace_left(list, net::error::operation_aborted);
-  abort_all(std::move(list));
+  // The IO object is going away (this runs in its destructor): an entry
+  // whose completion could not be posted was destroyed unrun, and nothing
+  // is thrown.
+  std::exception_ptr failure;
+  abort_all(std::move(list), failure);
   release_work_if_idle();
 }
 
@@ -540,7 +574,14 @@ void queue_core::shutdown() noexcept {
 void submit(queue_core& core, entry_base* e, bool allow_inline) {
   if (core.tracing())
     core.trace_entry(trace_point::attach, *e, error_code());
-  switch (core.add(e, allow_inline)) {
+  queue_core::add_result added;
+  try {
+    added = core.add(e, allow_inline);  // counting the queue's work may allocate
+  } catch (...) {
+    e->destroy();  // never queued: the exception leaves the initiating function
+    throw;
+  }
+  switch (added) {
     case queue_core::add_result::queued:
       break;
     case queue_core::add_result::trigger:

@@ -290,6 +290,11 @@ class basic_serialized_queue {
    * Each completes with `operation_aborted` (posted, never inside this call).
    * The active entry is not affected.
    *
+   * If a completion cannot be posted (the executor throws, e.g.
+   * `std::bad_alloc`), that entry's handler is destroyed without being
+   * invoked, as at the context's shutdown; the other entries are aborted
+   * as usual, and then the first such exception is rethrown.
+   *
    * @returns The number of entries aborted.
    */
   std::size_t cancel();

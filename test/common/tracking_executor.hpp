@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cstddef>
 #include <memory>
+#include <new>
 #include <type_traits>
 #include <utility>
 
@@ -36,6 +37,9 @@ struct executor_tracking_state {
   std::atomic<std::size_t> executions{0};
   /// Functions that have finished running.
   std::atomic<std::size_t> completed{0};
+  /// The next this many execute() calls throw std::bad_alloc instead (an
+  /// executor that cannot allocate the function's operation).
+  std::atomic<std::size_t> fail_next{0};
 };
 
 namespace detail {
@@ -106,6 +110,9 @@ class tracking_executor {
 
   template <class Function>
   void execute(Function&& f) const {
+    for (std::size_t n = state_->fail_next.load(); n != 0;)
+      if (state_->fail_next.compare_exchange_weak(n, n - 1))
+        throw std::bad_alloc();
     ++state_->executions;
     inner_.execute(
         detail::marked_function<std::decay_t<Function>>(std::forward<Function>(f), state_));

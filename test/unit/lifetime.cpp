@@ -335,6 +335,64 @@ BOOST_AUTO_TEST_CASE(throwing_handler_propagates_out_of_run_and_the_queue_goes_o
   BOOST_TEST(q.empty());
 }
 
+// A handler that owns the cancellation signal its slot comes from (as the
+// state of an awaitable operator or a parallel group does). Dropped without
+// being invoked, it may emit that signal (cancelling what it led) and then
+// frees it, with the queue's canceller in it.
+class signal_owning_handler {
+ public:
+  signal_owning_handler(bool emit_when_dropped, int& dropped)
+      : signal_(std::make_shared<net::cancellation_signal>()),
+        emit_(emit_when_dropped),
+        dropped_(&dropped) {}
+  signal_owning_handler(signal_owning_handler&&) noexcept = default;
+  signal_owning_handler& operator=(signal_owning_handler&&) = delete;
+  ~signal_owning_handler() {
+    if (!signal_)
+      return;  // moved from
+    if (emit_)
+      signal_->emit(net::cancellation_type::terminal);
+    ++*dropped_;
+  }
+
+  void operator()(error_code) { BOOST_ERROR("the handler of a failed initiation was invoked"); }
+
+  using cancellation_slot_type = net::cancellation_slot;
+  cancellation_slot_type get_cancellation_slot() const noexcept { return signal_->slot(); }
+
+ private:
+  std::shared_ptr<net::cancellation_signal> signal_;
+  bool emit_;
+  int* dropped_;
+};
+
+BOOST_AUTO_TEST_CASE(an_initiation_that_throws_drops_a_handler_owning_its_signal_safely) {
+  // The handler is destroyed as the exception leaves the launch; the queue
+  // must have let go of the canceller (in that signal) by then: emitting it
+  // took the canceller's lock, which the launch held (a self-deadlock), and
+  // freeing it left the launch to unlock freed memory (ASan).
+  for (const bool emit : {false, true}) {
+    net::io_context ioc;
+    serq::serialized_queue q(ioc.get_executor());
+    int dropped = 0;
+    bool next_ran = false;
+    q.async_enqueue<void(error_code)>(
+        [](auto handler) {
+          (void)handler;
+          throw std::runtime_error("initiation failure");
+        },
+        signal_owning_handler(emit, dropped));
+    q.async_enqueue<void(error_code)>(one_step(ioc.get_executor()),
+                                      [&](error_code ec) { next_ran = !ec; });
+    BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
+    BOOST_TEST(dropped == 1);
+    ioc.restart();
+    ioc.run();
+    BOOST_TEST(next_ran);  // the queue went on
+    BOOST_TEST(q.empty());
+  }
+}
+
 BOOST_AUTO_TEST_CASE(throwing_write_handler_leaves_the_writer_consistent) {
   net::io_context ioc;
   serq_test::test_stream a(ioc), b(ioc);

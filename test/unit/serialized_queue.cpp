@@ -624,6 +624,135 @@ BOOST_AUTO_TEST_CASE(destroying_turn_ends_it) {
   BOOST_TEST(launched == 1);
 }
 
+// An aborted entry's completion is posted; when its executor cannot take
+// it (std::bad_alloc), that handler is destroyed unrun, as at shutdown, and
+// the other entries are still aborted: none is lost, and the queue's work
+// does not keep run() from returning.
+BOOST_AUTO_TEST_CASE(cancel_whose_post_fails_aborts_the_rest_then_rethrows) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
+  serq::basic_serialized_queue<decltype(tracked)> q(tracked);
+
+  std::optional<serq::turn> held;
+  q.async_acquire(tr.wrap([&](error_code, serq::turn t) { held.emplace(std::move(t)); }));
+  ioc.poll();
+  ioc.restart();  // out of work once the turn was handed out
+  BOOST_TEST_REQUIRE(held.has_value());
+  int launched = 0;
+  int aborted = 0;
+  for (int i = 0; i < 3; ++i)
+    q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
+                                      tr.wrap([&](error_code ec) {
+                                        if (ec == net::error::operation_aborted)
+                                          ++aborted;
+                                      }));
+  tracked.state()->fail_next = 1;  // the first abort's post
+  BOOST_CHECK_THROW(q.cancel(), std::bad_alloc);
+  BOOST_TEST(tr.destroyed_uninvoked() == 1u);
+  BOOST_TEST(q.size() == 1u);  // the turn
+  held.reset();
+  ioc.run();  // returns: no entry is left holding the queue's work
+  BOOST_TEST(aborted == 2);
+  BOOST_TEST(launched == 0);
+  tr.check_all_accounted();
+}
+
+// Releasing a turn triggers the next entry: its launch is posted. When the
+// executor cannot take it (std::bad_alloc) inside that noexcept release, the
+// entry is dropped as at shutdown (its handler destroyed unrun) and the one
+// after it goes on; the release does not terminate the program.
+BOOST_AUTO_TEST_CASE(a_trigger_that_cannot_be_posted_drops_its_entry_and_the_queue_goes_on) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
+  serq::basic_serialized_queue<decltype(tracked)> q(tracked);
+
+  std::optional<serq::turn> held;
+  q.async_acquire(tr.wrap([&](error_code, serq::turn t) { held.emplace(std::move(t)); }));
+  ioc.poll();
+  ioc.restart();  // out of work once the turn was handed out
+  BOOST_TEST_REQUIRE(held.has_value());
+  int launched = 0;
+  int completed = 0;
+  for (int i = 0; i < 2; ++i)
+    q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
+                                      tr.wrap([&](error_code ec) {
+                                        if (!ec)
+                                          ++completed;
+                                      }));
+  tracked.state()->fail_next = 1;  // the first entry's trigger
+  held.reset();
+  BOOST_TEST(tr.destroyed_uninvoked() == 1u);
+  ioc.run();
+  BOOST_TEST(launched == 1);
+  BOOST_TEST(completed == 1);
+  BOOST_TEST(q.empty());
+  tr.check_all_accounted();
+}
+
+BOOST_AUTO_TEST_CASE(destroying_a_queue_whose_abort_post_fails_neither_throws_nor_loses_entries) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
+  int aborted = 0;
+  {
+    std::optional<serq::turn> held;  // outlives the queue: its release triggers nothing
+    serq::basic_serialized_queue<decltype(tracked)> q(tracked);
+    q.async_acquire(tr.wrap([&](error_code, serq::turn t) { held.emplace(std::move(t)); }));
+    ioc.poll();
+    ioc.restart();  // out of work once the turn was handed out
+    int launched = 0;
+    for (int i = 0; i < 3; ++i)
+      q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
+                                        tr.wrap([&](error_code ec) {
+                                          if (ec == net::error::operation_aborted)
+                                            ++aborted;
+                                        }));
+    tracked.state()->fail_next = 2;
+  }  // the destructor aborts the three: two posts fail
+  BOOST_TEST(tr.destroyed_uninvoked() == 2u);
+  ioc.run();
+  BOOST_TEST(aborted == 1);
+  tr.check_all_accounted();
+}
+
+// An operation that cannot be copied into its entry (its copy throws, as a
+// copy that allocates may): the exception leaves async_enqueue, and the entry
+// keeps nothing: no outstanding work on the handler's executor (its
+// context's run() returns), no canceller in the handler's slot.
+struct copy_throws {
+  copy_throws() = default;
+  copy_throws(const copy_throws&) { throw std::runtime_error("operation copy"); }
+  copy_throws(copy_throws&&) noexcept = default;
+  template <class Handler>
+  void operator()(Handler handler) const {
+    net::post(net::append(std::move(handler), error_code()));
+  }
+};
+
+BOOST_AUTO_TEST_CASE(an_operation_whose_copy_throws_leaves_nothing_behind) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  net::io_context handler_ioc;  // the handler's executor: not the queue's
+  serq::serialized_queue q(ioc);
+  net::cancellation_signal sig;
+  const copy_throws op;
+  BOOST_CHECK_THROW(q.async_enqueue<void(error_code)>(
+                        op, net::bind_cancellation_slot(
+                                sig.slot(), net::bind_executor(handler_ioc, tr.wrap([](error_code) {
+                                  BOOST_ERROR("the handler of a failed call was invoked");
+                                })))),
+                    std::runtime_error);
+  BOOST_TEST(!sig.slot().has_handler());
+  BOOST_TEST(q.empty());
+  handler_ioc.poll();
+  BOOST_TEST(handler_ioc.stopped());  // no work left behind
+  ioc.poll();
+  BOOST_TEST(ioc.stopped());
+  BOOST_TEST(tr.destroyed_uninvoked() == 1u);
+}
+
 BOOST_AUTO_TEST_CASE(moving_a_turn_transfers_it_and_move_assignment_releases_the_old_one) {
   serq_test::handler_tracker tr;
   net::io_context ioc;

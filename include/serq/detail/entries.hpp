@@ -298,14 +298,28 @@ class handler_entry : public entry_base, public tracked_entry {
   handler_entry(func_type f, const core_ref& core, H&& h, entry_kind kind)
       : entry_base(f, *core), handler_(std::forward<H>(h)) {
     track_creation(tracking_name(kind));
-    attach_canceller(net::get_associated_cancellation_slot(handler_), core);
     // A handler without an associated executor of its own has the queue's:
     // no comparison needed (on any_io_executor it is a type-erased call).
-    if constexpr (!has_own_executor<Handler>::value)
-      return;
-    handler_executor_type ex = handler_executor();
-    if (!same_executor(ex))
-      work_ = allocate_node<handler_work>(handler_, std::move(ex));
+    if constexpr (has_own_executor<Handler>::value) {
+      handler_executor_type ex = handler_executor();
+      if (!same_executor(ex))
+        work_ = allocate_node<handler_work>(handler_, std::move(ex));
+    }
+    // Last: what a derived entry's constructor cannot make undoes it
+    // (undo_construction).
+    try {
+      attach_canceller(net::get_associated_cancellation_slot(handler_), core);
+    } catch (...) {
+      release_work();
+      throw;
+    }
+  }
+
+  // The derived entry's constructor failed after this one had finished:
+  // gives back the handler's work and the user's cancellation slot.
+  void undo_construction() noexcept {
+    release_work();
+    detach_canceller(net::get_associated_cancellation_slot(handler_));
   }
 
   // Whether ex, the handler's executor, is the queue's. On a queue whose
@@ -426,6 +440,11 @@ class handler_entry : public entry_base, public tracked_entry {
     allocator_type alloc_;
   };
 
+  void release_work() noexcept {
+    if (handler_work* w = std::exchange(work_, nullptr))
+      deallocate_node(w, get_allocator());
+  }
+
   handler_work* work_ = nullptr;  // only when the handler's executor is not the queue's
 };
 
@@ -529,7 +548,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
   template <class L, class H>
   op_entry(const core_ref& core, L&& l, H&& h)
       : base(&op_entry::do_action, core, std::forward<H>(h), entry_kind::operation),
-        launcher_(std::forward<L>(l)) {}
+        launcher_(make_launcher(std::forward<L>(l))) {}
 
   user_allocator_type user_allocator() const noexcept {
     return net::get_associated_allocator(this->handler_);
@@ -635,7 +654,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
       launch_guard guard(*this);
       cancelled = guard.cancelled();
       if (!cancelled) {
-        Launcher l(std::move(launcher_));
+        Launcher l = take_launcher();
         if constexpr (std::is_same_v<QueueExecutor, net::any_io_executor>) {
           if (this->typed_core().io_target())
             std::move(l)(launched_handler<op_entry, net::io_context::executor_type>(this));
@@ -656,6 +675,30 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
     // Cancelled after it was triggered but before it started: it never ran.
     std::apply([this](auto&&... args) { this->finish_posted(std::move(args)...); },
                queueable_signature<Signature>::aborted());
+  }
+
+  // Moves the operation out to launch it. A move that throws leaves no
+  // handler to finish the entry: it is abandoned (once the launch is over)
+  // and the queue moves on, as when an operation's initiation throws.
+  Launcher take_launcher() {
+    try {
+      return Launcher(std::move(launcher_));
+    } catch (...) {
+      this->abandon();
+      throw;
+    }
+  }
+
+  // The operation, copied or moved in; if that throws, the entry gives back
+  // what its base took before the exception leaves the initiating function.
+  template <class L>
+  Launcher make_launcher(L&& l) {
+    try {
+      return Launcher(std::forward<L>(l));
+    } catch (...) {
+      this->undo_construction();
+      throw;
+    }
   }
 
   Launcher launcher_;

@@ -84,6 +84,14 @@ class entry_base {
   // Installs the forwarding cancellation handler into the user's slot. Called
   // from the initiating function, where emplacing into the slot is allowed.
   void attach_canceller(net::cancellation_slot slot, const core_ref& core);
+  // Undoes attach_canceller for an entry whose construction failed: slot
+  // is the one given to it.
+  void detach_canceller(net::cancellation_slot slot) noexcept {
+    if (canceller_) {
+      slot.clear();
+      canceller_ = nullptr;
+    }
+  }
 
  private:
   friend class queue_core;
@@ -168,12 +176,20 @@ class launch_guard {
   void set_completed_inline() noexcept { completed_inline_ = true; }
   bool completed_inline() const noexcept { return completed_inline_; }
 
+  // The entry's handler was dropped inside its launch (an initiation that
+  // threw, or an operation that gave its handler up): the entry is
+  // abandoned once the launch is over and this guard's lock released, for
+  // the user handler's destructor may destroy the signal that holds the
+  // canceller, or emit it.
+  void set_abandoned() noexcept { abandoned_ = true; }
+
  private:
   entry_base& entry_;
   launch_guard* outer_;
   std::unique_lock<small_mutex> lock_;
   bool cancelled_ = false;
   bool completed_inline_ = false;
+  bool abandoned_ = false;
 };
 
 // Waits until no thread is inside launch_guard for this entry's canceller:
