@@ -6,7 +6,9 @@
 #include <serq/detail/writer_core.hpp>
 
 #include <algorithm>
+#include <new>
 #include <stdexcept>
+#include <system_error>
 #include <utility>
 
 SERQ_NAMESPACE_BEGIN
@@ -922,6 +924,64 @@ void writer_core::note_write_started_locked() {
   stall_->write_started = clock::now();
   if (!stall_->armed)
     arm_stall_timer_locked(stall_->write_started + stall_->timeout);
+}
+
+namespace {
+// The writer whose start_write runs on this thread (write_start_scope).
+thread_local const writer_core* write_starter = nullptr;
+
+// The error a write reports when starting it threw the current exception.
+error_code error_of_current_exception() noexcept {
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    return net::error::no_memory;
+  } catch (const system_error& e) {
+    return e.code();
+#if !defined(SERQ_ASIO_STANDALONE)
+  } catch (const std::system_error& e) {
+    return error_code(e.code());
+#endif
+  } catch (...) {
+    return net::error::operation_not_supported;
+  }
+}
+}  // namespace
+
+writer_core::write_start_scope::write_start_scope(const writer_core* core) noexcept
+    : outer_(write_starter) {
+  write_starter = core;
+}
+
+writer_core::write_start_scope::~write_start_scope() {
+  write_starter = outer_;
+}
+
+bool writer_core::starting_write() const noexcept {
+  return write_starter == this;
+}
+
+void writer_core::pump_not_started_locked(writer_node* n, lane l, node_list& rejected) noexcept {
+  // n began its segment, which has no other node: without a pump the
+  // segment is empty again.
+  (l == lane::urgent ? urgent_segment_has_pump_ : segment_has_pump_) = false;
+  if (n->node_kind() == writer_node::kind::close)
+    closing_ = false;
+  finish_node_locked(n, writer_node::outcome::no_memory, rejected);
+  // If n's bytes took the writer above its high watermark, nobody can have
+  // waited for it to come back since (the lock is held): it is writable
+  // again if it was before.
+  if (!writable_ && busy_->waiters.empty() && pending_bytes_ <= low_)
+    set_writable_locked(true);
+  release_window_locked();
+}
+
+void writer_core::write_not_started_locked(node_list& done) noexcept {
+  const error_code ec = error_of_current_exception();
+  write_in_flight_ = false;
+  // Nothing of the window went out: its messages fail with what they wrote
+  // before it.
+  fail_locked(ec ? ec : error_code(net::error::operation_not_supported), done);
 }
 
 void writer_core::arm_stall_timer_locked(clock::time_point deadline) {

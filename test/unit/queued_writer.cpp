@@ -908,6 +908,44 @@ BOOST_FIXTURE_TEST_CASE(flush_cancelled_in_the_last_window_keeps_later_turns_in_
   BOOST_TEST(wire() == a + x);
 }
 
+// An idle writer's first message queues a pump in the writer's serialized
+// queue. If that cannot be done (the pump's trigger cannot be posted:
+// std::bad_alloc), the message is refused with no_memory, as when the writer
+// cannot make its busy state, and the writer goes on: nothing is thrown, and
+// the next message gets a pump and is written.
+BOOST_AUTO_TEST_CASE(a_pump_that_cannot_be_queued_refuses_its_message_and_the_writer_goes_on) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
+  serq_test::test_stream peer(ioc);
+  serq::queued_writer<serq_test::test_stream> w{net::any_io_executor(tracked)};
+  w.next_layer().connect(peer);
+  error_code lost_ec, sent_ec;
+  int lost_calls = 0, sent_calls = 0;
+  tracked.state()->fail_next = 1;  // the pump's trigger
+  BOOST_CHECK_NO_THROW(w.async_send(std::string("lost;"), tr.wrap([&](error_code ec, std::size_t) {
+    lost_ec = ec;
+    ++lost_calls;
+  })));
+  BOOST_TEST(tracked.state()->fail_next.load() == 0u);
+  w.async_send(std::string("sent;"), tr.wrap([&](error_code ec, std::size_t) {
+    sent_ec = ec;
+    ++sent_calls;
+  }));
+  // The failed post gave back the outstanding work it had taken, which was
+  // the io_context's last: Asio stopped it.
+  ioc.restart();
+  ioc.poll();
+  BOOST_TEST(ioc.stopped());
+  BOOST_TEST(lost_calls == 1);
+  BOOST_TEST(lost_ec == net::error::no_memory);
+  BOOST_TEST(sent_calls == 1);
+  BOOST_TEST(!sent_ec);
+  BOOST_TEST(peer.str() == "sent;");
+  BOOST_TEST(!w.error());
+  BOOST_TEST(w.stats().pending_bytes == 0u);
+}
+
 // ---- async rules ------------------------------------------------------------------
 
 BOOST_FIXTURE_TEST_CASE(handlers_run_on_their_associated_executor_with_its_allocator,

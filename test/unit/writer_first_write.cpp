@@ -12,6 +12,7 @@
 //
 
 #include <serq/queued_writer.hpp>
+#include <serq/trace.hpp>
 
 #include "common/exactly_once.hpp"
 #include "common/net.hpp"
@@ -23,7 +24,9 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <new>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -70,6 +73,66 @@ struct fixture {
   void on_executor(F f) {
     net::post(ioc, std::move(f));
     ioc.run();
+  }
+};
+
+// A test_stream whose async_write_some throws on chosen calls, before the
+// operation takes its handler (as an initiation that cannot allocate its
+// operation does). `before_throw`, if set, runs first.
+class throwing_stream : public test_stream {
+ public:
+  using test_stream::test_stream;
+
+  std::size_t throw_at = 0;  // the 1-based call that throws; 0: none
+  std::function<void()> thrower = [] { throw std::bad_alloc(); };
+  std::function<void()> before_throw;
+  std::size_t calls = 0;
+
+  template <class ConstBufferSequence, class Token>
+  auto async_write_some(const ConstBufferSequence& buffers, Token&& token) {
+    if (++calls == throw_at) {
+      if (before_throw)
+        before_throw();
+      thrower();
+    }
+    return test_stream::async_write_some(buffers, std::forward<Token>(token));
+  }
+};
+
+struct throwing_fixture {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  test_stream peer{ioc};
+  std::optional<serq::queued_writer<throwing_stream>> writer;
+
+  // Turns of the writer's own queue that ended (its pumps' turns).
+  int turns_released = 0;
+
+  explicit throwing_fixture(std::size_t throw_at) {
+    serq::set_default_trace_hook(ioc, [this](serq::trace_point p, serq::entry_info& e) {
+      if (p == serq::trace_point::detach && e.kind == serq::entry_kind::acquire &&
+          e.queue_name == "serq.queued_writer")
+        ++turns_released;
+    });
+    writer.emplace(ioc.get_executor());
+    writer->next_layer().connect(peer);
+    writer->next_layer().throw_at = throw_at;
+  }
+
+  void send(std::string msg, result& r) { writer->async_send(std::move(msg), recorder(tr, r)); }
+
+  template <class F>
+  void on_executor(F f) {
+    net::post(ioc, std::move(f));
+    ioc.run();
+  }
+
+  // A composed operation queued behind the writes: it can only complete
+  // once the pump before it has handed its turn on.
+  void enqueue_op(result& r) {
+    writer->async_enqueue(
+        net::async_write(writer->next_layer(), net::buffer("op;", 3), net::deferred),
+        recorder(tr, r));
   }
 };
 
@@ -263,6 +326,89 @@ BOOST_AUTO_TEST_CASE(chains_of_early_writes_on_two_io_threads_neither_stall_nor_
       at = found + msg.size();
     }
   }
+}
+
+// A stream whose async_write_some throws must neither hang the writer (its
+// lock is held while the write starts) nor lose messages: the write never
+// happened, so the writer fails with the exception's error, every request
+// reports it, and the writer's queue moves on.
+BOOST_AUTO_TEST_CASE(a_write_some_that_throws_in_a_pump_fails_the_writer) {
+  throwing_fixture f(1);
+  result a, b, op, later;
+  f.send("first;", a);  // not on the executor's thread: the pump writes
+  f.send("second;", b);
+  f.enqueue_op(op);
+  f.ioc.poll();
+  BOOST_TEST(f.ioc.stopped());  // nothing left waiting
+  BOOST_TEST(a.calls == 1);
+  BOOST_TEST(a.ec == net::error::no_memory);
+  BOOST_TEST(a.bytes == 0u);
+  BOOST_TEST(b.calls == 1);
+  BOOST_TEST(b.ec == net::error::no_memory);
+  BOOST_TEST(op.calls == 1);  // the pump's turn was handed on
+  BOOST_TEST(op.ec == net::error::no_memory);
+  BOOST_TEST(f.writer->error() == net::error::no_memory);
+  f.send("later;", later);
+  f.ioc.restart();
+  f.ioc.poll();
+  BOOST_TEST(later.ec == net::error::no_memory);
+  BOOST_TEST(f.peer.str().empty());
+  BOOST_TEST(f.writer->stats().pending_bytes == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(a_write_some_that_throws_after_a_partial_write_reports_the_bytes_written) {
+  throwing_fixture f(2);
+  f.writer->next_layer().thrower = [] { throw std::runtime_error("stream broke"); };
+  f.writer->next_layer().write_size(3);
+  result a, b;
+  f.send("abcdef", a);
+  f.send("ghi", b);
+  f.ioc.poll();
+  BOOST_TEST(f.ioc.stopped());
+  BOOST_TEST(a.calls == 1);
+  BOOST_TEST(a.ec == net::error::operation_not_supported);  // neither bad_alloc nor system_error
+  BOOST_TEST(a.bytes == 3u);
+  BOOST_TEST(b.calls == 1);
+  BOOST_TEST(b.ec == net::error::operation_not_supported);
+  BOOST_TEST(b.bytes == 0u);
+  BOOST_TEST(f.peer.str() == "abc");
+}
+
+BOOST_AUTO_TEST_CASE(an_early_write_some_that_throws_fails_its_message_and_hands_the_turn_on) {
+  throwing_fixture f(1);
+  f.writer->next_layer().thrower = [] { throw serq::system_error(net::error::connection_reset); };
+  result a, b;
+  f.on_executor([&] {
+    f.send("first;", a);                // written inside the call: the write throws there
+    BOOST_TEST(a.calls == 0);           // and the message completes as a refused one does
+    BOOST_TEST(f.turns_released == 0);  // the early pump's turn has not come yet
+    f.send("second;", b);
+  });
+  BOOST_TEST(f.ioc.stopped());
+  BOOST_TEST(a.calls == 1);
+  BOOST_TEST(a.ec == net::error::connection_reset);
+  BOOST_TEST(a.bytes == 0u);
+  BOOST_TEST(b.ec == net::error::connection_reset);
+  // The turn came after the failure, found nothing to write, and went on.
+  BOOST_TEST(f.turns_released == 1);
+  BOOST_TEST(f.peer.str().empty());
+}
+
+BOOST_AUTO_TEST_CASE(an_early_write_some_that_throws_after_its_turn_came_hands_the_turn_on) {
+  throwing_fixture f(1);
+  // The early pump's turn arrives while the write is being started (it was
+  // posted when the pump was queued, just before): the failed write is
+  // then the second of the two, and its call must end the pump.
+  f.writer->next_layer().before_throw = [&] { BOOST_TEST(f.ioc.poll_one() == 1u); };
+  result a;
+  f.on_executor([&] {
+    f.send("first;", a);
+    BOOST_TEST(f.turns_released == 1);  // inside the call, once the write failed
+  });
+  BOOST_TEST(a.calls == 1);
+  BOOST_TEST(a.ec == net::error::no_memory);
+  BOOST_TEST(f.turns_released == 1);
+  BOOST_TEST(f.ioc.stopped());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

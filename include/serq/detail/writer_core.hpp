@@ -353,7 +353,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     std::lock_guard lock(mutex_);
     bool needs_pump = false;
     if (add_locked(n, lane::normal, rejected, needs_pump) && needs_pump)
-      start_pump(segment_);
+      start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, rejected);
   }
 
   // Adds a normal write as add() does. When the writer is idle (the segment
@@ -373,18 +373,27 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // only gets work in batches: client and server take turns instead of
   // working at the same time. Writing the first message at once, and
   // gathering what arrives while that write is in flight, keeps both busy.
+  //
+  // Returns true when an early write could not be started (start_write, or
+  // arming the stall deadline, threw): the writer has failed (see
+  // start_write_locked), and the early pump's rendezvous misses that
+  // write's completion, which the caller must stand in for.
   template <class WriteNow, class QueueIdle, class StartPump, class StartWrite>
-  void add_write(writer_node* n, node_list& rejected, WriteNow&& write_now, QueueIdle&& queue_idle,
+  bool add_write(writer_node* n, node_list& rejected, WriteNow&& write_now, QueueIdle&& queue_idle,
                  StartPump&& start_pump, StartWrite&& start_write) {
     std::lock_guard lock(mutex_);
     bool needs_pump = false;
     if (!add_locked(n, lane::normal, rejected, needs_pump) || !needs_pump)
-      return;
+      return false;
     const pump_id id{lane::normal, segment_, true};
     if (n->size_ == 0 || urgent_pending_ || lending_ || lender_queued_ || terminal_requested_ ||
         write_in_flight_ || !write_now() || !queue_idle()) {
-      start_pump(pump_id{lane::normal, segment_, false});
-      return;
+      start_pump_locked(
+          [&] {
+            start_pump(pump_id{lane::normal, segment_, false});
+          },
+          n, lane::normal, rejected);
+      return false;
     }
     node_list done;
     writer_node* closing = nullptr;
@@ -395,11 +404,14 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
       while (writer_node* d = done.pop_front())
         rejected.push_back(d);
       start_pump(pump_id{lane::normal, segment_, false});
-      return;
+      return false;
     }
-    start_pump(id);  // before the write: its completion must find the pump's rendezvous reset
-    note_write_started_locked();
-    start_write(busy_->window, id);
+    // Before the write: its completion must find the pump's rendezvous reset.
+    if (!start_pump_locked([&] { start_pump(id); }, n, lane::normal, rejected))
+      return false;
+    // A write that cannot start fails its message inside its own call: as a
+    // rejection, through `rejected`.
+    return !start_write_locked([&] { start_write(busy_->window, id); }, rejected);
   }
 
   // Adds an urgent write: as add, on the urgent lane, whose pumps wait in the
@@ -458,7 +470,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   void add_close(writer_node* n, node_list& rejected, StartPump&& start_pump) {
     std::lock_guard lock(mutex_);
     if (add_close_locked(n, rejected))
-      start_pump(segment_);
+      start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, rejected);
   }
 
   // Adds an async_wait_writable request; returned in `ready` when it can
@@ -533,10 +545,10 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   step_action next_step(pump_id id, node_list& done, StartWrite&& start_write,
                         StartLending&& start_lending, writer_node*& closing) {
     std::lock_guard lock(mutex_);
-    const step_action a = build_window_locked(id, done, closing);
+    step_action a = build_window_locked(id, done, closing);
     if (a == step_action::write) {
-      note_write_started_locked();
-      start_write(busy_->window);
+      if (!start_write_locked([&] { start_write(busy_->window); }, done))
+        a = build_window_locked(id, done, closing);  // the writer has failed: drained
     } else if (a == step_action::lend) {
       start_lending();
     }
@@ -606,6 +618,12 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   std::size_t window_heap_bytes() const noexcept;
   // Whether the writer holds its busy state now (tests: it goes when idle).
   bool holds_busy_state() const noexcept;
+
+  // Whether this thread is inside the stream's async_write_some for a write
+  // this writer starts. A handler of that write destroyed meanwhile was
+  // dropped by a call that threw (start_write_locked handles it), not by the
+  // context's shutdown: it must not take the writer's lock, which is held.
+  bool starting_write() const noexcept;
   writer_counters counters() const noexcept;
   bool writable() const noexcept;
   error_code error() const noexcept;
@@ -704,6 +722,57 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   void cancel_node(writer_node* n, net::cancellation_type_t type);
 
   void note_write_started_locked();
+  // Starts the write of the window just cut: start_write() calls the
+  // stream's async_write_some. Returns false if that, or arming the stall
+  // deadline, threw: nothing was handed to the stream, and no completion
+  // will come. The writer then fails as if the write had failed with the
+  // exception's error (std::bad_alloc: no_memory, std::system_error: its
+  // code, anything else: operation_not_supported), its requests end in
+  // `done`, and the exception goes no further: each request's handler
+  // reports it instead.
+  template <class StartWrite>
+  bool start_write_locked(StartWrite&& start_write, node_list& done) {
+    try {
+      note_write_started_locked();
+      const write_start_scope scope(this);
+      start_write();
+      return true;
+    } catch (...) {
+      write_not_started_locked(done);
+      return false;
+    }
+  }
+  // Queues the pump of the segment that n, just added, begins:
+  // start_pump() calls the queue's async_acquire. If that throws (it could
+  // not allocate its entry, or post the pump's trigger), n leaves again and
+  // is refused with no_memory into `rejected`, as when the writer cannot
+  // make its busy state; the writer is as before n came, and the exception
+  // goes no further. Returns whether the pump was queued.
+  template <class StartPump>
+  bool start_pump_locked(StartPump&& start_pump, writer_node* n, lane l, node_list& rejected) {
+    try {
+      start_pump();
+      return true;
+    } catch (...) {
+      pump_not_started_locked(n, l, rejected);
+      return false;
+    }
+  }
+  void pump_not_started_locked(writer_node* n, lane l, node_list& rejected) noexcept;
+  // The catch of start_write_locked: the current exception's error fails
+  // the writer.
+  void write_not_started_locked(node_list& done) noexcept;
+  // Marks the calling thread as inside start_write (starting_write()).
+  class write_start_scope {
+   public:
+    explicit write_start_scope(const writer_core* core) noexcept;
+    ~write_start_scope();
+    write_start_scope(const write_start_scope&) = delete;
+    write_start_scope& operator=(const write_start_scope&) = delete;
+
+   private:
+    const writer_core* outer_;
+  };
   void arm_stall_timer_locked(clock::time_point deadline);
   void disarm_stall_timer_locked() noexcept;
   void on_stall_timer(std::uint64_t generation);

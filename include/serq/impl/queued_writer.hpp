@@ -648,6 +648,9 @@ class writer_state final : public writer_core {
     return early_meetings_.fetch_add(1, std::memory_order_acq_rel) == 1;
   }
 
+  // Hands the writer queue's turn on (held by the pump this thread stands in for).
+  void release_turn() noexcept { turn_.release(); }
+
   // A lender's turn of the writer's queue has come: it lends the stream to
   // the urgent queue if urgent items wait there.
   struct lender_start {
@@ -750,7 +753,8 @@ class writer_state final : public writer_core {
   }
 
   // One write_some finished. Destroyed unrun only when the context shuts
-  // down; the messages it was carrying are then destroyed too.
+  // down (the messages it was carrying are then destroyed too) or when the
+  // stream's async_write_some throws.
   class write_done {
    public:
     write_done(std::shared_ptr<writer_state> s, pump_id id) noexcept
@@ -758,7 +762,9 @@ class writer_state final : public writer_core {
     write_done(write_done&&) noexcept = default;
     write_done& operator=(write_done&&) = delete;
     ~write_done() {
-      if (self_)
+      // Dropped by an async_write_some that threw: the writer, whose lock
+      // is held, handles that (writer_core::start_write_locked).
+      if (self_ && !self_->starting_write())
         self_->shutdown();
     }
 
@@ -962,6 +968,7 @@ void queued_writer<Stream>::start_lender() {
 template <class Stream>
 void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
   detail::node_list rejected;
+  bool early_failed = false;
   if (urgent) {
     state_->add_urgent(
         n, rejected,
@@ -971,7 +978,7 @@ void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
         },
         [this] { start_lender(); });
   } else {
-    state_->add_write(
+    early_failed = state_->add_write(
         n, rejected,
         [this] {
           // The caller runs the stream's executor (inside its strand, for a
@@ -989,6 +996,12 @@ void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
           state_->start_early_write(state_, window, id);
         });
   }
+  // The early write never started (the writer has failed): no completion
+  // meets the pump's turn, so this call stands in for it. If the turn is
+  // in already, its pump ends here; else the turn, when it comes, finds the
+  // failed writer drained and hands itself on.
+  if (early_failed && state_->early_meet())
+    state_->release_turn();
   // Still inside the initiating call.
   rejected.complete_all(*state_, detail::completion_mode::immediate);
 }
