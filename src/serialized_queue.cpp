@@ -80,7 +80,14 @@ void canceller::operator()(net::cancellation_type_t type) {
     // Still waiting: it leaves the queue and its operation never starts.
     if (core_->tracing())
       core_->trace_entry(trace_point::detach, *e, net::error::operation_aborted);
-    e->abort();
+    try {
+      e->abort();
+    } catch (...) {
+      // Its completion could not be posted: the entry is gone, its handler
+      // destroyed unrun; the queue's work must not outlive it.
+      core_->release_work_if_idle();
+      throw;
+    }
     core_->release_work_if_idle();
     return;
   }
@@ -121,7 +128,13 @@ net::cancellation_slot launch_guard::slot_of(const entry_base& e) noexcept {
 }
 
 launch_guard* launch_guard::current(const entry_base* e) noexcept {
-  return launching && &launching->entry_ == e ? launching : nullptr;
+  // Launches nest (an operation's initiation may launch another queue's
+  // entry inline), and what happens inside the inner one may concern an
+  // outer entry: its handler dropped, or its operation completed.
+  for (launch_guard* g = launching; g; g = g->outer_)
+    if (&g->entry_ == e)
+      return g;
+  return nullptr;
 }
 
 void wait_launch_done(entry_base& e) noexcept {

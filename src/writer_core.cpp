@@ -926,62 +926,62 @@ void writer_core::note_write_started_locked() {
     arm_stall_timer_locked(stall_->write_started + stall_->timeout);
 }
 
-namespace {
-// The writer whose start_write runs on this thread (write_start_scope).
-thread_local const writer_core* write_starter = nullptr;
+writer_core::write_start_scope*& writer_core::write_start_scope::innermost() noexcept {
+  thread_local write_start_scope* scope = nullptr;
+  return scope;
+}
 
-// The error a write reports when starting it threw the current exception.
-error_code error_of_current_exception() noexcept {
+error_code writer_core::error_of_current_exception() noexcept {
   try {
     throw;
   } catch (const std::bad_alloc&) {
     return net::error::no_memory;
   } catch (const system_error& e) {
-    return e.code();
+    return e.code() ? e.code() : error_code(net::error::operation_not_supported);
 #if !defined(SERQ_ASIO_STANDALONE)
   } catch (const std::system_error& e) {
-    return error_code(e.code());
+    return e.code() ? error_code(e.code()) : error_code(net::error::operation_not_supported);
 #endif
   } catch (...) {
     return net::error::operation_not_supported;
   }
 }
-}  // namespace
 
 writer_core::write_start_scope::write_start_scope(const writer_core* core) noexcept
-    : outer_(write_starter) {
-  write_starter = core;
+    : core_(core), outer_(innermost()) {
+  innermost() = this;
 }
 
 writer_core::write_start_scope::~write_start_scope() {
-  write_starter = outer_;
+  innermost() = outer_;
 }
 
-bool writer_core::starting_write() const noexcept {
-  return write_starter == this;
+bool writer_core::note_dropped_in_start() const noexcept {
+  for (write_start_scope* s = write_start_scope::innermost(); s; s = s->outer_) {
+    if (s->core_ == this) {
+      s->dropped_ = true;
+      return true;
+    }
+  }
+  return false;
 }
 
-void writer_core::pump_not_started_locked(writer_node* n, lane l, node_list& rejected) noexcept {
-  // n began its segment, which has no other node: without a pump the
-  // segment is empty again.
-  (l == lane::urgent ? urgent_segment_has_pump_ : segment_has_pump_) = false;
+void writer_core::refuse_added_locked(writer_node* n, bool was_writable,
+                                      node_list& rejected) noexcept {
   if (n->node_kind() == writer_node::kind::close)
     closing_ = false;
   finish_node_locked(n, writer_node::outcome::no_memory, rejected);
-  // If n's bytes took the writer above its high watermark, nobody can have
-  // waited for it to come back since (the lock is held): it is writable
-  // again if it was before.
-  if (!writable_ && busy_->waiters.empty() && pending_bytes_ <= low_)
+  // Nobody can have waited for writable() since n came (the lock is held).
+  if (was_writable && !writable_)
     set_writable_locked(true);
   release_window_locked();
 }
 
-void writer_core::write_not_started_locked(node_list& done) noexcept {
-  const error_code ec = error_of_current_exception();
+void writer_core::write_not_started_locked(const error_code& ec, node_list& done) noexcept {
   write_in_flight_ = false;
   // Nothing of the window went out: its messages fail with what they wrote
   // before it.
-  fail_locked(ec ? ec : error_code(net::error::operation_not_supported), done);
+  fail_locked(ec, done);
 }
 
 void writer_core::arm_stall_timer_locked(clock::time_point deadline) {

@@ -164,9 +164,9 @@ inline constexpr urgent_t urgent{};
  * the writer goes on; a window that finds none for the array writes the four
  * buffers it holds inline. An idle writer holds neither, nor
  * a stall timer before `set_stall_timeout`, nor an urgent queue before the
- * first urgent request. A request whose pump cannot be queued in the
- * writer's queue (allocating or posting it throws) completes with
- * `net::error::no_memory` too, and the writer goes on.
+ * first urgent request. A request whose pump (or, urgent, its lender)
+ * cannot be queued in the writer's queue (allocating or posting it throws)
+ * completes with `net::error::no_memory` too, and the writer goes on.
  *
  * A stream whose `async_write_some` throws instead of starting the write
  * fails the writer as a failed write would, with the exception's error:

@@ -343,6 +343,26 @@ class test_stream {
   std::shared_ptr<state> s_;
 };
 
+/// A closing operation for queued_writer::async_close(op, token) over a
+/// test_stream, which has no shutdown of its own: closes the stream and
+/// completes (posted to the handler's executor). Counts its runs.
+struct close_test_stream {
+  test_stream* stream;
+  int* runs;
+
+  template <class Token>
+  auto operator()(Token&& token) && {
+    return net::async_initiate<Token, void(error_code)>(
+        [](auto handler, test_stream* s, int* runs) {
+          ++*runs;
+          s->close();
+          auto ex = net::get_associated_executor(handler, s->get_executor());
+          net::post(ex, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+        },
+        token, stream, runs);
+  }
+};
+
 }  // namespace serq_test
 
 #endif  // SERQ_TEST_COMMON_TEST_STREAM_HPP

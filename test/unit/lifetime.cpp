@@ -366,6 +366,47 @@ class signal_owning_handler {
   int* dropped_;
 };
 
+// An operation whose move throws once armed: at its launch, after it was
+// queued.
+class move_throws_when_armed {
+ public:
+  explicit move_throws_when_armed(const bool& armed) : armed_(&armed) {}
+  move_throws_when_armed(move_throws_when_armed&& o) : armed_(o.armed_) {
+    if (*armed_)
+      throw std::runtime_error("operation move");
+  }
+  move_throws_when_armed& operator=(move_throws_when_armed&&) = delete;
+
+  template <class Handler>
+  void operator()(Handler handler) {
+    net::post(net::append(std::move(handler), error_code()));
+  }
+
+ private:
+  const bool* armed_;
+};
+
+BOOST_AUTO_TEST_CASE(an_operation_whose_move_throws_at_launch_does_not_wedge_the_queue) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  serq::serialized_queue q(ioc.get_executor());
+  bool armed = false;
+  bool next_ran = false;
+  q.async_enqueue<void(error_code)>(move_throws_when_armed(armed), tr.wrap([](error_code) {
+    BOOST_ERROR("the handler of an operation never launched ran");
+  }));
+  q.async_enqueue<void(error_code)>(one_step(ioc.get_executor()),
+                                    tr.wrap([&](error_code ec) { next_ran = !ec; }));
+  armed = true;  // the launch moves the operation out of its entry
+  BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
+  BOOST_TEST(tr.destroyed_uninvoked() == 1u);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(next_ran);
+  BOOST_TEST(q.empty());
+  tr.check_all_accounted();
+}
+
 BOOST_AUTO_TEST_CASE(an_initiation_that_throws_drops_a_handler_owning_its_signal_safely) {
   // The handler is destroyed as the exception leaves the launch; the queue
   // must have let go of the canceller (in that signal) by then: emitting it
@@ -390,6 +431,40 @@ BOOST_AUTO_TEST_CASE(an_initiation_that_throws_drops_a_handler_owning_its_signal
     ioc.run();
     BOOST_TEST(next_ran);  // the queue went on
     BOOST_TEST(q.empty());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_handler_dropped_inside_a_nested_launch_waits_for_its_own_launch) {
+  // A's initiation launches B (another queue, trigger_inline) inside its own
+  // launch; B's operation holds A's handler and throws. A's handler goes
+  // while A's launch still holds A's canceller: it must wait for that.
+  for (const bool emit : {false, true}) {
+    net::io_context ioc;
+    serq::serialized_queue qa(ioc.get_executor()), qb(ioc.get_executor());
+    int dropped = 0;
+    bool b_handler_ran = false;
+    bool next_ran = false;
+    qa.async_enqueue<void(error_code)>(
+        [&](auto handler) {
+          qb.async_enqueue<void(error_code)>(
+              serq::trigger_inline,
+              [h = std::move(handler)](auto) mutable {
+                (void)h;
+                throw std::runtime_error("nested initiation failure");
+              },
+              [&](error_code) { b_handler_ran = true; });
+        },
+        signal_owning_handler(emit, dropped));
+    qa.async_enqueue<void(error_code)>(one_step(ioc.get_executor()),
+                                       [&](error_code ec) { next_ran = !ec; });
+    BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
+    BOOST_TEST(dropped == 1);
+    ioc.restart();
+    ioc.run();
+    BOOST_TEST(next_ran);
+    BOOST_TEST(!b_handler_ran);
+    BOOST_TEST(qa.empty());
+    BOOST_TEST(qb.empty());
   }
 }
 

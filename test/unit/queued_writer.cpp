@@ -946,6 +946,44 @@ BOOST_AUTO_TEST_CASE(a_pump_that_cannot_be_queued_refuses_its_message_and_the_wr
   BOOST_TEST(w.stats().pending_bytes == 0u);
 }
 
+// An urgent message needs a lender in the writer's queue. If that cannot be
+// queued (its trigger cannot be posted), the message is refused with
+// no_memory and the writer goes on: the next urgent message queues a lender
+// again and is written.
+BOOST_AUTO_TEST_CASE(an_urgent_message_whose_lender_cannot_be_queued_is_refused_and_the_next_goes) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
+  serq_test::test_stream peer(ioc);
+  serq::queued_writer<serq_test::test_stream> w{net::any_io_executor(tracked)};
+  w.next_layer().connect(peer);
+  w.set_watermarks(4, 8);
+  error_code lost_ec, sent_ec;
+  int lost_calls = 0, sent_calls = 0;
+  tracked.state()->fail_next = 1;  // the lender's trigger (the urgent queue is stopped)
+  BOOST_CHECK_NO_THROW(w.async_send(serq::urgent, std::string("lost, urgently;"),
+                                    tr.wrap([&](error_code ec, std::size_t) {
+                                      lost_ec = ec;
+                                      ++lost_calls;
+                                    })));
+  BOOST_TEST(tracked.state()->fail_next.load() == 0u);
+  BOOST_TEST(w.writable());  // as before the refused message
+  BOOST_TEST(w.pending_bytes() == 0u);
+  w.async_send(serq::urgent, std::string("sent;"), tr.wrap([&](error_code ec, std::size_t) {
+    sent_ec = ec;
+    ++sent_calls;
+  }));
+  ioc.restart();  // the failed post gave back the io_context's last work
+  ioc.poll();
+  BOOST_TEST(ioc.stopped());
+  BOOST_TEST(lost_calls == 1);
+  BOOST_TEST(lost_ec == net::error::no_memory);
+  BOOST_TEST(sent_calls == 1);
+  BOOST_TEST(!sent_ec);
+  BOOST_TEST(peer.str() == "sent;");
+  BOOST_TEST(!w.error());
+}
+
 // ---- async rules ------------------------------------------------------------------
 
 BOOST_FIXTURE_TEST_CASE(handlers_run_on_their_associated_executor_with_its_allocator,

@@ -140,25 +140,6 @@ std::string read_available(local_socket& s, bool* eof = nullptr) {
   return out;
 }
 
-// A closing operation for a test stream, which has no shutdown of its own:
-// closes it and completes (posted). Counts its runs.
-struct close_test_stream {
-  serq_test::test_stream* stream;
-  int* runs;
-
-  template <class Token>
-  auto operator()(Token&& token) && {
-    return net::async_initiate<Token, void(error_code)>(
-        [](auto handler, serq_test::test_stream* s, int* runs) {
-          ++*runs;
-          s->close();
-          auto ex = net::get_associated_executor(handler, s->get_executor());
-          net::post(ex, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
-        },
-        token, stream, runs);
-  }
-};
-
 // A connected pair: `a` for the writer, `b` for the peer.
 struct socket_pair {
   explicit socket_pair(net::io_context& ioc) : a(ioc), b(ioc) { net::local::connect_pair(a, b); }
@@ -269,7 +250,7 @@ BOOST_AUTO_TEST_CASE(a_write_error_before_the_close_fails_the_close_with_that_er
   int close_runs = 0;
   writer.async_write(net::buffer(m1), rec.write(r1));
   writer.async_write(net::buffer(m2), rec.write(r2));
-  writer.async_close(close_test_stream{&a, &close_runs}, rec.signal(close_r));
+  writer.async_close(serq_test::close_test_stream{&a, &close_runs}, rec.signal(close_r));
   run_all(ioc);
 
   BOOST_TEST(r1.ec == serq_test::test_error::test_failure);
@@ -284,7 +265,7 @@ BOOST_AUTO_TEST_CASE(a_write_error_before_the_close_fails_the_close_with_that_er
 
   // A close after that completes with the sticky error too.
   result again;
-  writer.async_close(close_test_stream{&a, &close_runs}, rec.signal(again));
+  writer.async_close(serq_test::close_test_stream{&a, &close_runs}, rec.signal(again));
   drain_ready(ioc);
   BOOST_TEST(again.ec == serq_test::test_error::test_failure);
   BOOST_TEST(close_runs == 0);
@@ -376,7 +357,7 @@ BOOST_AUTO_TEST_CASE(close_on_a_failed_writer_completes_at_once_with_its_error_n
   BOOST_REQUIRE(writer.error() == serq_test::test_error::test_failure);
 
   int close_runs = 0;
-  writer.async_close(close_test_stream{&a, &close_runs}, rec.signal(close_r));
+  writer.async_close(serq_test::close_test_stream{&a, &close_runs}, rec.signal(close_r));
   BOOST_TEST(close_r.calls == 0);
   drain_ready(ioc);
   BOOST_TEST(close_r.calls == 1);
@@ -386,7 +367,7 @@ BOOST_AUTO_TEST_CASE(close_on_a_failed_writer_completes_at_once_with_its_error_n
   // A moved-from writer has no stream: bad_descriptor.
   serq::queued_writer<serq_test::test_stream&> other(std::move(writer));
   result moved_r;
-  writer.async_close(close_test_stream{&a, &close_runs}, rec.signal(moved_r));
+  writer.async_close(serq_test::close_test_stream{&a, &close_runs}, rec.signal(moved_r));
   BOOST_TEST(moved_r.calls == 0);
   drain_ready(ioc);
   BOOST_TEST(moved_r.ec == net::error::bad_descriptor);
@@ -1146,7 +1127,7 @@ bool run_lifecycle_script(std::size_t fail_at) {
         net::async_write(writer.next_layer(), net::buffer(items[6].data), net::deferred),
         rec.write(items[6].r));
     error_at_close = writer.error();
-    writer.async_close(close_test_stream{&a, &close_runs}, rec.signal(close_r));
+    writer.async_close(serq_test::close_test_stream{&a, &close_runs}, rec.signal(close_r));
     writer.async_write(net::buffer(items[7].data), rec.write(items[7].r));
     writer.async_write(serq::urgent, net::buffer(items[7].data), rec.write(late_urgent_r));
   };

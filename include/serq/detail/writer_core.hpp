@@ -351,9 +351,10 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   template <class StartPump>
   void add(writer_node* n, node_list& rejected, StartPump&& start_pump) {
     std::lock_guard lock(mutex_);
+    const bool was_writable = writable_;
     bool needs_pump = false;
     if (add_locked(n, lane::normal, rejected, needs_pump) && needs_pump)
-      start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, rejected);
+      start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, was_writable, rejected);
   }
 
   // Adds a normal write as add() does. When the writer is idle (the segment
@@ -382,6 +383,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   bool add_write(writer_node* n, node_list& rejected, WriteNow&& write_now, QueueIdle&& queue_idle,
                  StartPump&& start_pump, StartWrite&& start_write) {
     std::lock_guard lock(mutex_);
+    const bool was_writable = writable_;
     bool needs_pump = false;
     if (!add_locked(n, lane::normal, rejected, needs_pump) || !needs_pump)
       return false;
@@ -392,7 +394,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
           [&] {
             start_pump(pump_id{lane::normal, segment_, false});
           },
-          n, lane::normal, rejected);
+          n, lane::normal, was_writable, rejected);
       return false;
     }
     node_list done;
@@ -407,7 +409,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
       return false;
     }
     // Before the write: its completion must find the pump's rendezvous reset.
-    if (!start_pump_locked([&] { start_pump(id); }, n, lane::normal, rejected))
+    if (!start_pump_locked([&] { start_pump(id); }, n, lane::normal, was_writable, rejected))
       return false;
     // A write that cannot start fails its message inside its own call: as a
     // rejection, through `rejected`.
@@ -422,13 +424,24 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   void add_urgent(writer_node* n, node_list& rejected, StartPump&& start_pump,
                   StartLender&& start_lender) {
     std::lock_guard lock(mutex_);
+    const bool was_writable = writable_;
     bool needs_pump = false;
     if (!add_locked(n, lane::urgent, rejected, needs_pump))
       return;
-    if (needs_pump)
-      start_pump(urgent_segment_);
-    if (note_urgent_locked())
-      start_lender();
+    if (needs_pump && !start_pump_locked([&] { start_pump(urgent_segment_); }, n, lane::urgent,
+                                         was_writable, rejected))
+      return;
+    if (note_urgent_locked()) {
+      try {
+        start_lender();
+      } catch (...) {
+        // Nobody may lend the stream to the urgent queue now: n leaves,
+        // refused with no_memory. Its segment's pump stays queued; the
+        // next urgent request queues a lender again.
+        lender_queued_ = false;
+        refuse_added_locked(n, was_writable, rejected);
+      }
+    }
   }
 
   // Orders a composed operation after every write added so far: calls
@@ -470,7 +483,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   void add_close(writer_node* n, node_list& rejected, StartPump&& start_pump) {
     std::lock_guard lock(mutex_);
     if (add_close_locked(n, rejected))
-      start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, rejected);
+      start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, writable_, rejected);
   }
 
   // Adds an async_wait_writable request; returned in `ready` when it can
@@ -619,11 +632,12 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // Whether the writer holds its busy state now (tests: it goes when idle).
   bool holds_busy_state() const noexcept;
 
-  // Whether this thread is inside the stream's async_write_some for a write
-  // this writer starts. A handler of that write destroyed meanwhile was
-  // dropped by a call that threw (start_write_locked handles it), not by the
-  // context's shutdown: it must not take the writer's lock, which is held.
-  bool starting_write() const noexcept;
+  // A handler of this writer's write_some is destroyed unrun. Returns true
+  // (and notes it) if this thread is inside the stream's async_write_some
+  // for it: the call threw or dropped it, and start_write_locked, which
+  // holds the writer's lock, handles that. Otherwise the context is shutting
+  // down: the caller must shutdown().
+  bool note_dropped_in_start() const noexcept;
   writer_counters counters() const noexcept;
   bool writable() const noexcept;
   error_code error() const noexcept;
@@ -732,15 +746,21 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // reports it instead.
   template <class StartWrite>
   bool start_write_locked(StartWrite&& start_write, node_list& done) {
+    error_code ec;
     try {
       note_write_started_locked();
-      const write_start_scope scope(this);
+      write_start_scope scope(this);
       start_write();
-      return true;
+      if (!scope.dropped())
+        return true;
+      // The stream dropped the handler without throwing: no completion
+      // will come either.
+      ec = net::error::operation_aborted;
     } catch (...) {
-      write_not_started_locked(done);
-      return false;
+      ec = error_of_current_exception();
     }
+    write_not_started_locked(ec, done);
+    return false;
   }
   // Queues the pump of the segment that n, just added, begins:
   // start_pump() calls the queue's async_acquire. If that throws (it could
@@ -748,21 +768,29 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // is refused with no_memory into `rejected`, as when the writer cannot
   // make its busy state; the writer is as before n came, and the exception
   // goes no further. Returns whether the pump was queued.
+  // was_writable: writable() before n was added.
   template <class StartPump>
-  bool start_pump_locked(StartPump&& start_pump, writer_node* n, lane l, node_list& rejected) {
+  bool start_pump_locked(StartPump&& start_pump, writer_node* n, lane l, bool was_writable,
+                         node_list& rejected) {
     try {
       start_pump();
       return true;
     } catch (...) {
-      pump_not_started_locked(n, l, rejected);
+      // n began its segment, which has no other node: without a pump the
+      // segment is empty again.
+      (l == lane::urgent ? urgent_segment_has_pump_ : segment_has_pump_) = false;
+      refuse_added_locked(n, was_writable, rejected);
       return false;
     }
   }
-  void pump_not_started_locked(writer_node* n, lane l, node_list& rejected) noexcept;
-  // The catch of start_write_locked: the current exception's error fails
-  // the writer.
-  void write_not_started_locked(node_list& done) noexcept;
-  // Marks the calling thread as inside start_write (starting_write()).
+  // Takes n, added under this lock, out again, refused with no_memory; the
+  // writer is left as it was before n came (writable() was was_writable).
+  void refuse_added_locked(writer_node* n, bool was_writable, node_list& rejected) noexcept;
+  // The write start_write_locked tried did not start: ec fails the writer.
+  void write_not_started_locked(const error_code& ec, node_list& done) noexcept;
+  // The error a write reports when starting it threw the current exception.
+  static error_code error_of_current_exception() noexcept;
+  // Marks the calling thread as inside start_write (note_dropped_in_start()).
   class write_start_scope {
    public:
     explicit write_start_scope(const writer_core* core) noexcept;
@@ -770,8 +798,14 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     write_start_scope(const write_start_scope&) = delete;
     write_start_scope& operator=(const write_start_scope&) = delete;
 
+    bool dropped() const noexcept { return dropped_; }
+
    private:
-    const writer_core* outer_;
+    friend class writer_core;
+    static write_start_scope*& innermost() noexcept;
+    const writer_core* core_;
+    write_start_scope* outer_;
+    bool dropped_ = false;
   };
   void arm_stall_timer_locked(clock::time_point deadline);
   void disarm_stall_timer_locked() noexcept;

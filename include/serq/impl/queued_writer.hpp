@@ -762,9 +762,9 @@ class writer_state final : public writer_core {
     write_done(write_done&&) noexcept = default;
     write_done& operator=(write_done&&) = delete;
     ~write_done() {
-      // Dropped by an async_write_some that threw: the writer, whose lock
-      // is held, handles that (writer_core::start_write_locked).
-      if (self_ && !self_->starting_write())
+      // Dropped by the async_write_some that was to run it (it threw): the
+      // writer, whose lock is held, handles that (start_write_locked).
+      if (self_ && !self_->note_dropped_in_start())
         self_->shutdown();
     }
 
