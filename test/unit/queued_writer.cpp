@@ -946,6 +946,40 @@ BOOST_AUTO_TEST_CASE(a_pump_that_cannot_be_queued_refuses_its_message_and_the_wr
   BOOST_TEST(w.stats().pending_bytes == 0u);
 }
 
+// The same for a close on an idle writer: refused with no_memory, its
+// closing operation never runs, and the writer is not closing: later
+// messages are written.
+BOOST_AUTO_TEST_CASE(a_close_whose_pump_cannot_be_queued_is_refused_and_the_writer_stays_open) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
+  serq_test::test_stream peer(ioc);
+  serq::queued_writer<serq_test::test_stream> w{net::any_io_executor(tracked)};
+  w.next_layer().connect(peer);
+  error_code close_ec, sent_ec;
+  int close_calls = 0, close_runs = 0, sent_calls = 0;
+  tracked.state()->fail_next = 1;  // the close's pump's trigger
+  BOOST_CHECK_NO_THROW(w.async_close(serq_test::close_test_stream{&w.next_layer(), &close_runs},
+                                     tr.wrap([&](error_code ec) {
+                                       close_ec = ec;
+                                       ++close_calls;
+                                     })));
+  w.async_send(std::string("still open;"), tr.wrap([&](error_code ec, std::size_t) {
+    sent_ec = ec;
+    ++sent_calls;
+  }));
+  ioc.restart();  // the failed post gave back the io_context's last work
+  ioc.poll();
+  BOOST_TEST(ioc.stopped());
+  BOOST_TEST(close_calls == 1);
+  BOOST_TEST(close_ec == net::error::no_memory);
+  BOOST_TEST(close_runs == 0);
+  BOOST_TEST(sent_calls == 1);
+  BOOST_TEST(!sent_ec);
+  BOOST_TEST(peer.str() == "still open;");
+  BOOST_TEST(!w.error());
+}
+
 // An urgent message needs a lender in the writer's queue. If that cannot be
 // queued (its trigger cannot be posted), the message is refused with
 // no_memory and the writer goes on: the next urgent message queues a lender
