@@ -407,6 +407,48 @@ BOOST_AUTO_TEST_CASE(an_operation_whose_move_throws_at_launch_does_not_wedge_the
   tr.check_all_accounted();
 }
 
+// A result whose copy throws once armed.
+struct fragile_result {
+  static constexpr bool never = false;
+  const bool* armed = &never;
+  fragile_result() = default;  // what an aborted entry reports
+  explicit fragile_result(const bool& a) : armed(&a) {}
+  fragile_result(const fragile_result& o) : armed(o.armed) {
+    if (*armed)
+      throw std::runtime_error("result copy");
+  }
+  fragile_result& operator=(const fragile_result&) = delete;
+};
+
+BOOST_AUTO_TEST_CASE(an_inline_completion_whose_result_cannot_be_kept_does_not_wedge_the_queue) {
+  // The operation completes inside its own launch (non-conforming), passing
+  // a result the queue must copy to complete it later; the copy throws.
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  serq::serialized_queue q(ioc.get_executor());
+  bool armed = false;
+  bool next_ran = false;
+  const fragile_result result(armed);
+  q.async_enqueue<void(error_code, fragile_result)>(
+      [&](auto handler) {
+        armed = true;
+        handler(error_code(), result);  // inline, with an lvalue: copied
+      },
+      tr.wrap([](error_code, fragile_result) {
+        BOOST_ERROR("the handler of a result that could not be kept ran");
+      }));
+  q.async_enqueue<void(error_code)>(one_step(ioc.get_executor()),
+                                    tr.wrap([&](error_code ec) { next_ran = !ec; }));
+  BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
+  armed = false;
+  BOOST_TEST(tr.destroyed_uninvoked() == 1u);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(next_ran);
+  BOOST_TEST(q.empty());
+  tr.check_all_accounted();
+}
+
 BOOST_AUTO_TEST_CASE(an_initiation_that_throws_drops_a_handler_owning_its_signal_safely) {
   // The handler is destroyed as the exception leaves the launch; the queue
   // must have let go of the canceller (in that signal) by then: emitting it

@@ -566,8 +566,17 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
       // from a posted function, once the launch has returned and its guard
       // is gone, since the final handler may destroy the signal that holds
       // the canceller.
-      this->typed_core().post(
-          inline_completion<op_entry, std::decay_t<Args>...>(this, std::forward<Args>(args)...));
+      try {
+        this->typed_core().post(
+            inline_completion<op_entry, std::decay_t<Args>...>(this, std::forward<Args>(args)...));
+      } catch (...) {
+        // The result could not be kept (copying it threw) or posted: the
+        // entry is abandoned once the launch is over (if the posted
+        // function was made, its destructor asked for that already), and
+        // the operation sees the exception.
+        this->abandon();
+        throw;
+      }
       return;
     }
 #if defined(SERQ_HANDLER_TRACKING)
