@@ -589,6 +589,10 @@ void writer_core::fail_locked(const error_code& ec, node_list& done, bool keep_w
     busy_->window_nodes = 0;
   if (pending_bytes_ == 0)
     disarm_stall_timer_locked();
+  // The requests that failed took their bytes with them: a spell above the
+  // high watermark ends as it would if they had been written (stats()).
+  if (!writable_ && pending_bytes_ <= low_)
+    set_writable_locked(true);
   release_window_locked();
 }
 

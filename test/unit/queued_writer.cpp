@@ -20,6 +20,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <map>
@@ -1016,6 +1017,58 @@ BOOST_AUTO_TEST_CASE(an_urgent_message_whose_lender_cannot_be_queued_is_refused_
   BOOST_TEST(!sent_ec);
   BOOST_TEST(peer.str() == "sent;");
   BOOST_TEST(!w.error());
+}
+
+// The requests a failure completes take their bytes with them: a spell above
+// the high watermark ends there, and stats() stops counting it. (A terminal
+// cancellation the stream ignores fails the writer at the pump's next step,
+// where no write's result ends the spell.)
+BOOST_FIXTURE_TEST_CASE(a_failure_ends_the_spell_above_the_high_watermark, writer_fixture) {
+  w.set_watermarks(4, 8);
+  w.next_layer().write_sizes = {2};
+  const std::string a = pattern('a', 10);
+  net::cancellation_signal sig;
+  w.async_write(net::buffer(a), net::bind_cancellation_slot(sig.slot(), log.write(0)));
+  BOOST_TEST(!w.writable());
+  run_until(ioc, [&] { return w.stats().bytes >= 2; });
+  sig.emit(net::cancellation_type::terminal);  // the test stream does not cancel
+  ioc.run();
+  BOOST_TEST(log[0].ec == net::error::operation_aborted);
+  BOOST_TEST(w.stats().pending_bytes == 0u);
+  const auto spell = w.stats().time_above_high_watermark;
+  BOOST_TEST(spell.count() > 0);
+  // Let the clock tick (no sleeping: spin until it has moved on).
+  for (const auto t0 = std::chrono::steady_clock::now(); std::chrono::steady_clock::now() == t0;) {
+  }
+  BOOST_TEST(w.stats().time_above_high_watermark.count() == spell.count());
+}
+
+// The destructor aborts what is queued; if an abort's completion cannot be
+// posted (std::bad_alloc), that handler is destroyed unrun, the others are
+// aborted, and nothing leaves the destructor (which is noexcept).
+BOOST_AUTO_TEST_CASE(destroying_a_writer_whose_aborts_cannot_be_posted_throws_nothing) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
+  serq_test::test_stream peer(ioc);
+  std::optional<serq::queued_writer<serq_test::test_stream>> w(std::in_place,
+                                                               net::any_io_executor(tracked));
+  w->next_layer().connect(peer);
+  int aborted = 0;
+  auto count_aborted = [&](error_code ec, std::size_t) {
+    if (ec == net::error::operation_aborted)
+      ++aborted;
+  };
+  w->async_send(serq::urgent, std::string("urgent;"), tr.wrap(count_aborted));
+  w->async_send(std::string("normal;"), tr.wrap(count_aborted));
+  tracked.state()->fail_next = 1;  // the urgent queue's abort of its pump
+  BOOST_CHECK_NO_THROW(w.reset());
+  BOOST_TEST(tracked.state()->fail_next.load() == 0u);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(aborted == 2);  // both messages
+  BOOST_TEST(peer.str().empty());
+  tr.check_all_accounted();
 }
 
 // ---- async rules ------------------------------------------------------------------

@@ -955,9 +955,27 @@ void queued_writer<Stream>::close_state() {
   detail::queue_service(queue_.get_executor()).remove(*state_);
   detail::node_list done;
   state_->close(done);
-  state_->abort_urgent();
-  done.complete_all(*state_, detail::completion_mode::post);
-  state_type::close_owned_stream(std::move(state_));  // state_ is reassigned or gone next
+  // Runs in the destructor: an abort whose completion cannot be posted
+  // (std::bad_alloc) destroys that handler unrun, as at shutdown, and the
+  // others are still aborted; nothing is thrown.
+  try {
+    state_->abort_urgent();
+  } catch (...) {
+  }
+  for (;;) {
+    try {
+      done.complete_all(*state_, detail::completion_mode::post);
+      break;
+    } catch (...) {
+      // That one is gone (destroyed unrun); the rest go on.
+    }
+  }
+  try {
+    state_type::close_owned_stream(std::move(state_));  // state_ is reassigned or gone next
+  } catch (...) {
+    // The close could not be posted: a write in flight returns when the
+    // stream lets it, as for a referenced stream.
+  }
 }
 
 template <class Stream>
