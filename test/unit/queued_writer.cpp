@@ -909,18 +909,27 @@ BOOST_FIXTURE_TEST_CASE(flush_cancelled_in_the_last_window_keeps_later_turns_in_
   BOOST_TEST(wire() == a + x);
 }
 
+// A writer over a test_stream whose executor, a tracking one, can be made to
+// throw std::bad_alloc on its next posts (tracked.state()->fail_next).
+struct failing_post_fixture {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  serq_test::tracking_executor<> tracked = serq_test::make_tracking_executor(ioc.get_executor());
+  serq_test::test_stream peer{ioc};
+  std::optional<serq::queued_writer<serq_test::test_stream>> writer{std::in_place,
+                                                                    net::any_io_executor(tracked)};
+
+  failing_post_fixture() { writer->next_layer().connect(peer); }
+};
+
 // An idle writer's first message queues a pump in the writer's serialized
 // queue. If that cannot be done (the pump's trigger cannot be posted:
 // std::bad_alloc), the message is refused with no_memory, as when the writer
 // cannot make its busy state, and the writer goes on: nothing is thrown, and
 // the next message gets a pump and is written.
-BOOST_AUTO_TEST_CASE(a_pump_that_cannot_be_queued_refuses_its_message_and_the_writer_goes_on) {
-  serq_test::handler_tracker tr;
-  net::io_context ioc;
-  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
-  serq_test::test_stream peer(ioc);
-  serq::queued_writer<serq_test::test_stream> w{net::any_io_executor(tracked)};
-  w.next_layer().connect(peer);
+BOOST_FIXTURE_TEST_CASE(a_pump_that_cannot_be_queued_refuses_its_message_and_the_writer_goes_on,
+                        failing_post_fixture) {
+  auto& w = *writer;
   error_code lost_ec, sent_ec;
   int lost_calls = 0, sent_calls = 0;
   tracked.state()->fail_next = 1;  // the pump's trigger
@@ -950,13 +959,9 @@ BOOST_AUTO_TEST_CASE(a_pump_that_cannot_be_queued_refuses_its_message_and_the_wr
 // The same for a close on an idle writer: refused with no_memory, its
 // closing operation never runs, and the writer is not closing: later
 // messages are written.
-BOOST_AUTO_TEST_CASE(a_close_whose_pump_cannot_be_queued_is_refused_and_the_writer_stays_open) {
-  serq_test::handler_tracker tr;
-  net::io_context ioc;
-  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
-  serq_test::test_stream peer(ioc);
-  serq::queued_writer<serq_test::test_stream> w{net::any_io_executor(tracked)};
-  w.next_layer().connect(peer);
+BOOST_FIXTURE_TEST_CASE(a_close_whose_pump_cannot_be_queued_is_refused_and_the_writer_stays_open,
+                        failing_post_fixture) {
+  auto& w = *writer;
   error_code close_ec, sent_ec;
   int close_calls = 0, close_runs = 0, sent_calls = 0;
   tracked.state()->fail_next = 1;  // the close's pump's trigger
@@ -985,13 +990,10 @@ BOOST_AUTO_TEST_CASE(a_close_whose_pump_cannot_be_queued_is_refused_and_the_writ
 // queued (its trigger cannot be posted), the message is refused with
 // no_memory and the writer goes on: the next urgent message queues a lender
 // again and is written.
-BOOST_AUTO_TEST_CASE(an_urgent_message_whose_lender_cannot_be_queued_is_refused_and_the_next_goes) {
-  serq_test::handler_tracker tr;
-  net::io_context ioc;
-  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
-  serq_test::test_stream peer(ioc);
-  serq::queued_writer<serq_test::test_stream> w{net::any_io_executor(tracked)};
-  w.next_layer().connect(peer);
+BOOST_FIXTURE_TEST_CASE(
+    an_urgent_message_whose_lender_cannot_be_queued_is_refused_and_the_next_goes,
+    failing_post_fixture) {
+  auto& w = *writer;
   w.set_watermarks(4, 8);
   error_code lost_ec, sent_ec;
   int lost_calls = 0, sent_calls = 0;
@@ -1046,14 +1048,9 @@ BOOST_FIXTURE_TEST_CASE(a_failure_ends_the_spell_above_the_high_watermark, write
 // The destructor aborts what is queued; if an abort's completion cannot be
 // posted (std::bad_alloc), that handler is destroyed unrun, the others are
 // aborted, and nothing leaves the destructor (which is noexcept).
-BOOST_AUTO_TEST_CASE(destroying_a_writer_whose_aborts_cannot_be_posted_throws_nothing) {
-  serq_test::handler_tracker tr;
-  net::io_context ioc;
-  auto tracked = serq_test::make_tracking_executor(ioc.get_executor());
-  serq_test::test_stream peer(ioc);
-  std::optional<serq::queued_writer<serq_test::test_stream>> w(std::in_place,
-                                                               net::any_io_executor(tracked));
-  w->next_layer().connect(peer);
+BOOST_FIXTURE_TEST_CASE(destroying_a_writer_whose_aborts_cannot_be_posted_throws_nothing,
+                        failing_post_fixture) {
+  std::optional<serq::queued_writer<serq_test::test_stream>>& w = writer;
   int aborted = 0;
   auto count_aborted = [&](error_code ec, std::size_t) {
     if (ec == net::error::operation_aborted)

@@ -624,6 +624,18 @@ BOOST_AUTO_TEST_CASE(destroying_turn_ends_it) {
   BOOST_TEST(launched == 1);
 }
 
+// Takes q's turn into held (one poll grants it), so that entries queued
+// next wait behind it. The context, out of work once the turn was handed
+// out, is restarted.
+template <class Queue>
+void hold_turn(Queue& q, std::optional<serq::turn>& held, serq_test::handler_tracker& tr,
+               net::io_context& ioc) {
+  q.async_acquire(tr.wrap([&held](error_code, serq::turn t) { held.emplace(std::move(t)); }));
+  ioc.poll();
+  ioc.restart();
+  BOOST_TEST_REQUIRE(held.has_value());
+}
+
 // An aborted entry's completion is posted; when its executor cannot take
 // it (std::bad_alloc), that handler is destroyed unrun, as at shutdown, and
 // the other entries are still aborted: none is lost, and the queue's work
@@ -635,10 +647,7 @@ BOOST_AUTO_TEST_CASE(cancel_whose_post_fails_aborts_the_rest_then_rethrows) {
   serq::basic_serialized_queue<decltype(tracked)> q(tracked);
 
   std::optional<serq::turn> held;
-  q.async_acquire(tr.wrap([&](error_code, serq::turn t) { held.emplace(std::move(t)); }));
-  ioc.poll();
-  ioc.restart();  // out of work once the turn was handed out
-  BOOST_TEST_REQUIRE(held.has_value());
+  hold_turn(q, held, tr, ioc);
   int launched = 0;
   int aborted = 0;
   for (int i = 0; i < 3; ++i)
@@ -669,10 +678,7 @@ BOOST_AUTO_TEST_CASE(a_trigger_that_cannot_be_posted_drops_its_entry_and_the_que
   serq::basic_serialized_queue<decltype(tracked)> q(tracked);
 
   std::optional<serq::turn> held;
-  q.async_acquire(tr.wrap([&](error_code, serq::turn t) { held.emplace(std::move(t)); }));
-  ioc.poll();
-  ioc.restart();  // out of work once the turn was handed out
-  BOOST_TEST_REQUIRE(held.has_value());
+  hold_turn(q, held, tr, ioc);
   int launched = 0;
   int completed = 0;
   for (int i = 0; i < 2; ++i)
@@ -699,9 +705,7 @@ BOOST_AUTO_TEST_CASE(destroying_a_queue_whose_abort_post_fails_neither_throws_no
   {
     std::optional<serq::turn> held;  // outlives the queue: its release triggers nothing
     serq::basic_serialized_queue<decltype(tracked)> q(tracked);
-    q.async_acquire(tr.wrap([&](error_code, serq::turn t) { held.emplace(std::move(t)); }));
-    ioc.poll();
-    ioc.restart();  // out of work once the turn was handed out
+    hold_turn(q, held, tr, ioc);
     int launched = 0;
     for (int i = 0; i < 3; ++i)
       q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
