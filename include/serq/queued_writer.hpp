@@ -108,8 +108,10 @@ inline constexpr urgent_t urgent{};
  * order they were queued, writes and composed operations alike. Urgent
  * messages count in `pending_bytes()`, `size()` and the watermarks like any
  * other; no write ever waits for the watermarks. A normal composed operation
- * whose turn came while urgent items were queued runs behind them, and behind
- * urgent items queued while it waits for them.
+ * whose turn comes while urgent items are queued counts as started: it runs
+ * in the urgent lane behind them and ahead of every urgent item queued after
+ * its turn came, and completes once the urgent lane is empty; nothing normal
+ * starts before that.
  *
  * @par Closing
  * `async_close` is queued behind everything already queued (as a flush is),

@@ -684,6 +684,57 @@ BOOST_AUTO_TEST_CASE(a_normal_operation_whose_turn_comes_runs_behind_waiting_urg
   run_all(ioc);
 }
 
+BOOST_AUTO_TEST_CASE(urgent_items_queued_after_a_deferred_operation_s_turn_run_after_it) {
+  net::io_context ioc;
+  socket_pair sp(ioc);
+  serq::queued_writer<local_socket> writer(std::move(sp.a));
+  recorder rec;
+
+  // x holds the stream; y's turn comes while the urgent write u is queued,
+  // so y runs in the urgent lane behind u. u is still being written (the
+  // peer reads x only) when u2 and then the urgent operation o2 arrive:
+  // y's turn has come, so they run after y, in the order they came.
+  const std::string x = pattern(512 * 1024, 'X'), y = "<deferred op>";
+  const std::string u = pattern(4 * 1024 * 1024, 'U');
+  const std::string u2 = "<urgent write after>", o2 = "<urgent op after>";
+  result x_r, y_r, u_r, u2_r, o2_r;
+  writer.async_enqueue(net::async_write(writer.next_layer(), net::buffer(x), net::deferred),
+                       rec.write(x_r));
+  writer.async_enqueue(net::async_write(writer.next_layer(), net::buffer(y), net::deferred),
+                       rec.write(y_r));
+  drain_ready(ioc);
+  writer.async_write(serq::urgent, net::buffer(u), rec.write(u_r));
+
+  std::string got_x(x.size(), '\0');
+  bool x_read = false;
+  net::async_read(sp.b, net::buffer(got_x), [&](error_code, std::size_t) { x_read = true; });
+  BOOST_REQUIRE(run_until(ioc, [&] { return x_read && x_r.calls == 1; }));
+  drain_ready(ioc);
+  BOOST_REQUIRE(u_r.calls == 0);  // u is in flight, y waits behind it
+  BOOST_REQUIRE(y_r.calls == 0);
+
+  writer.async_write(serq::urgent, net::buffer(u2), rec.write(u2_r));
+  writer.async_enqueue(serq::urgent,
+                       net::async_write(writer.next_layer(), net::buffer(o2), net::deferred),
+                       rec.write(o2_r));
+  std::string received;
+  error_code read_ec;
+  read_all(sp.b, received, read_ec);
+  const std::string expected = u + y + u2 + o2;
+  BOOST_REQUIRE(run_until(ioc, [&] { return received.size() == expected.size(); }));
+  BOOST_REQUIRE(run_until(ioc, [&] { return y_r.calls == 1 && o2_r.calls == 1; }));
+  BOOST_TEST((got_x == x));
+  BOOST_TEST((received == expected));
+  for (result* r : {&x_r, &y_r, &u_r, &u2_r, &o2_r})
+    BOOST_TEST(!r->ec);
+  // y's result is held until the urgent lane is quiet: it completes last.
+  BOOST_TEST(u_r.order < u2_r.order);
+  BOOST_TEST(u2_r.order < o2_r.order);
+  BOOST_TEST(o2_r.order < y_r.order);
+  sp.b.close();
+  run_all(ioc);
+}
+
 BOOST_AUTO_TEST_CASE(cancelling_a_normal_operation_held_behind_urgent_items_aborts_it_unlaunched) {
   net::io_context ioc;
   socket_pair sp(ioc);

@@ -493,7 +493,8 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // A composed operation's turn has come. Returns the writer's error if it
   // has failed (the operation must not start). Otherwise, if urgent items
   // wait, calls defer() under the lock, which must hand the operation to the
-  // urgent queue (behind them) and start lending, and sets deferred.
+  // urgent queue (behind them, ahead of every urgent item queued later) and
+  // start lending, and sets deferred.
   template <class Defer>
   error_code before_launch(Defer&& defer, bool& deferred) {
     std::lock_guard lock(mutex_);
@@ -501,6 +502,12 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     if (error_)
       return error_;
     if (urgent_pending_ && !lending_) {
+      // The operation counts as started: an urgent write queued from now on
+      // goes behind it, not into the segment of a pump ahead of it (urgent
+      // composed operations queue behind it anyway). Before anything
+      // changes: it may throw (then the operation never launches).
+      if (urgent_segment_has_pump_)
+        mark_segment_locked(lane::urgent);
       lending_ = true;
       held_state_ = held_state::running;
       defer();
