@@ -28,8 +28,13 @@ struct trigger_inline_t {
 /// Asks `async_enqueue` to launch the operation inside the call when the
 /// queue is running and idle (tevent's `tevent_queue_add_optimize_empty`),
 /// and the call is made where the queue's operations may run: for a queue on
-/// a strand, only from inside that strand. Otherwise the entry waits as
-/// usual. The completion handler is still never invoked from inside the call.
+/// a strand, only from inside that strand. A queue on an `any_io_executor`
+/// launches in the call only when serq can see what it wraps: an
+/// `io_context`'s or the system executor, or (called inside it) a strand of an
+/// `io_context` executor or of an `any_io_executor`; any other target might be
+/// a strand, so its entries are triggered as usual. Otherwise the entry waits
+/// as usual. The completion handler is still never invoked from inside the
+/// call.
 inline constexpr trigger_inline_t trigger_inline{};
 
 /// A FIFO that serializes whole asynchronous operations.
@@ -205,7 +210,9 @@ class basic_serialized_queue {
   /// running and idle (`tevent_queue_add_optimize_empty`).
   /**
    * A queue on a strand launches inside the call only when the caller runs
-   * inside that strand; other calls trigger the entry as usual (posted).
+   * inside that strand; other calls trigger the entry as usual (posted). So
+   * does a queue on an `any_io_executor` whose target serq cannot tell from
+   * a strand (see `serq::trigger_inline`).
    * Otherwise identical to `async_enqueue(op, token)`. The completion
    * handler is never invoked from inside this call, even when the operation
    * is launched in it.

@@ -172,6 +172,37 @@ BOOST_AUTO_TEST_CASE(trigger_inline_from_outside_the_strand_does_not_launch_in_t
   BOOST_TEST(done == 2);
 }
 
+BOOST_AUTO_TEST_CASE(trigger_inline_on_an_any_io_executor_of_another_strand_waits_its_turn) {
+  // A strand serq cannot see through the type erasure (here: of a
+  // thread_pool's executor) must not be bypassed: the operation is
+  // triggered on the strand, never launched on the calling thread.
+  net::thread_pool pool(1);
+  const auto pool_strand = net::make_strand(pool.get_executor());
+  serq::serialized_queue q{net::any_io_executor(pool_strand)};
+
+  // Keep the strand busy until the call has returned.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  net::post(pool_strand, [released] { released.wait(); });
+
+  std::atomic<bool> launched{false};
+  std::atomic<bool> launched_on_strand{false};
+  std::promise<error_code> done;
+  auto op = [&, pool_strand](auto handler) {
+    launched = true;
+    launched_on_strand = pool_strand.running_in_this_thread();
+    std::move(handler)(error_code());
+  };
+  q.async_enqueue<void(error_code)>(serq::trigger_inline, op,
+                                    [&](error_code ec) { done.set_value(ec); });
+  BOOST_TEST(!launched.load());  // this thread is not in the strand
+  release.set_value();
+  BOOST_TEST(!done.get_future().get());
+  BOOST_TEST(launched.load());
+  BOOST_TEST(launched_on_strand.load());
+  pool.join();
+}
+
 BOOST_AUTO_TEST_CASE(a_writer_runs_enqueued_operations_on_the_stream_strand) {
   net::local::stream_protocol::socket a(strand), b(ioc);
   net::local::connect_pair(a, b);

@@ -36,6 +36,8 @@ bool running_in(const Executor& ex) noexcept {
       return e->running_in_this_thread();
     if (const auto* s = ex.template target<net::strand<io_executor>>())
       return s->running_in_this_thread();
+    if (const auto* s = ex.template target<net::strand<net::any_io_executor>>())
+      return s->running_in_this_thread();  // make_strand of a socket's executor
     return false;
   } else {
     return false;
