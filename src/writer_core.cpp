@@ -368,6 +368,11 @@ bool writer_core::add_close_locked(writer_node* n, node_list& rejected) {
   return needs_pump;
 }
 
+void writer_core::refuse_waiters_locked(node_list& done) {
+  while (writer_node* w = busy_ ? busy_->waiters.front() : nullptr)
+    finish_node_locked(w, refusal_outcome_locked(), done, nullptr, true);
+}
+
 void writer_core::mark_segment_locked(lane l) {
   const bool urgent = l == lane::urgent;
   std::uint32_t& segment = urgent ? urgent_segment_ : segment_;

@@ -236,6 +236,38 @@ BOOST_AUTO_TEST_CASE(every_request_after_async_close_fails_with_shut_down_at_onc
   BOOST_TEST(read_ec == net::error::eof);
 }
 
+BOOST_AUTO_TEST_CASE(a_waiter_waiting_when_async_close_is_called_completes_with_shut_down) {
+  net::io_context ioc;
+  socket_pair sp(ioc);
+  serq::queued_writer<local_socket> writer(std::move(sp.a));
+  recorder rec;
+  writer.set_watermarks(0, 4);
+
+  // Not writable: 8 bytes pending above a high watermark of 4.
+  const std::string msg = "8 bytes!";
+  result msg_r, wait_r, close_r;
+  writer.async_write(net::buffer(msg), rec.write(msg_r));
+  BOOST_REQUIRE(!writer.writable());
+  writer.async_wait_writable(rec.signal(wait_r));
+  writer.async_close(rec.signal(close_r));
+  BOOST_TEST(rec.now() == 0);  // nothing completed inside a call
+
+  // writable() never becomes true again: the waiter gets shut_down, also
+  // when the message drains below the low watermark before the close runs.
+  run_all(ioc);
+  BOOST_TEST(!writer.writable());
+  BOOST_TEST(wait_r.calls == 1);
+  BOOST_TEST(wait_r.ec == net::error::shut_down);
+  BOOST_TEST(!msg_r.ec);
+  BOOST_TEST(close_r.calls == 1);
+  BOOST_TEST(!close_r.ec);
+  std::string received;
+  error_code read_ec;
+  read_all(sp.b, received, read_ec);
+  run_all(ioc);
+  BOOST_TEST((received == msg));
+}
+
 BOOST_AUTO_TEST_CASE(a_write_error_before_the_close_fails_the_close_with_that_error) {
   net::io_context ioc;
   serq_test::fail_count fc(3);

@@ -478,12 +478,19 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // when it can complete at once: the first close has completed (its result),
   // or the writer has failed or closed. While another close is pending it
   // joins that one and completes with its result. Otherwise it is queued like
-  // a flush and from now on every new request is refused with shut_down.
+  // a flush and from now on every new request is refused with shut_down;
+  // writable() stays false, so the async_wait_writable requests waiting go
+  // to `waiters_done` with shut_down (they must be posted: they are not this
+  // call's).
   template <class StartPump>
-  void add_close(writer_node* n, node_list& rejected, StartPump&& start_pump) {
+  void add_close(writer_node* n, node_list& rejected, node_list& waiters_done,
+                 StartPump&& start_pump) {
     std::lock_guard lock(mutex_);
-    if (add_close_locked(n, rejected))
-      start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, writable_, rejected);
+    if (add_close_locked(n, rejected) &&
+        !start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, writable_, rejected))
+      return;
+    if (closing_)
+      refuse_waiters_locked(waiters_done);
   }
 
   // Adds an async_wait_writable request; returned in `ready` when it can
@@ -698,6 +705,8 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // Queues n on lane l, or rejects it; needs_pump: its segment has no pump.
   bool add_locked(writer_node* n, lane l, node_list& rejected, bool& needs_pump);
   bool add_close_locked(writer_node* n, node_list& rejected);
+  // Ends every async_wait_writable request waiting, as refused now.
+  void refuse_waiters_locked(node_list& done);
   bool note_urgent_locked() noexcept;
   // A composed operation ends lane l's current segment, which has a pump:
   // a segment_mark goes behind its writes and the next segment begins.
