@@ -74,6 +74,7 @@ void canceller::operator()(net::cancellation_type_t type) {
     if (e) {
       core_->unlink_locked(e);
       core_->left_locked(*e, now_ticks());
+      core_->begin_aborts_locked();
     }
   }
   if (e) {
@@ -85,10 +86,10 @@ void canceller::operator()(net::cancellation_type_t type) {
     } catch (...) {
       // Its completion could not be posted: the entry is gone, its handler
       // destroyed unrun; the queue's work must not outlive it.
-      core_->release_work_if_idle();
+      core_->end_aborts();
       throw;
     }
-    core_->release_work_if_idle();
+    core_->end_aborts();
     return;
   }
   {
@@ -211,6 +212,12 @@ void queue_core::drop_work_locked(void* work_out) noexcept {
 
 void queue_core::release_work_if_idle() noexcept {
   std::lock_guard lock(mutex_);
+  drop_work_locked(nullptr);
+}
+
+void queue_core::end_aborts() noexcept {
+  std::lock_guard lock(mutex_);
+  --aborts_posting_;
   drop_work_locked(nullptr);
 }
 
@@ -539,11 +546,12 @@ std::size_t queue_core::cancel() {
   {
     std::lock_guard lock(mutex_);
     list = take_all_locked();
+    begin_aborts_locked();
   }
   trace_left(list, net::error::operation_aborted);
   std::exception_ptr failure;
   const std::size_t n = abort_all(std::move(list), failure);
-  release_work_if_idle();
+  end_aborts();
   if (failure)
     std::rethrow_exception(failure);
   return n;
@@ -555,6 +563,7 @@ void queue_core::close() {
     std::lock_guard lock(mutex_);
     closed_ = true;
     list = take_all_locked();
+    begin_aborts_locked();
     if (busy_ && !orphan_held_) {
       core_add_ref(this);  // the caller's reference keeps it alive to the end of this call
       orphan_held_ = true;
@@ -566,7 +575,7 @@ void queue_core::close() {
   // is thrown.
   std::exception_ptr failure;
   abort_all(std::move(list), failure);
-  release_work_if_idle();
+  end_aborts();
 }
 
 void queue_core::shutdown() noexcept {

@@ -636,6 +636,48 @@ void hold_turn(Queue& q, std::optional<serq::turn>& held, serq_test::handler_tra
   BOOST_TEST_REQUIRE(held.has_value());
 }
 
+// A waiting entry removed by its signal or by cancel() has its abort posted
+// after the queue's lock is released. If another thread finishes the active
+// entry in between (here: the trace hook, which runs at that moment,
+// releases the held turn), the queue is idle, but its work must outlive
+// the post: were it released first, an io_context with nothing else to do
+// would stop, and run() would return without running the aborted handler.
+BOOST_AUTO_TEST_CASE(the_queue_s_work_outlives_the_posting_of_aborts_it_removed) {
+  for (const bool by_signal : {true, false}) {
+    BOOST_TEST_CONTEXT("by_signal " << by_signal) {
+      serq_test::handler_tracker tr;
+      net::io_context ioc;
+      serq::serialized_queue q(ioc.get_executor());
+      std::optional<serq::turn> held;
+      hold_turn(q, held, tr, ioc);
+
+      net::cancellation_signal sig;
+      int launched = 0;
+      error_code got;
+      int calls = 0;
+      q.async_enqueue<void(error_code)>(
+          posting_op(launched, error_code()),
+          net::bind_cancellation_slot(sig.slot(), tr.wrap([&](error_code ec) {
+            got = ec;
+            ++calls;
+          })));
+      q.set_trace_hook([&](serq::trace_point p, serq::entry_info&) {
+        if (p == serq::trace_point::detach && held)
+          held.reset();  // the active entry finishes: nothing waits any more
+      });
+      if (by_signal)
+        sig.emit(net::cancellation_type::total);
+      else
+        BOOST_TEST(q.cancel() == 1u);
+      BOOST_TEST(!held.has_value());
+      ioc.run();  // no restart(): the context must not have stopped
+      BOOST_TEST(calls == 1);
+      BOOST_TEST(got == net::error::operation_aborted);
+      BOOST_TEST(launched == 0);
+    }
+  }
+}
+
 // An aborted entry's completion is posted; when its executor cannot take
 // it (std::bad_alloc), that handler is destroyed unrun, as at shutdown, and
 // the other entries are still aborted: none is lost, and the queue's work

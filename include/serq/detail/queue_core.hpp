@@ -378,7 +378,15 @@ class queue_core : public service_member {
   // after the completions of removed entries were posted, so that the
   // executor never sees its work run out before they are.
   void release_work_if_idle() noexcept;
-  bool needs_work_locked() const noexcept { return !waiting_.empty() || (busy_ && !turn_held_); }
+  // Entries taken out of waiting_ under the lock have their aborts posted
+  // after it: begin_aborts_locked() (with the removal) keeps the work held
+  // meanwhile, even if another thread finishes the active entry and finds
+  // the queue idle; end_aborts() (after the posts) lets it go.
+  void begin_aborts_locked() noexcept { ++aborts_posting_; }
+  void end_aborts() noexcept;
+  bool needs_work_locked() const noexcept {
+    return !waiting_.empty() || (busy_ && !turn_held_) || aborts_posting_ != 0;
+  }
   // Stops counting work when nothing needs it: into *work_out when given.
   void drop_work_locked(void* work_out) noexcept;
   void call_hook(trace_point p, entry_info& info) noexcept;
@@ -407,6 +415,9 @@ class queue_core : public service_member {
   // The name: none, one of serq's own (a literal, nothing stored), or the
   // extras' copy of the user's.
   unsigned char name_kind_ = 0;
+  // Threads posting the aborts of entries they removed (see
+  // begin_aborts_locked): one count per removing call, not per entry.
+  std::uint16_t aborts_posting_ = 0;
 
   entry_list waiting_;
   std::size_t waiting_count_ = 0;
