@@ -19,6 +19,17 @@ namespace detail {
 
 // ---- entry_base ------------------------------------------------------------
 
+namespace {
+// The abandon running on this thread, if any, and the queues whose finish()
+// the abandons nested in it left for it to run.
+struct abandon_stack {
+  bool running = false;
+  std::size_t pending = 0;
+  queue_core* cores[16];
+};
+thread_local abandon_stack abandoning;
+}  // namespace
+
 void entry_base::abandon() noexcept {
   if (launch_guard* guard = launch_guard::current(this)) {
     guard->set_abandoned();  // the guard abandons the entry once its lock is released
@@ -27,7 +38,26 @@ void entry_base::abandon() noexcept {
   queue_core* core = core_;
   destroy();
   core->trace_done(net::error::shut_down);
+  // finish() triggers the next entry; an executor that is shut down (a
+  // strand whose service went first) destroys that trigger inside the post,
+  // which abandons the next entry here again, and so on for the whole queue.
+  // A nested abandon leaves its finish() to the outermost one, which loops:
+  // the stack does not grow with the queue. (The core stays alive until its
+  // finish(): the active entry's reference is released there.)
+  abandon_stack& a = abandoning;
+  if (a.running) {
+    if (a.pending < std::size(a.cores)) {
+      a.cores[a.pending++] = core;
+      return;
+    }
+    core->finish();  // sixteen queues pending at once (not seen): recurse
+    return;
+  }
+  a.running = true;
   core->finish();
+  while (a.pending != 0)
+    a.cores[--a.pending]->finish();
+  a.running = false;
 }
 
 void entry_base::attach_canceller(net::cancellation_slot slot, const core_ref& core) {

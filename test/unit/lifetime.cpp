@@ -259,6 +259,32 @@ BOOST_AUTO_TEST_CASE(handler_owning_its_queue_destroyed_at_context_shutdown) {
   tr.check_all_accounted();
 }
 
+// Asio shuts services down newest first. A strand made after the first
+// queue (a long-lived queue, then a strand per connection) is shut down
+// before serq's service: the strand destroys the posted trigger of its
+// queue's first entry, which abandons it, and the next entry's trigger,
+// posted to the shut-down strand, is destroyed inside that post, and so on
+// for every entry waiting. That must be a loop, not a recursion as deep as
+// the queue (which overflowed the stack).
+BOOST_AUTO_TEST_CASE(strand_shut_down_first_abandons_a_deep_queue_without_deep_recursion) {
+  serq_test::handler_tracker tr;
+  constexpr int entries = 50000;
+  int invoked = 0;
+  {
+    shutdownable_io_context ioc;
+    serq::serialized_queue first(ioc);  // serq's service before the strand's
+    serq::serialized_queue q(net::make_strand(ioc));
+    for (int i = 0; i < entries; ++i)
+      q.async_enqueue<void(error_code)>(one_step(ioc.get_executor()),
+                                        tr.wrap([&](error_code) { ++invoked; }));
+    BOOST_TEST(q.size() == std::size_t(entries));
+    ioc.shutdown();
+    BOOST_TEST(invoked == 0);
+  }
+  BOOST_TEST(tr.invoked() == 0u);
+  tr.check_all_accounted();
+}
+
 BOOST_AUTO_TEST_CASE(stop_and_restart_mid_stream_loses_nothing_and_keeps_order) {
   net::io_context ioc;
   serq::serialized_queue q(ioc.get_executor());
