@@ -150,8 +150,9 @@ void writer_node::attach_canceller(net::cancellation_slot slot, std::shared_ptr<
 void node_canceller::operator()(net::cancellation_type_t type) {
   node_list done;
   // Keeps the core while its done list completes (the signal's owner may
-  // let go of this canceller meanwhile).
+  // let go of this canceller meanwhile), and the executor's work until then.
   const std::shared_ptr<writer_core> core = core_;
+  net::any_io_executor work;  // declared first: released after the posts
   {
     std::lock_guard lock(core->mutex_);
     writer_node* n = node_;
@@ -189,6 +190,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
       core->terminal_requested_ = true;
       core->busy_->write_signal.emit(net::cancellation_type::terminal);
     }
+    core->hold_work_locked(done, work);
   }
   done.complete_all(*core, completion_mode::post);
 }
@@ -798,7 +800,7 @@ void writer_core::fail(const error_code& ec) {
   done.complete_all(*this, completion_mode::post);
 }
 
-std::size_t writer_core::cancel(node_list& done) {
+std::size_t writer_core::cancel(node_list& done, net::any_io_executor& work) {
   std::lock_guard lock(mutex_);
   std::size_t count = 0;
   if (!busy_)
@@ -817,10 +819,11 @@ std::size_t writer_core::cancel(node_list& done) {
     }
   }
   update_writable_locked(done);
+  hold_work_locked(done, work);
   return count;
 }
 
-void writer_core::close(node_list& done) {
+void writer_core::close(node_list& done, net::any_io_executor& work) {
   std::lock_guard lock(mutex_);
   closed_ = true;
   if (busy_) {
@@ -844,6 +847,7 @@ void writer_core::close(node_list& done) {
   // flight, if any, returns when the stream is closed.
   disarm_stall_timer_locked();
   release_window_locked();
+  hold_work_locked(done, work);
 }
 
 void writer_core::shutdown() noexcept {
@@ -875,7 +879,8 @@ void writer_core::shutdown() noexcept {
   // doomed's destructor destroys the rest.
 }
 
-void writer_core::set_watermarks(std::size_t low, std::size_t high, node_list& done) {
+void writer_core::set_watermarks(std::size_t low, std::size_t high, node_list& done,
+                                 net::any_io_executor& work) {
   if (low > high)
     throw std::invalid_argument("serq::queued_writer::set_watermarks: low exceeds high");
   std::lock_guard lock(mutex_);
@@ -884,6 +889,7 @@ void writer_core::set_watermarks(std::size_t low, std::size_t high, node_list& d
   if (writable_ && pending_bytes_ > high_)
     set_writable_locked(false);
   update_writable_locked(done);
+  hold_work_locked(done, work);
 }
 
 void writer_core::set_gathering(bool on) noexcept {

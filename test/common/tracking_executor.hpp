@@ -24,6 +24,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <new>
 #include <type_traits>
@@ -40,6 +41,11 @@ struct executor_tracking_state {
   /// The next this many execute() calls throw std::bad_alloc instead (an
   /// executor that cannot allocate the function's operation).
   std::atomic<std::size_t> fail_next{0};
+  /// Once armed, the next execute() call runs before_execute first (on the
+  /// calling thread, before the function reaches the inner executor): a
+  /// test's way into the moment between a decision and its post.
+  std::function<void()> before_execute;
+  std::atomic<bool> before_execute_armed{false};
 };
 
 namespace detail {
@@ -113,6 +119,8 @@ class tracking_executor {
     for (std::size_t n = state_->fail_next.load(); n != 0;)
       if (state_->fail_next.compare_exchange_weak(n, n - 1))
         throw std::bad_alloc();
+    if (state_->before_execute_armed.exchange(false))
+      state_->before_execute();
     ++state_->executions;
     inner_.execute(
         detail::marked_function<std::decay_t<Function>>(std::forward<Function>(f), state_));

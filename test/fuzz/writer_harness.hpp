@@ -210,12 +210,12 @@ class script {
         }
         break;
       case 6:
-        core_->cancel(done);
+        core_->cancel(done, no_work_);
         break;
       case 7: {
         std::size_t low = next() * 13u, high = next() * 29u;
         try {
-          core_->set_watermarks(low, high, done);
+          core_->set_watermarks(low, high, done, no_work_);
           check(low <= high, "set_watermarks accepted low > high");
           low_ = low;
           high_ = high;
@@ -303,7 +303,7 @@ class script {
     // The writer goes away: close, then the stream's outstanding write
     // completes as a destroyed socket's would.
     d::node_list done;
-    core_->close(done);
+    core_->close(done, no_work_);
     done.complete_all(*core_, d::completion_mode::post);
     for (int guard = 0; (active_ || !queue_.empty()) && guard < 100000; ++guard) {
       if (in_flight_) {
@@ -358,6 +358,7 @@ class script {
   fail_fn fail_;
   totals sum_;
   std::shared_ptr<d::writer_core> core_;
+  net::any_io_executor no_work_;  // a bare writer_core holds no work for its aborts
   std::vector<msg> msgs_;
   std::deque<item> queue_;
   std::optional<std::uint64_t> active_;

@@ -37,6 +37,10 @@ using serq_test::test_stream;
 
 namespace {
 
+// What a bare writer_core holds for posting aborts: nothing (it has no
+// executor), so one empty executor serves every call.
+net::any_io_executor no_work;
+
 struct one_pointer_callback {
   int* count;
   void operator()(error_code, std::size_t) const { ++*count; }
@@ -379,7 +383,7 @@ BOOST_AUTO_TEST_CASE(a_pump_whose_writes_were_all_taken_back_stops_where_the_nex
   BOOST_TEST(!core->add_operation([&] { enqueued = true; }));  // ends segment 0
   BOOST_TEST(enqueued);
   d::node_list done;
-  BOOST_TEST(core->cancel(done) == 1u);  // "a" taken back
+  BOOST_TEST(core->cancel(done, no_work) == 1u);  // "a" taken back
   done.complete_all(*core, d::completion_mode::post);
   core->add(new plain_node("b", &results), rejected, start_pump);  // segment 1
   BOOST_TEST_REQUIRE(pumps.size() == 2u);
@@ -414,7 +418,7 @@ BOOST_AUTO_TEST_CASE(the_busy_state_exists_only_while_something_is_queued_writte
   add_messages(*core, 1, results);
   BOOST_TEST(core->holds_busy_state());
   d::node_list done;
-  BOOST_TEST(core->cancel(done) == 1u);
+  BOOST_TEST(core->cancel(done, no_work) == 1u);
   done.complete_all(*core, d::completion_mode::post);
   BOOST_TEST(!core->holds_busy_state());
   // Its pump's turn comes after the state is gone: nothing to write.
@@ -426,7 +430,7 @@ BOOST_AUTO_TEST_CASE(the_busy_state_exists_only_while_something_is_queued_writte
   add_messages(*core, 1, results);
   d::node_list rejected, waiters;
   core->add_close(new plain_node("", &results, d::writer_node::kind::close), rejected, waiters,
-                  [](std::uint32_t) {});
+                  no_work, [](std::uint32_t) {});
   BOOST_TEST_REQUIRE(rejected.empty());
   BOOST_TEST(waiters.empty());
   BOOST_TEST(cut_window(*core) == 1u);
@@ -443,7 +447,7 @@ BOOST_AUTO_TEST_CASE(the_busy_state_exists_only_while_something_is_queued_writte
   BOOST_TEST_REQUIRE(results.size() == 6u);
   BOOST_TEST(results.back().ec == net::error::broken_pipe);
   core->add_close(new plain_node("", &results, d::writer_node::kind::close), rejected, waiters,
-                  [](std::uint32_t) {});
+                  no_work, [](std::uint32_t) {});
   BOOST_TEST_REQUIRE(!rejected.empty());
   rejected.complete_all(*core, d::completion_mode::post);
   BOOST_TEST(results.back().ec == net::error::broken_pipe);
@@ -492,7 +496,7 @@ BOOST_AUTO_TEST_CASE(a_failed_writer_gives_its_busy_state_back_and_keeps_its_err
   rejected.complete_all(*core, d::completion_mode::post);
   BOOST_TEST(results.back().ec == net::error::connection_reset);
   BOOST_TEST(!core->holds_busy_state());
-  BOOST_TEST(core->cancel(done) == 0u);
+  BOOST_TEST(core->cancel(done, no_work) == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(a_busy_state_given_back_keeps_no_cancellation_handler_of_its_stream) {

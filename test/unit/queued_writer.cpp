@@ -1021,6 +1021,82 @@ BOOST_FIXTURE_TEST_CASE(
   BOOST_TEST(!w.error());
 }
 
+// The same for an urgent composed operation: refused with no_memory, never
+// launched, and not left behind in the urgent queue, where it would have
+// kept the urgent lane waiting for a lender: the next urgent item goes.
+BOOST_FIXTURE_TEST_CASE(
+    an_urgent_operation_whose_lender_cannot_be_queued_is_refused_and_the_next_goes,
+    failing_post_fixture) {
+  auto& w = *writer;
+  error_code lost_ec, sent_ec;
+  int lost_calls = 0, launched = 0, sent_calls = 0;
+  tracked.state()->fail_next = 1;  // the lender's trigger (the urgent queue is stopped)
+  BOOST_CHECK_NO_THROW(w.async_enqueue<void(error_code)>(
+      serq::urgent,
+      [&](auto handler) {
+        ++launched;
+        std::move(handler)(error_code());
+      },
+      tr.wrap([&](error_code ec) {
+        lost_ec = ec;
+        ++lost_calls;
+      })));
+  BOOST_TEST(tracked.state()->fail_next.load() == 0u);
+  w.async_send(serq::urgent, std::string("sent;"), tr.wrap([&](error_code ec, std::size_t) {
+    sent_ec = ec;
+    ++sent_calls;
+  }));
+  ioc.restart();  // the failed post gave back the io_context's last work
+  ioc.poll();
+  BOOST_TEST(lost_calls == 1);
+  BOOST_TEST(lost_ec == net::error::no_memory);
+  BOOST_TEST(launched == 0);
+  BOOST_TEST(sent_calls == 1);
+  BOOST_TEST(!sent_ec);
+  BOOST_TEST(peer.str() == "sent;");
+  BOOST_TEST(!w.error());
+}
+
+// A queued message cancelled from another thread is taken out under the
+// writer's lock and its completion posted after it. If the writer's last
+// operation finishes in between (here: the thread that emitted runs the
+// io_context, at the moment of the post), an io_context with nothing else
+// to do must not stop before that post: the canceller holds work on the
+// writer's executor until it is done (without it, run() returned and the
+// aborted handler never ran). The same holds for cancel().
+BOOST_FIXTURE_TEST_CASE(a_cancelled_message_s_completion_is_posted_before_the_work_runs_out,
+                        failing_post_fixture) {
+  for (const bool by_signal : {true, false}) {
+    BOOST_TEST_CONTEXT("by_signal " << by_signal) {
+      ioc.restart();
+      auto& w = *writer;
+      int first_calls = 0, second_calls = 0;
+      error_code second_ec;
+      net::cancellation_signal sig;
+      w.async_send(std::string("first;"), tr.wrap([&](error_code, std::size_t) { ++first_calls; }));
+      ioc.run_one();  // the pump: its write_some is in flight (its completion posted)
+      BOOST_TEST_REQUIRE(first_calls == 0);
+      w.async_send(std::string("second;"),
+                   net::bind_cancellation_slot(sig.slot(), tr.wrap([&](error_code ec, std::size_t) {
+                     second_ec = ec;
+                     ++second_calls;
+                   })));
+      tracked.state()->before_execute = [&] { ioc.poll(); };  // the first write finishes
+      tracked.state()->before_execute_armed = true;
+      if (by_signal)
+        sig.emit(net::cancellation_type::total);
+      else
+        BOOST_TEST(w.cancel() == 1u);
+      BOOST_TEST(!tracked.state()->before_execute_armed.load());
+      BOOST_TEST(first_calls == 1);
+      ioc.run();  // no restart(): the context must not have stopped
+      BOOST_TEST(second_calls == 1);
+      BOOST_TEST(second_ec == net::error::operation_aborted);
+    }
+  }
+  BOOST_TEST(peer.str() == "first;first;");
+}
+
 // The requests a failure completes take their bytes with them: a spell above
 // the high watermark ends there, and stats() stops counting it. (A terminal
 // cancellation the stream ignores fails the writer at the pump's next step,

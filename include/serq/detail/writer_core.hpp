@@ -460,7 +460,10 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
 
   // The same for an urgent composed operation: enqueue() puts it into the
   // urgent queue, in order with the urgent writes; start_lender() as for
-  // add_urgent.
+  // add_urgent, but first: if the lender cannot be queued, the operation is
+  // refused with no_memory before it reaches the urgent queue (behind it, it
+  // would wait for a lender that no request queues). A lender queued for an
+  // operation whose enqueue() then throws finds the urgent queue empty.
   template <class Enqueue, class StartLender>
   error_code add_urgent_operation(Enqueue&& enqueue, StartLender&& start_lender) {
     std::lock_guard lock(mutex_);
@@ -468,9 +471,17 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
       return ec;
     if (urgent_segment_has_pump_)
       mark_segment_locked(lane::urgent);
+    const bool was_pending = urgent_pending_;
+    if (note_urgent_locked()) {
+      try {
+        start_lender();
+      } catch (...) {
+        lender_queued_ = false;
+        urgent_pending_ = was_pending;
+        return net::error::no_memory;
+      }
+    }
     enqueue();
-    if (note_urgent_locked())
-      start_lender();
     return {};
   }
 
@@ -484,13 +495,15 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // call's).
   template <class StartPump>
   void add_close(writer_node* n, node_list& rejected, node_list& waiters_done,
-                 StartPump&& start_pump) {
+                 net::any_io_executor& work, StartPump&& start_pump) {
     std::lock_guard lock(mutex_);
     if (add_close_locked(n, rejected) &&
         !start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, writable_, rejected))
       return;
-    if (closing_)
+    if (closing_) {
       refuse_waiters_locked(waiters_done);
+      hold_work_locked(waiters_done, work);
+    }
   }
 
   // Adds an async_wait_writable request; returned in `ready` when it can
@@ -611,15 +624,17 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // Fails the writer with ec, as a write error would.
   void fail(const error_code& ec);
 
-  std::size_t cancel(node_list& done);
+  // cancel, close and set_watermarks: see hold_work_locked for `work`.
+  std::size_t cancel(node_list& done, net::any_io_executor& work);
   // The writer object is going away: queued requests abort; started writes
   // and a running close are completed by their operations' results.
-  void close(node_list& done);
+  void close(node_list& done, net::any_io_executor& work);
   void shutdown() noexcept override;
   // Owned by shared_ptr (the writer and its operations): pinned by one.
   std::shared_ptr<void> pin() noexcept override { return shared_from_this(); }
 
-  void set_watermarks(std::size_t low, std::size_t high, node_list& done);
+  void set_watermarks(std::size_t low, std::size_t high, node_list& done,
+                      net::any_io_executor& work);
   void set_gathering(bool on) noexcept;
   void set_gather_limits(std::size_t max_buffers, std::size_t max_bytes);
 
@@ -655,6 +670,10 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   writer_counters counters() const noexcept;
   bool writable() const noexcept;
   error_code error() const noexcept;
+
+  // Outstanding work on the writer's executor, or an empty executor (none,
+  // or it could not be had). See hold_work_locked.
+  virtual net::any_io_executor tracked_executor() const noexcept { return {}; }
 
  protected:
   // Executor: the type the handler nodes of this writer read it back as.
@@ -707,6 +726,18 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   bool add_close_locked(writer_node* n, node_list& rejected);
   // Ends every async_wait_writable request waiting, as refused now.
   void refuse_waiters_locked(node_list& done);
+  // A call that took requests out into `done` under the lock posts their
+  // completions after it. Meanwhile another thread may finish the writer's
+  // last operation; were that the io_context's last work, the context would
+  // stop first, and run() return without running them. So, under the lock,
+  // such a call takes outstanding work on the writer's executor into `work`,
+  // released after the posts (which then hold work of their own). Only when
+  // `done` has something: taking and releasing work on an idle io_context
+  // stops it.
+  void hold_work_locked(const node_list& done, net::any_io_executor& work) const noexcept {
+    if (!done.empty() && !work)
+      work = tracked_executor();
+  }
   bool note_urgent_locked() noexcept;
   // A composed operation ends lane l's current segment, which has a pump:
   // a segment_mark goes behind its writes and the next segment begins.

@@ -577,6 +577,19 @@ class writer_state final : public writer_core {
   const executor_type& get_executor() const noexcept { return executor_; }
 
   bool has_stream() const noexcept { return static_cast<bool>(stream_); }
+
+  net::any_io_executor tracked_executor() const noexcept override {
+    if constexpr (std::is_convertible_v<executor_type, net::any_io_executor>) {
+      try {
+        return net::prefer(net::any_io_executor(executor_),
+                           net::execution::outstanding_work.tracked);
+      } catch (...) {
+        return {};  // a target too big for the small buffer, and no memory
+      }
+    } else {
+      return {};
+    }
+  }
   next_layer_type& stream() noexcept { return *stream_; }
   const next_layer_type& stream() const noexcept { return *stream_; }
 
@@ -925,7 +938,8 @@ queued_writer<Stream>::queued_writer(Args&&... args)
       queue_(state_->stream().get_executor(), "serq.queued_writer") {
   if (!detail::queue_service(queue_.get_executor()).add(*state_)) {
     detail::node_list none;
-    state_->close(none);
+    net::any_io_executor no_work;  // nothing is queued yet: nothing to post
+    state_->close(none, no_work);
   }
 }
 
@@ -952,9 +966,10 @@ queued_writer<Stream>::~queued_writer() {
 
 template <class Stream>
 void queued_writer<Stream>::close_state() {
+  net::any_io_executor work;  // declared first: released after the aborts are posted
   detail::queue_service(queue_.get_executor()).remove(*state_);
   detail::node_list done;
-  state_->close(done);
+  state_->close(done, work);
   // Runs in the destructor: an abort whose completion cannot be posted
   // (std::bad_alloc) destroys that handler unrun, as at shutdown, and the
   // others are still aborted; nothing is thrown.
@@ -1081,8 +1096,9 @@ struct queued_writer<Stream>::initiate_close {
     detail::writer_node* n = detail::allocate_node<node_type>(handler, std::forward<Closer>(closer),
                                                               std::forward<Handler>(handler),
                                                               get_executor(), self->state_);
+    net::any_io_executor work;  // declared first: released after the waiters are posted
     detail::node_list rejected, waiters;
-    self->state_->add_close(n, rejected, waiters, [this](std::uint32_t segment) {
+    self->state_->add_close(n, rejected, waiters, work, [this](std::uint32_t segment) {
       self->queue_.async_acquire(
           typename state_type::pump_start{self->state_, {detail::lane::normal, segment}});
     });
@@ -1238,8 +1254,9 @@ auto queued_writer<Stream>::async_enqueue(urgent_t, Initiation&& init, Completio
 
 template <class Stream>
 void queued_writer<Stream>::set_watermarks(std::size_t low, std::size_t high) {
+  net::any_io_executor work;  // declared first: released after the waiters are posted
   detail::node_list done;
-  state_->set_watermarks(low, high, done);
+  state_->set_watermarks(low, high, done, work);
   done.complete_all(*state_, detail::completion_mode::post);
 }
 
@@ -1277,8 +1294,9 @@ writer_stats queued_writer<Stream>::stats() const noexcept {
 
 template <class Stream>
 std::size_t queued_writer<Stream>::cancel() {
+  net::any_io_executor work;  // declared first: released after the aborts are posted
   detail::node_list done;
-  const std::size_t n = state_->cancel(done);
+  const std::size_t n = state_->cancel(done, work);
   done.complete_all(*state_, detail::completion_mode::post);
   return n;
 }
