@@ -75,8 +75,10 @@ inline constexpr urgent_t urgent{};
  * client and server would take turns instead of working at once.
  *
  * The writer models AsyncWriteStream and AsyncReadStream, so it can stand in
- * for the stream: `net::async_write(writer, ...)` is one whole queued
- * write, and reads go straight to the next layer.
+ * for the stream: `net::async_write(writer, ...)` queues its data (as one
+ * write up to 64 KiB; above that, Asio's `async_write` hands it over in
+ * pieces, each one queued write: see `async_write_some`), and reads go
+ * straight to the next layer.
  *
  * @par Error policy
  * A write error fails the writer: the message(s) being written complete
@@ -188,7 +190,12 @@ inline constexpr urgent_t urgent{};
  * lowest layer (`lowest_layer()`, else the bottom of `next_layer()`, with
  * `close()`), from the stream's executor, so that the write in flight returns
  * at once with an error; the stream is destroyed when it has. With nothing in
- * flight, the stream is destroyed (and so closed) inside the destructor. A
+ * flight, the stream is destroyed (and so closed) inside the destructor,
+ * unless the cancellation slot of an earlier request still holds the
+ * writer's canceller (Asio leaves a slot's handler in place until the slot
+ * is reused or its signal destroyed): the canceller keeps the shared state,
+ * so the stream is then closed by a dispatch to its executor and destroyed
+ * when the slot lets go. A
  * referenced stream (`queued_writer<S&>`) is never closed by the writer, and
  * must outlive the write in flight. A read in flight through
  * `async_read_some` does not keep the stream alive: finish it first.
@@ -197,8 +204,11 @@ inline constexpr urgent_t urgent{};
  *
  * @par Thread safety
  * Distinct objects: safe. Shared objects: every member function except the
- * destructor may be called concurrently from any thread. `next_layer()`
- * gives unsynchronised access to the stream.
+ * destructor and move assignment may be called concurrently from any
+ * thread. `next_layer()` gives unsynchronised access to the stream, and
+ * `async_read_some` calls the stream directly: where the stream is not safe
+ * to read and write at once from two threads (`ssl::stream`), read on the
+ * writer's executor (its strand), where its writes run.
  *
  * @tparam Stream The stream type, owned (`queued_writer<tcp::socket>`) or
  * referenced (`queued_writer<tcp::socket&>`).
@@ -434,7 +444,8 @@ class queued_writer {
    * @par Object lifetimes
    * After the close completed, `error()` returns `net::error::shut_down`
    * (or the shutdown's error): the writer is closed, and every later request
-   * completes with that error. The stream itself stays open for reading
+   * completes with `net::error::shut_down` (a later `async_close`: with the
+   * close's result, as above). The stream itself stays open for reading
    * until it is destroyed.
    */
   template <
@@ -585,9 +596,11 @@ class queued_writer {
    * writer is in flight; each `write_some` that completes has made progress
    * and restarts the clock. When it passes, the writer fails with
    * `net::error::timed_out` (sticky, as a write error): the `write_some` in
-   * flight is cancelled (terminal), every request not in it completes at
-   * once with the error, and the messages in it complete when it returns,
-   * with the bytes each wrote. Time the stream spends in composed
+   * flight is cancelled (terminal), every message, flush and close not in it
+   * completes at once with the error (a composed operation queued behind it
+   * completes with the error when its turn comes, once that `write_some` has
+   * returned), and the messages in it complete when it returns, with the
+   * bytes each wrote. Time the stream spends in composed
    * operations or in a close does not count.
    *
    * One timer per writer at most, on the writer's executor, created on first

@@ -87,6 +87,16 @@ inline constexpr trigger_inline_t trigger_inline{};
  * executor is not the queue's also counts as work on that executor. A held
  * turn is not outstanding work.
  *
+ * @par Object lifetimes
+ * An operation's cancellation slot keeps serq's handler in it after the
+ * operation completed (Asio leaves a slot's handler in place until the slot
+ * is reused, cleared or its signal destroyed), and that handler holds the
+ * queue's shared state. For a queue on a strand, destroy such a
+ * `cancellation_signal` (or reuse its slot), and any `turn`, before the
+ * queue's execution context: the state's last reference destroys its copy of
+ * the strand, which must go before the strand's context. (On a plain
+ * `io_context` executor they may outlive it.)
+ *
  * @par Thread safety
  * Distinct objects: safe. Shared objects: every member function except the
  * destructor and move assignment may be called concurrently from any thread,
@@ -178,6 +188,11 @@ class basic_serialized_queue {
    * All cancellation types. While the entry waits, a signal removes it: the
    * operation is never launched and the handler gets `operation_aborted`.
    * Once launched, signals are forwarded to the operation, which decides.
+   * A waiting entry's signal may be emitted from any thread. A launched
+   * operation's is forwarded on the emitting thread, so Asio's rule for a
+   * slot applies: emit it where the operation's steps run (the queue's
+   * executor; on a strand, inside it), since each step of a composed
+   * operation installs its own handler in the slot.
    *
    * @par Errors
    * `operation_aborted` if the entry was cancelled before it started or the
@@ -280,7 +295,10 @@ class basic_serialized_queue {
   void start();
 
   /// Stops triggering new entries (`tevent_queue_stop`). The active entry,
-  /// if any, runs on; entries may still be added and wait.
+  /// if any, runs on; entries may still be added and wait. Called from a
+  /// completion handler, it comes too late for the next entry, which became
+  /// active when the completed one finished (before its handler ran): that
+  /// one still runs (unlike `tevent_queue_stop` in a callback).
   void stop() noexcept;
 
   /// True unless `stop()` was called more recently than `start()`.
@@ -313,8 +331,9 @@ class basic_serialized_queue {
    * entry, exactly once per point: `attach` when the entry is added (before
    * anything can trigger it), `before_trigger` and `after_complete` only if
    * it was triggered (an untriggered turn sees `before_trigger` again), and
-   * `detach` when it goes, however it goes. It runs with no serq lock held,
-   * on the thread where the point happens; it must not throw (an exception
+   * `detach` when it goes, however it goes. It runs with no serq lock held
+   * (but see `serq::trace_hook` for a writer's internal queues), on the
+   * thread where the point happens; it must not throw (an exception
    * leaving it calls `std::terminate`). Points that happen before the call
    * are not reported; the active entry, if its trigger came before the call,
    * is not reported at all.

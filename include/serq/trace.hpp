@@ -40,7 +40,7 @@ enum class trace_point {
 
 /// What kind of entry a trace hook is called for.
 enum class entry_kind {
-  operation,  ///< Added by `async_enqueue` (a writer's messages included).
+  operation,  ///< Added by `async_enqueue` (a writer's composed operations included).
   acquire,    ///< Added by `async_acquire`: its trigger hands out a turn.
   barrier,    ///< Added by `async_wait`.
 };
@@ -74,7 +74,12 @@ struct entry_info {
 /**
  * A hook runs on the thread where the point happens, with no lock of serq
  * held: it may use the queue (add entries, read `stats()`), though adding
- * from `attach` adds entries behind the one being attached. A hook must not
+ * from `attach` adds entries behind the one being attached. The exception:
+ * a `queued_writer` adds to its internal queues (a writer's messages are not
+ * entries: one `acquire` entry, its pump, carries a run of them; composed
+ * operations are `operation` entries) while it holds its own lock, so their
+ * `attach` points come with that lock held, and a hook must not call that
+ * writer's member functions from them. A hook must not
  * throw: an exception leaving a hook calls `std::terminate`, since serq
  * cannot undo the step it was reporting.
  */
@@ -103,10 +108,13 @@ void set_default_trace_hook(net::execution_context& ctx, trace_hook hook);
 /**
  * The counts cover the queue's whole life. An entry is `added` once, and
  * leaves either `completed` (it was triggered and is over) or `aborted` (it
- * never ran: cancelled, removed by `cancel()`, aborted by the queue's
- * destruction or by its context's shutdown, or refused because the queue was
- * closed). Wait times are those a trace hook sees as `entry_info::waited`,
- * counted when an entry is triggered or leaves without running.
+ * left while waiting: cancelled, removed by `cancel()`, aborted by the
+ * queue's destruction or by its context's shutdown, or refused because the
+ * queue was closed). An entry cancelled after its trigger, before its
+ * operation was launched, never runs either, but it was triggered: it
+ * counts as `completed` (with `operation_aborted`, as its hook points say).
+ * Wait times are those a trace hook sees as `entry_info::waited`, counted
+ * when an entry is triggered or leaves without running.
  *
  * Measuring a wait takes two clock reads per entry that waits, so a queue
  * starts to measure them at its first `stats()` call (or while a trace hook
