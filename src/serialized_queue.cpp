@@ -109,17 +109,21 @@ void canceller::operator()(net::cancellation_type_t type) {
   }
   if (e) {
     // Still waiting: it leaves the queue and its operation never starts.
-    if (core_->tracing())
-      core_->trace_entry(trace_point::detach, *e, net::error::operation_aborted);
+    // Once its completion is posted, the handler may run on another thread
+    // and destroy the signal that holds this canceller: nothing of this may
+    // be used after the post, so the core is held here.
+    const core_ref core = core_;
+    if (core->tracing())
+      core->trace_entry(trace_point::detach, *e, net::error::operation_aborted);
     try {
       e->abort();
     } catch (...) {
       // Its completion could not be posted: the entry is gone, its handler
       // destroyed unrun; the queue's work must not outlive it.
-      core_->end_aborts();
+      core->end_aborts();
       throw;
     }
-    core_->end_aborts();
+    core->end_aborts();
     return;
   }
   {
@@ -231,8 +235,17 @@ core_extras* queue_core::make_extras(bool nothrow) const {
 }
 
 void queue_core::drop_work_locked(void* work_out) noexcept {
-  if (!work_held_ || needs_work_locked())
+  if (!work_held_)
     return;
+  if (needs_work_locked()) {
+    // Idle but for aborts another thread is about to post (see
+    // begin_aborts_locked): the queue keeps its work for them, and the
+    // finishing thread gets a unit of its own for its completion, as it
+    // would have got the queue's.
+    if (work_out && aborts_posting_ != 0 && waiting_.empty() && !(busy_ && !turn_held_))
+      add_work_to(work_out);
+    return;
+  }
   work_held_ = false;
   if (work_out)
     move_work_to(work_out);

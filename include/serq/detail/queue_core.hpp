@@ -348,6 +348,9 @@ class queue_core : public service_member {
   virtual void work_started() = 0;
   virtual void work_finished() noexcept = 0;
   virtual void move_work_to(void* out) noexcept = 0;
+  // One more unit of work, into out (as move_work_to), the queue keeping
+  // its own; nothing if it cannot be had (an executor that allocates for it).
+  virtual void add_work_to(void* out) noexcept = 0;
 
  private:
   friend class canceller;
@@ -457,6 +460,12 @@ class basic_queue_core final : public queue_core {
   void move_work_to(void* out) noexcept override {
     work_.move_to(*static_cast<work_counter<Executor>*>(out));
   }
+  void add_work_to(void* out) noexcept override {
+    try {
+      static_cast<work_counter<Executor>*>(out)->start(executor_);
+    } catch (...) {
+    }
+  }
 
   const Executor executor_;
   work_counter<Executor> work_;
@@ -535,6 +544,16 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
       io_work_.~tracked_io_executor();
     else
       other_->work.reset();
+  }
+  void add_work_to(void* out) noexcept override {
+    auto& to = *static_cast<work_counter<net::any_io_executor>*>(out);
+    try {
+      if (!other())
+        to.adopt(net::prefer(io_, net::execution::outstanding_work.tracked));
+      else
+        to.adopt(net::prefer(other_->executor, net::execution::outstanding_work.tracked));
+    } catch (...) {
+    }
   }
   void move_work_to(void* out) noexcept override {
     auto& to = *static_cast<work_counter<net::any_io_executor>*>(out);
