@@ -172,10 +172,14 @@ void node_canceller::operator()(net::cancellation_type_t type) {
       core->finish_node_locked(n, writer_node::outcome::aborted, done);
       if (queued_close) {
         // Taken back before it started: the writer stays open, and the
-        // calls that joined this close are aborted with it.
+        // calls that joined this close are aborted with it. Waiters that
+        // only the close kept waiting (writable() was false for it alone)
+        // are released.
         core->closing_ = false;
         while (writer_node* f = core->busy_->followers.front())
           core->finish_node_locked(f, writer_node::outcome::aborted, done, nullptr, true);
+        if (core->writable_ && !core->error_)
+          core->release_waiters_locked(done);
       }
       core->update_writable_locked(done);
     } else if (core->written_of(n) == 0) {
@@ -370,9 +374,9 @@ bool writer_core::add_close_locked(writer_node* n, node_list& rejected) {
   return needs_pump;
 }
 
-void writer_core::refuse_waiters_locked(node_list& done) {
+void writer_core::release_waiters_locked(node_list& done) {
   while (writer_node* w = busy_ ? busy_->waiters.front() : nullptr)
-    finish_node_locked(w, refusal_outcome_locked(), done, nullptr, true);
+    finish_node_locked(w, writer_node::outcome::success, done, nullptr, true);
 }
 
 void writer_core::mark_segment_locked(lane l) {
@@ -543,8 +547,11 @@ void writer_core::release_window_locked() noexcept {
 void writer_core::update_writable_locked(node_list& done) {
   if (!writable_ && pending_bytes_ <= low_) {
     set_writable_locked(true);
-    while (writer_node* w = busy_ ? busy_->waiters.front() : nullptr)
-      finish_node_locked(w, writer_node::outcome::success, done, nullptr, true);
+    // writable() stays false while a close is pending: its waiters get its
+    // outcome (shut_down once it completes), or are released if it is taken
+    // back before it starts.
+    if (!closing_)
+      release_waiters_locked(done);
   } else if (writable_ && pending_bytes_ > high_) {
     set_writable_locked(false);
   }

@@ -568,9 +568,11 @@ class queued_writer {
    *
    * @par Errors
    * The writer's error if it has failed; `net::error::shut_down` once
-   * `async_close` was called: at once for a request made after it, and, for
-   * one already waiting, when `async_close` is called (`writable()` is false
-   * from then on); `operation_aborted` if the writer is destroyed first.
+   * `async_close` was called: at once for a request made after it; one
+   * already waiting keeps waiting (`writable()` is false while the close is
+   * pending) and gets `shut_down` when the close completes, or completes as
+   * usual if the close is cancelled before it starts; `operation_aborted` if
+   * the writer is destroyed first.
    */
   template <class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_wait_writable(CompletionToken&& token = CompletionToken());

@@ -428,11 +428,10 @@ BOOST_AUTO_TEST_CASE(the_busy_state_exists_only_while_something_is_queued_writte
   // A close: busy while it waits and while its operation runs, then idle
   // for good; the close's result stays (later closes get it).
   add_messages(*core, 1, results);
-  d::node_list rejected, waiters;
-  core->add_close(new plain_node("", &results, d::writer_node::kind::close), rejected, waiters,
-                  no_work, [](std::uint32_t) {});
+  d::node_list rejected;
+  core->add_close(new plain_node("", &results, d::writer_node::kind::close), rejected,
+                  [](std::uint32_t) {});
   BOOST_TEST_REQUIRE(rejected.empty());
-  BOOST_TEST(waiters.empty());
   BOOST_TEST(cut_window(*core) == 1u);
   written(*core, 1);
   BOOST_TEST(core->holds_busy_state());  // the close is queued still
@@ -446,8 +445,8 @@ BOOST_AUTO_TEST_CASE(the_busy_state_exists_only_while_something_is_queued_writte
   BOOST_TEST(!core->holds_busy_state());
   BOOST_TEST_REQUIRE(results.size() == 6u);
   BOOST_TEST(results.back().ec == net::error::broken_pipe);
-  core->add_close(new plain_node("", &results, d::writer_node::kind::close), rejected, waiters,
-                  no_work, [](std::uint32_t) {});
+  core->add_close(new plain_node("", &results, d::writer_node::kind::close), rejected,
+                  [](std::uint32_t) {});
   BOOST_TEST_REQUIRE(!rejected.empty());
   rejected.complete_all(*core, d::completion_mode::post);
   BOOST_TEST(results.back().ec == net::error::broken_pipe);

@@ -236,7 +236,7 @@ BOOST_AUTO_TEST_CASE(every_request_after_async_close_fails_with_shut_down_at_onc
   BOOST_TEST(read_ec == net::error::eof);
 }
 
-BOOST_AUTO_TEST_CASE(a_waiter_waiting_when_async_close_is_called_completes_with_shut_down) {
+BOOST_AUTO_TEST_CASE(a_waiter_waiting_when_async_close_is_called_gets_shut_down_with_the_close) {
   net::io_context ioc;
   socket_pair sp(ioc);
   serq::queued_writer<local_socket> writer(std::move(sp.a));
@@ -252,12 +252,14 @@ BOOST_AUTO_TEST_CASE(a_waiter_waiting_when_async_close_is_called_completes_with_
   writer.async_close(rec.signal(close_r));
   BOOST_TEST(rec.now() == 0);  // nothing completed inside a call
 
-  // writable() never becomes true again: the waiter gets shut_down, also
-  // when the message drains below the low watermark before the close runs.
+  // writable() never becomes true again: the waiter is not released when
+  // the message drains below the low watermark before the close runs; it
+  // gets shut_down when the close completes.
   run_all(ioc);
   BOOST_TEST(!writer.writable());
   BOOST_TEST(wait_r.calls == 1);
   BOOST_TEST(wait_r.ec == net::error::shut_down);
+  BOOST_TEST(wait_r.order > msg_r.order);
   BOOST_TEST(!msg_r.ec);
   BOOST_TEST(close_r.calls == 1);
   BOOST_TEST(!close_r.ec);
@@ -266,6 +268,48 @@ BOOST_AUTO_TEST_CASE(a_waiter_waiting_when_async_close_is_called_completes_with_
   read_all(sp.b, received, read_ec);
   run_all(ioc);
   BOOST_TEST((received == msg));
+}
+
+// The same waiter, when the close is cancelled before it starts: the
+// writer stays open, writable() is true again, and the waiter completes as
+// usual.
+BOOST_AUTO_TEST_CASE(a_waiter_kept_by_a_close_cancelled_before_it_starts_completes_as_usual) {
+  net::io_context ioc;
+  serq_test::test_stream a(ioc), b(ioc);
+  a.connect(b);
+  a.write_size(3);
+  serq::queued_writer<serq_test::test_stream&> writer(a);
+  writer.set_watermarks(4, 8);
+  recorder rec;
+
+  const std::string msg = pattern(10, 'm');
+  result msg_r, wait_r, close_r;
+  int close_runs = 0;
+  net::cancellation_signal cancel_close;
+  writer.async_write(net::buffer(msg), rec.write(msg_r));
+  BOOST_REQUIRE(!writer.writable());
+  writer.async_wait_writable(rec.signal(wait_r));
+  writer.async_close(serq_test::close_test_stream{&a, &close_runs},
+                     net::bind_cancellation_slot(cancel_close.slot(), rec.signal(close_r)));
+  // Written three bytes at a time: at 4 pending the low watermark is
+  // reached, with the message (and so the close) not done.
+  while (writer.pending_bytes() > 4)
+    BOOST_REQUIRE(ioc.run_one() != 0);
+  BOOST_TEST(msg_r.calls == 0);
+  BOOST_TEST(!writer.writable());  // closing
+  BOOST_TEST(wait_r.calls == 0);
+
+  cancel_close.emit(net::cancellation_type::total);
+  BOOST_TEST(writer.writable());  // the close was taken back
+  run_all(ioc);
+  BOOST_TEST(close_r.calls == 1);
+  BOOST_TEST(close_r.ec == net::error::operation_aborted);
+  BOOST_TEST(close_runs == 0);
+  BOOST_TEST(wait_r.calls == 1);
+  BOOST_TEST(!wait_r.ec);
+  BOOST_TEST(!msg_r.ec);
+  BOOST_TEST(b.str() == msg);
+  BOOST_TEST(!writer.error());
 }
 
 BOOST_AUTO_TEST_CASE(a_write_error_before_the_close_fails_the_close_with_that_error) {

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <utility>
 
 SERQ_NAMESPACE_BEGIN
@@ -489,21 +490,15 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // when it can complete at once: the first close has completed (its result),
   // or the writer has failed or closed. While another close is pending it
   // joins that one and completes with its result. Otherwise it is queued like
-  // a flush and from now on every new request is refused with shut_down;
-  // writable() stays false, so the async_wait_writable requests waiting go
-  // to `waiters_done` with shut_down (they must be posted: they are not this
-  // call's).
+  // a flush and from now on every new request is refused with shut_down.
+  // async_wait_writable requests already waiting stay: writable() is false
+  // while the close is pending, so they complete with shut_down when it
+  // completes, or as usual if it is cancelled before it starts.
   template <class StartPump>
-  void add_close(writer_node* n, node_list& rejected, node_list& waiters_done,
-                 net::any_io_executor& work, StartPump&& start_pump) {
+  void add_close(writer_node* n, node_list& rejected, StartPump&& start_pump) {
     std::lock_guard lock(mutex_);
-    if (add_close_locked(n, rejected) &&
-        !start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, writable_, rejected))
-      return;
-    if (closing_) {
-      refuse_waiters_locked(waiters_done);
-      hold_work_locked(waiters_done, work);
-    }
+    if (add_close_locked(n, rejected))
+      start_pump_locked([&] { start_pump(segment_); }, n, lane::normal, writable_, rejected);
   }
 
   // Adds an async_wait_writable request; returned in `ready` when it can
@@ -525,9 +520,15 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
       // The operation counts as started: an urgent write queued from now on
       // goes behind it, not into the segment of a pump ahead of it (urgent
       // composed operations queue behind it anyway). Before anything
-      // changes: it may throw (then the operation never launches).
-      if (urgent_segment_has_pump_)
-        mark_segment_locked(lane::urgent);
+      // changes: without memory for the mark, the operation never launches
+      // and its handler gets no_memory.
+      if (urgent_segment_has_pump_) {
+        try {
+          mark_segment_locked(lane::urgent);
+        } catch (const std::bad_alloc&) {
+          return net::error::no_memory;
+        }
+      }
       lending_ = true;
       held_state_ = held_state::running;
       defer();
@@ -724,8 +725,8 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // Queues n on lane l, or rejects it; needs_pump: its segment has no pump.
   bool add_locked(writer_node* n, lane l, node_list& rejected, bool& needs_pump);
   bool add_close_locked(writer_node* n, node_list& rejected);
-  // Ends every async_wait_writable request waiting, as refused now.
-  void refuse_waiters_locked(node_list& done);
+  // Completes every async_wait_writable request waiting with success.
+  void release_waiters_locked(node_list& done);
   // A call that took requests out into `done` under the lock posts their
   // completions after it. Meanwhile another thread may finish the writer's
   // last operation; were that the io_context's last work, the context would

@@ -1096,13 +1096,11 @@ struct queued_writer<Stream>::initiate_close {
     detail::writer_node* n = detail::allocate_node<node_type>(handler, std::forward<Closer>(closer),
                                                               std::forward<Handler>(handler),
                                                               get_executor(), self->state_);
-    net::any_io_executor work;  // declared first: released after the waiters are posted
-    detail::node_list rejected, waiters;
-    self->state_->add_close(n, rejected, waiters, work, [this](std::uint32_t segment) {
+    detail::node_list rejected;
+    self->state_->add_close(n, rejected, [this](std::uint32_t segment) {
       self->queue_.async_acquire(
           typename state_type::pump_start{self->state_, {detail::lane::normal, segment}});
     });
-    waiters.complete_all(*self->state_, detail::completion_mode::post);
     rejected.complete_all(*self->state_, detail::completion_mode::immediate);
   }
 };
