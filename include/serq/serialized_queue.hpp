@@ -30,9 +30,10 @@ struct trigger_inline_t {
 /// and the call is made where the queue's operations may run: for a queue on
 /// a strand, only from inside that strand. A queue on an `any_io_executor`
 /// launches in the call only when serq can see what it wraps: an
-/// `io_context`'s or the system executor, or (called inside it) a strand of an
-/// `io_context` executor or of an `any_io_executor`; any other target might be
-/// a strand, so its entries are triggered as usual. Otherwise the entry waits
+/// `io_context`'s executor (plain or work-tracking) or the system executor,
+/// or (called inside it) a strand of an `io_context` executor or of an
+/// `any_io_executor`; any other target (an executor with a custom allocator
+/// included) might be a strand, so its entries are triggered as usual. Otherwise the entry waits
 /// as usual. The completion handler is still never invoked from inside the
 /// call.
 inline constexpr trigger_inline_t trigger_inline{};

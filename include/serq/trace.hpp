@@ -78,8 +78,9 @@ struct entry_info {
  * a `queued_writer` adds to its internal queues (a writer's messages are not
  * entries: one `acquire` entry, its pump, carries a run of them; composed
  * operations are `operation` entries) while it holds its own lock, so their
- * `attach` points come with that lock held, and a hook must not call that
- * writer's member functions from them. A hook must not
+ * `attach` points (and the `detach` of a pump whose trigger cannot be
+ * posted) come with that lock held, and a hook must not call that writer's
+ * member functions from them. A hook must not
  * throw: an exception leaving a hook calls `std::terminate`, since serq
  * cannot undo the step it was reporting.
  */

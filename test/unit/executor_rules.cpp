@@ -203,6 +203,34 @@ BOOST_AUTO_TEST_CASE(trigger_inline_on_an_any_io_executor_of_another_strand_wait
   pool.join();
 }
 
+BOOST_AUTO_TEST_CASE(trigger_inline_on_an_any_io_executor_of_a_work_tracking_io_executor_launches) {
+  // Not a strand, though not the plain io_context executor either: the
+  // operation is launched inside the call, as on the plain one.
+  net::io_context ioc;
+  int done = 0;
+  bool launched_in_call = false;
+  {
+    serq::serialized_queue q{net::any_io_executor(
+        net::prefer(ioc.get_executor(), net::execution::outstanding_work.tracked))};
+    bool launched = false;
+    q.async_enqueue<void(error_code)>(
+        serq::trigger_inline,
+        [&](auto handler) {
+          launched = true;
+          std::move(handler)(error_code());
+        },
+        [&](error_code ec) {
+          BOOST_TEST(!ec);
+          ++done;
+        });
+    launched_in_call = launched;
+    BOOST_TEST(done == 0);  // never inside the call
+  }
+  ioc.poll();
+  BOOST_TEST(launched_in_call);
+  BOOST_TEST(done == 1);
+}
+
 BOOST_AUTO_TEST_CASE(a_writer_runs_enqueued_operations_on_the_stream_strand) {
   net::local::stream_protocol::socket a(strand), b(ioc);
   net::local::connect_pair(a, b);

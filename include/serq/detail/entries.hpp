@@ -79,16 +79,20 @@ struct is_strand<net::strand<Executor>> : std::true_type {};
 
 // Whether trigger_inline may launch an operation on this thread: not when
 // that would start it outside a strand that must serialize its steps. An
-// any_io_executor whose target is neither a plain io_context or system
-// executor nor a strand of a known type might be a strand (of a thread_pool's
-// executor, say, or the user's own): it never launches in the call.
+// any_io_executor whose target is neither an io_context executor (plain or
+// work-tracking), the system executor nor a strand of a known type might be
+// a strand (of a thread_pool's executor, say, or the user's own): it never
+// launches in the call.
 template <class Executor>
 bool may_launch_here(const Executor& ex) noexcept {
   if constexpr (is_strand<Executor>::value) {
     return ex.running_in_this_thread();
   } else if constexpr (std::is_same_v<Executor, net::any_io_executor>) {
     using io_executor = net::io_context::executor_type;
-    if (ex.template target<io_executor>() || ex.template target<net::system_executor>())
+    using tracked_io_executor = std::decay_t<decltype(net::prefer(
+        std::declval<const io_executor&>(), net::execution::outstanding_work.tracked))>;
+    if (ex.template target<io_executor>() || ex.template target<tracked_io_executor>() ||
+        ex.template target<net::system_executor>())
       return true;
     if (const auto* s = ex.template target<net::strand<io_executor>>())
       return s->running_in_this_thread();
