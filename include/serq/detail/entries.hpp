@@ -89,8 +89,7 @@ bool may_launch_here(const Executor& ex) noexcept {
     return ex.running_in_this_thread();
   } else if constexpr (std::is_same_v<Executor, net::any_io_executor>) {
     using io_executor = net::io_context::executor_type;
-    using tracked_io_executor = std::decay_t<decltype(net::prefer(
-        std::declval<const io_executor&>(), net::execution::outstanding_work.tracked))>;
+    using tracked_io_executor = work_counter<net::any_io_executor>::tracked_io_executor;
     if (ex.template target<io_executor>() || ex.template target<tracked_io_executor>() ||
         ex.template target<net::system_executor>())
       return true;
