@@ -8,6 +8,7 @@
 #include <memory>
 #include <serq/config.hpp>
 #include <serq/detail/core_ref.hpp>
+#include <type_traits>
 #include <utility>
 
 SERQ_NAMESPACE_BEGIN
@@ -41,10 +42,24 @@ class erased_turn_handler {
   };
   template <class Handler>
   struct impl final : base {
+    using handler_executor = net::associated_executor_t<Handler, net::system_executor>;
+    static constexpr bool own_executor = !std::is_same_v<handler_executor, net::system_executor>;
+    // The handler's own executor, when it has one, counts the wait as
+    // outstanding work, as Asio's operations do until they complete.
+    using handler_work =
+        std::conditional_t<own_executor, net::executor_work_guard<handler_executor>, char>;
+
     template <class H>
-    explicit impl(H&& h) : handler(std::forward<H>(h)) {}
+    explicit impl(H&& h) : handler(std::forward<H>(h)), work(make_work(handler)) {}
     void invoke(error_code ec, turn t) override;
+    static handler_work make_work(const Handler& h) {
+      if constexpr (own_executor)
+        return handler_work(net::get_associated_executor(h));
+      else
+        return 0;
+    }
     Handler handler;
+    handler_work work;
   };
 
   net::cancellation_slot slot_;
@@ -129,6 +144,9 @@ class turn {
    * @par Executor
    * The handler's associated executor; without one, the queue's (the
    * `system_executor` when the turn is empty). Never inside this call.
+   * While the operation waits, a handler's own executor counts it as
+   * outstanding work, as with any pending Asio operation; the queue's
+   * executor counts it as one of the queue's entries.
    *
    * @par Per-operation cancellation
    * All cancellation types, while the entry waits for its new turn: it

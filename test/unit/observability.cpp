@@ -540,6 +540,32 @@ BOOST_AUTO_TEST_CASE(cancelling_an_untriggered_head_aborts_it_and_lets_the_next_
   expect_counts(q, 2, 1, 1);
 }
 
+// A handler bound to another context's executor: its context has work
+// while the untriggered head waits, as for any pending Asio operation.
+BOOST_AUTO_TEST_CASE(a_pending_untrigger_counts_as_work_of_the_handler_s_executor) {
+  net::io_context other;
+  serq::serialized_queue q(ioc);
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  q.stop();
+  error_code got{net::error::would_block};
+  bool on_other = false;
+  held->async_untrigger(net::bind_executor(other, [&](error_code ec, serq::turn) {
+    got = ec;
+    on_other = other.get_executor().running_in_this_thread();
+  }));
+  BOOST_TEST(other.poll() == 0u);
+  BOOST_TEST(!other.stopped());  // the pending untrigger keeps it running
+  q.start();
+  drain();
+  BOOST_TEST(got == net::error::would_block);  // handed on to `other`
+  BOOST_TEST(other.poll() == 1u);
+  BOOST_TEST(!got);
+  BOOST_TEST(on_other);
+  BOOST_TEST(other.stopped());  // nothing left: the work was given back
+}
+
 BOOST_AUTO_TEST_CASE(destroying_the_queue_aborts_an_untriggered_head) {
   std::optional<serq::serialized_queue> q(std::in_place, ioc);
   std::optional<serq::turn> held;

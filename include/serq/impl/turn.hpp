@@ -22,12 +22,14 @@ inline void erased_turn_handler::operator()(error_code ec, turn t) {
 template <class Handler>
 void erased_turn_handler::impl<Handler>::invoke(error_code ec, turn t) {
   Handler h(std::move(handler));
-  delete this;
-  if constexpr (std::is_same_v<net::associated_executor_t<Handler, net::system_executor>,
-                               net::system_executor>) {
+  if constexpr (!own_executor) {
+    delete this;
     std::move(h)(ec, std::move(t));  // no executor of its own: the queue's, where this runs
   } else {
-    const auto ex = net::get_associated_executor(h);
+    // The work is given back once the dispatch holds work of its own.
+    const handler_work held(std::move(work));
+    delete this;
+    const auto ex = held.get_executor();
     net::dispatch(
         ex, [h = std::move(h), ec, t = std::move(t)]() mutable { std::move(h)(ec, std::move(t)); });
   }
