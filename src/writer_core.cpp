@@ -1099,5 +1099,15 @@ error_code writer_core::error() const noexcept {
   return error_;
 }
 
+bool writer_core::gone() const noexcept {
+  std::lock_guard lock(mutex_);
+  return closed_;
+}
+
+error_code writer_core::launch_error() const noexcept {
+  std::lock_guard lock(mutex_);
+  return launch_error_locked();
+}
+
 }  // namespace detail
 SERQ_NAMESPACE_END

@@ -179,14 +179,17 @@ inline constexpr urgent_t urgent{};
  * the stream; the exception is not propagated (every request reports it).
  *
  * @par Object lifetimes
- * Destroying the writer aborts queued messages (`operation_aborted`, 0). The
- * `write_some` in flight, if any, still returns; no further one starts, and a
- * message it left partly written completes with `operation_aborted` and the
- * bytes it wrote.
+ * Destroying the writer aborts queued messages (`operation_aborted`, 0), and
+ * composed operations and a close that have not started, even if their turn
+ * has come (`operation_aborted`; they are never launched). The `write_some`
+ * in flight, if any, still returns; no further one starts, and a message it
+ * left partly written completes with `operation_aborted` and the bytes it
+ * wrote. A composed operation or close in flight runs on to its completion.
  *
  * An owned stream (`queued_writer<S>`) is kept alive by the writer's shared
- * state until that `write_some` has returned, so destroying the writer is safe
- * for every stream, `ssl::stream` included. The destructor closes the stream's
+ * state until that `write_some` (or the composed operation or close in
+ * flight) has returned, so destroying the writer is safe for every stream,
+ * `ssl::stream` included. The destructor closes the stream's
  * lowest layer (`lowest_layer()`, else the bottom of `next_layer()`, with
  * `close()`), from the stream's executor, so that the write in flight returns
  * at once with an error; the stream is destroyed when it has. With nothing in
@@ -461,7 +464,10 @@ class queued_writer {
    * the close's result. It is launched on the writer's executor when the
    * close's turn comes, with a handler whose cancellation slot receives the
    * close's signals; it is never launched if the close completes otherwise
-   * (cancelled while queued, failed writer, second close).
+   * (cancelled while queued, failed writer, second close, writer destroyed).
+   * If launching it throws, the close completes with the exception's error
+   * (`no_memory` for `std::bad_alloc`, as for a stream's `async_write_some`
+   * that throws) and the exception goes no further.
    * @param token The completion token.
    */
   template <class Op, class CompletionToken = net::default_completion_token_t<executor_type>,
@@ -522,13 +528,17 @@ class queued_writer {
 
   /// AsyncReadStream: forwarded to the next layer's `async_read_some`.
   /**
-   * The next layer's rules for reads apply (one read at a time).
+   * The next layer's rules for reads apply (one read at a time). On a
+   * moved-from writer it completes with `net::error::bad_descriptor` and 0,
+   * as every operation does there (at once, through the handler's immediate
+   * executor where Asio has them, else posted).
    */
   template <class MutableBufferSequence,
             class CompletionToken = net::default_completion_token_t<executor_type>>
   auto async_read_some(const MutableBufferSequence& buffers,
                        CompletionToken&& token = CompletionToken()) {
-    return state_->stream().async_read_some(buffers, std::forward<CompletionToken>(token));
+    return net::async_initiate<CompletionToken, void(error_code, std::size_t)>(
+        initiate_read_some{this}, token, buffers);
   }
 
   /// Bytes queued and not yet written.
@@ -639,6 +649,7 @@ class queued_writer {
 
   struct initiate_write;
   struct initiate_signal;
+  struct initiate_read_some;
   struct initiate_close;
   template <class Signature, bool Urgent>
   struct initiate_enqueue;

@@ -243,6 +243,89 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_beast_tcp_stream_writer_mid_write_is_s
 
 // ---- moves -----------------------------------------------------------------
 
+// A socket that counts the live instances of its type.
+class counted_socket : public local_socket {
+ public:
+  static inline int live = 0;
+  explicit counted_socket(local_socket&& s) : local_socket(std::move(s)) { ++live; }
+  ~counted_socket() { --live; }
+};
+
+// A composed operation on an owned stream that runs when the writer is
+// destroyed keeps the stream alive until it completes (the destructor closes
+// the stream, so it completes at once with an error).
+BOOST_AUTO_TEST_CASE(a_composed_operation_in_flight_keeps_the_owned_stream_alive) {
+  net::io_context ioc;
+  local_socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  auto w = std::make_unique<serq::queued_writer<counted_socket>>(std::move(a));
+  BOOST_REQUIRE(counted_socket::live == 1);
+  const std::string big(8 * 1024 * 1024, 'x');  // more than the socket takes: b never reads
+  error_code got = net::error::would_block;
+  int live_at_completion = -1;
+  w->async_enqueue(net::async_write(w->next_layer(), net::buffer(big), net::deferred),
+                   [&](error_code ec, std::size_t) {
+                     got = ec;
+                     live_at_completion = counted_socket::live;
+                   });
+  drain_ready(ioc);
+  BOOST_REQUIRE(got == net::error::would_block);  // launched, in flight
+
+  w.reset();
+  BOOST_TEST(counted_socket::live == 1);  // the operation holds it
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(got);  // the stream was closed under it
+  BOOST_TEST(live_at_completion == 1);
+  BOOST_TEST(counted_socket::live == 0);  // destroyed once the operation let go
+}
+
+// A composed operation whose turn has come (its trigger posted) when the
+// writer is destroyed has not started: it is aborted, never launched on the
+// stream (which, referenced, may be gone with the writer).
+BOOST_AUTO_TEST_CASE(a_composed_operation_triggered_but_not_started_is_aborted_with_the_writer) {
+  net::io_context ioc;
+  local_socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  auto w = std::make_unique<serq::queued_writer<local_socket&>>(a);
+  bool launched = false;
+  error_code got = net::error::would_block;
+  w->async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        launched = true;
+        net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+      },
+      [&](error_code ec) { got = ec; });
+  w.reset();  // the operation's trigger is posted: it is the queue's active entry
+  ioc.run();
+  BOOST_TEST(!launched);
+  BOOST_TEST(got == net::error::operation_aborted);
+}
+
+// A flush's handler destroys the writer just as the close behind it is due
+// (both are settled in the same step of the pump): the close is aborted, and
+// the stream is not shut down.
+BOOST_AUTO_TEST_CASE(a_close_due_when_a_handler_destroys_the_writer_is_aborted) {
+  net::io_context ioc;
+  local_socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  auto w = std::make_unique<serq::queued_writer<local_socket&>>(a);
+  error_code close_result = net::error::would_block;
+  w->async_flush([&](error_code ec) {
+    BOOST_TEST(!ec);
+    w.reset();
+  });
+  w->async_close([&](error_code ec) { close_result = ec; });
+  ioc.run();
+  BOOST_TEST(!w);
+  BOOST_TEST(close_result == net::error::operation_aborted);
+  std::array<char, 16> buf{};
+  b.non_blocking(true);
+  error_code ec;
+  b.read_some(net::buffer(buf), ec);
+  BOOST_TEST(ec == net::error::would_block);  // not shut down: the close never ran
+}
+
 BOOST_AUTO_TEST_CASE(a_moved_writer_keeps_its_messages_and_the_moved_from_one_fails) {
   serq_test::handler_tracker tr;
   net::io_context ioc;
@@ -279,11 +362,18 @@ BOOST_AUTO_TEST_CASE(a_moved_writer_keeps_its_messages_and_the_moved_from_one_fa
     BOOST_TEST(ec == net::error::bad_descriptor);
     ++failed;
   }));
+  std::array<char, 8> into{};
+  w1.async_read_some(net::buffer(into), tr.wrap([&](error_code ec, std::size_t n) {
+    BOOST_TEST(returned);
+    BOOST_TEST(ec == net::error::bad_descriptor);
+    BOOST_TEST(n == 0u);
+    ++failed;
+  }));
   returned = true;
 
   ioc.run();
-  BOOST_TEST(failed == 3);
-  BOOST_TEST(tr.invoked() == 6u);
+  BOOST_TEST(failed == 4);
+  BOOST_TEST(tr.invoked() == 7u);
   std::array<char, 32> buf{};
   b.non_blocking(true);
   error_code ec;

@@ -312,6 +312,35 @@ BOOST_AUTO_TEST_CASE(a_waiter_kept_by_a_close_cancelled_before_it_starts_complet
   BOOST_TEST(!writer.error());
 }
 
+// The closing operation throws from its launch: the close reports the
+// exception's error, nothing leaves run(), and the writer is failed with it.
+BOOST_AUTO_TEST_CASE(a_closing_operation_whose_launch_throws_fails_the_close_with_its_error) {
+  net::io_context ioc;
+  local_socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  serq::queued_writer<local_socket&> writer(a);
+  int launches = 0;
+  error_code write_r = net::error::would_block, close_r = net::error::would_block,
+             later_r = net::error::would_block;
+  writer.async_write(net::buffer("hi", 2), [&](error_code ec, std::size_t) { write_r = ec; });
+  writer.async_close(net::async_initiate<const net::deferred_t&, void(error_code)>(
+                         [&](auto&&) {
+                           ++launches;
+                           throw std::bad_alloc();
+                         },
+                         net::deferred),
+                     [&](error_code ec) { close_r = ec; });
+  BOOST_CHECK_NO_THROW(ioc.run());
+  BOOST_TEST(launches == 1);
+  BOOST_TEST(!write_r);
+  BOOST_TEST(close_r == net::error::no_memory);
+  BOOST_TEST(writer.error() == net::error::no_memory);
+  writer.async_write(net::buffer("x", 1), [&](error_code ec, std::size_t) { later_r = ec; });
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(later_r == net::error::no_memory);
+}
+
 BOOST_AUTO_TEST_CASE(a_write_error_before_the_close_fails_the_close_with_that_error) {
   net::io_context ioc;
   serq_test::fail_count fc(3);

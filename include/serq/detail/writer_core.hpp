@@ -505,8 +505,8 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // complete at once (writable, failed, closing or closed).
   void add_waiter(writer_node* n, node_list& ready);
 
-  // A composed operation's turn has come. Returns the writer's error if it
-  // has failed (the operation must not start). Otherwise, if urgent items
+  // A composed operation's turn has come. Returns launch_error() if there
+  // is one (the operation must not start). Otherwise, if urgent items
   // wait, calls defer() under the lock, which must hand the operation to the
   // urgent queue (behind them, ahead of every urgent item queued later) and
   // start lending, and sets deferred.
@@ -514,8 +514,8 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   error_code before_launch(Defer&& defer, bool& deferred) {
     std::lock_guard lock(mutex_);
     deferred = false;
-    if (error_)
-      return error_;
+    if (const error_code ec = launch_error_locked())
+      return ec;
     if (urgent_pending_ && !lending_) {
       // The operation counts as started: an urgent write queued from now on
       // goes behind it, not into the segment of a pump ahead of it (urgent
@@ -612,6 +612,30 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // slot, close_slot(), is bound): signals the close received since it was
   // due are passed on now.
   void close_launched();
+
+  // Launches the due close's operation: launch() hands it the close's
+  // completion handler. Returns empty when it started (then close_launched()
+  // has run). If launch() threw, or dropped that handler without throwing
+  // (which then must not shut the writer down: see note_dropped_in_start),
+  // the close did not start: returns the error the close reports, as
+  // start_write_locked does for a write (std::bad_alloc: no_memory, ...), and
+  // the exception goes no further. Called without the lock.
+  template <class Launch>
+  error_code launch_close(Launch&& launch) {
+    error_code ec;
+    try {
+      write_start_scope scope(this);
+      launch();
+      if (!scope.dropped()) {
+        close_launched();
+        return {};
+      }
+      ec = net::error::operation_aborted;
+    } catch (...) {
+      ec = error_of_current_exception();
+    }
+    return ec;
+  }
   // The closing operation started by a close's pump has finished with ec.
   void on_closed(const error_code& ec, node_list& done);
 
@@ -664,13 +688,19 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
 
   // A handler of this writer's write_some is destroyed unrun. Returns true
   // (and notes it) if this thread is inside the stream's async_write_some
-  // for it: the call threw or dropped it, and start_write_locked, which
-  // holds the writer's lock, handles that. Otherwise the context is shutting
+  // for it: the call threw or dropped it, and start_write_locked (or
+  // launch_close) handles that. Otherwise the context is shutting
   // down: the caller must shutdown().
   bool note_dropped_in_start() const noexcept;
   writer_counters counters() const noexcept;
   bool writable() const noexcept;
   error_code error() const noexcept;
+  // Why an operation whose turn came must not start: the writer object is
+  // gone (operation_aborted: it is aborted as a queued message would be),
+  // or the writer's error. Empty when it may start.
+  error_code launch_error() const noexcept;
+  // The writer object is gone (close() was called).
+  bool gone() const noexcept;
 
   // Outstanding work on the writer's executor, or an empty executor (none,
   // or it could not be had). See hold_work_locked.
@@ -722,6 +752,9 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   enum class held_state : unsigned char { none, running, ready, released };
 
   error_code refusal_locked() const noexcept;
+  error_code launch_error_locked() const noexcept {
+    return closed_ ? error_code(net::error::operation_aborted) : error_;
+  }
   // Queues n on lane l, or rejects it; needs_pump: its segment has no pump.
   bool add_locked(writer_node* n, lane l, node_list& rejected, bool& needs_pump);
   bool add_close_locked(writer_node* n, node_list& rejected);
@@ -838,7 +871,8 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   void write_not_started_locked(const error_code& ec, node_list& done) noexcept;
   // The error a write reports when starting it threw the current exception.
   static error_code error_of_current_exception() noexcept;
-  // Marks the calling thread as inside start_write (note_dropped_in_start()).
+  // Marks the calling thread as inside start_write or launch_close
+  // (note_dropped_in_start()).
   class write_start_scope {
    public:
     explicit write_start_scope(const writer_core* core) noexcept;

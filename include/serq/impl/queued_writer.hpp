@@ -538,6 +538,31 @@ class held_handler {
   std::shared_ptr<State> state_;
 };
 
+// The handler a composed operation on the writer's stream is launched with:
+// the queue's, and the writer's shared state, which owns the stream (an
+// owned one) and so keeps it alive until the operation completes, even if
+// the writer is destroyed meanwhile. Every associator is the queue
+// handler's.
+template <class Handler, class State>
+class keeping_handler {
+ public:
+  template <class H>
+  keeping_handler(H&& h, std::shared_ptr<State> s)
+      : handler_(std::forward<H>(h)), state_(std::move(s)) {}
+
+  template <class... Args>
+  void operator()(Args&&... args) {
+    const std::shared_ptr<State> keep = std::move(state_);  // let go after the upcall
+    std::move(handler_)(std::forward<Args>(args)...);
+  }
+
+  const Handler& handler() const noexcept { return handler_; }
+
+ private:
+  Handler handler_;
+  std::shared_ptr<State> state_;
+};
+
 // What ends a lend of the stream to the urgent queue.
 enum class lend_kind : unsigned char {
   pump,    // a pump between two windows: it goes on
@@ -719,8 +744,9 @@ class writer_state final : public writer_core {
 
   // A composed operation launched from the writer's queue, in turn with the
   // writes. Unless the writer has failed (then the handler gets its error,
-  // and op never starts) it starts now, or, if urgent items wait
-  // (MayDefer), runs in the urgent queue behind them (defer_op).
+  // and op never starts) or is gone (operation_aborted) it starts now, or,
+  // if urgent items wait (MayDefer), runs in the urgent queue behind them
+  // (defer_op). The running operation holds the shared state.
   template <class Signature, class Launcher, bool MayDefer>
   struct guarded {
     Launcher launcher;
@@ -738,15 +764,17 @@ class writer_state final : public writer_core {
             },
             deferred);
       } else {
-        ec = state->error();
+        ec = state->launch_error();
       }
       if (ec) {
         // Completed inside the launch: the queue detects it and posts.
         std::apply(std::forward<Handler>(handler), queueable_signature<Signature>::failed(ec));
         return;
       }
-      if (!deferred)
-        std::move(launcher)(std::forward<Handler>(handler));
+      if (!deferred) {
+        std::move(launcher)(keeping_handler<std::decay_t<Handler>, writer_state>(
+            std::forward<Handler>(handler), std::move(state)));
+      }
     }
   };
 
@@ -803,7 +831,8 @@ class writer_state final : public writer_core {
 
   // The closing operation finished. Its executor is the stream's, and its
   // cancellation slot the close's (signals reach a running close). Destroyed
-  // unrun only when the context shuts down.
+  // unrun only when the context shuts down, or when the operation's launch
+  // throws (launch_close).
   class close_done {
    public:
     close_done(std::shared_ptr<writer_state> s, pump_id id) noexcept
@@ -811,7 +840,8 @@ class writer_state final : public writer_core {
     close_done(close_done&&) noexcept = default;
     close_done& operator=(close_done&&) = delete;
     ~close_done() {
-      if (self_)
+      // Dropped by the closing operation's launch: launch_close handles it.
+      if (self_ && !self_->note_dropped_in_start())
         self_->shutdown();
     }
 
@@ -885,9 +915,23 @@ class writer_state final : public writer_core {
         // What finished before the close completes before it starts.
         complete_then(keep, done, [closing, id](std::shared_ptr<writer_state> st) {
           const std::shared_ptr<writer_state> state = st;
-          static_cast<close_request<writer_state>*>(closing)->launch(*state,
-                                                                     close_done(std::move(st), id));
-          state->close_launched();
+          close_done finished(std::move(st), id);
+          if (state->gone()) {
+            // A handler completed above destroyed the writer: the close is
+            // aborted, never started.
+            std::move(finished)(error_code(net::error::operation_aborted));
+            return;
+          }
+          const error_code failed = state->launch_close([&] {
+            static_cast<close_request<writer_state>*>(closing)->launch(*state, std::move(finished));
+          });
+          if (failed) {
+            // The closing operation did not start: the close completes with
+            // failed, as if the operation had, and the pump goes on.
+            node_list closed;
+            state->on_closed(failed, closed);
+            step(state, id, std::move(closed));
+          }
         });
         break;
     }
@@ -1079,6 +1123,24 @@ struct queued_writer<Stream>::initiate_signal {
       self->state_->add_waiter(n, ready);
       ready.complete_all(*self->state_, detail::completion_mode::immediate);
     }
+  }
+};
+
+template <class Stream>
+struct queued_writer<Stream>::initiate_read_some {
+  queued_writer* self;
+
+  using executor_type = typename queued_writer::executor_type;
+  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+
+  template <class Handler, class MutableBufferSequence>
+  void operator()(Handler&& handler, const MutableBufferSequence& buffers) const {
+    if (!self->state_->has_stream()) {  // moved from
+      detail::complete_immediately(std::forward<Handler>(handler), get_executor(),
+                                   error_code(net::error::bad_descriptor), std::size_t(0));
+      return;
+    }
+    self->state_->stream().async_read_some(buffers, std::forward<Handler>(handler));
   }
 };
 
@@ -1316,6 +1378,25 @@ struct serq::net::associator<Associator, serq::detail::held_handler<Box, State>,
                   const DefaultCandidate& c) noexcept
       -> decltype(Associator<handler_type, DefaultCandidate>::get(h.box()->handler(), c)) {
     return Associator<handler_type, DefaultCandidate>::get(h.box()->handler(), c);
+  }
+};
+
+// Every associator of a composed operation's handler is the queue's
+// handler's.
+template <template <class, class> class Associator, class Handler, class State,
+          class DefaultCandidate>
+struct serq::net::associator<Associator, serq::detail::keeping_handler<Handler, State>,
+                             DefaultCandidate> {
+  using type = typename Associator<Handler, DefaultCandidate>::type;
+
+  static type get(const serq::detail::keeping_handler<Handler, State>& h) noexcept {
+    return Associator<Handler, DefaultCandidate>::get(h.handler());
+  }
+
+  static auto get(const serq::detail::keeping_handler<Handler, State>& h,
+                  const DefaultCandidate& c) noexcept
+      -> decltype(Associator<Handler, DefaultCandidate>::get(h.handler(), c)) {
+    return Associator<Handler, DefaultCandidate>::get(h.handler(), c);
   }
 };
 
