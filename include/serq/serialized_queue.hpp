@@ -33,9 +33,12 @@ struct trigger_inline_t {
 /// `io_context`'s executor (plain or work-tracking) or the system executor,
 /// or (called inside it) a strand of an `io_context` executor or of an
 /// `any_io_executor`; any other target (an executor with a custom allocator
-/// included) might be a strand, so its entries are triggered as usual. Otherwise the entry waits
-/// as usual. The completion handler is still never invoked from inside the
-/// call.
+/// included) might be a strand, so its entries are triggered as usual. A
+/// queue on an executor type other than those (a user's own executor, a
+/// `thread_pool`'s) launches in the call only when that executor's
+/// `running_in_this_thread()` says the caller runs in it, and never if it
+/// has no such member. Otherwise the entry waits as usual. The completion handler is still never
+/// invoked from inside the call.
 inline constexpr trigger_inline_t trigger_inline{};
 
 /// A FIFO that serializes whole asynchronous operations.

@@ -7,6 +7,7 @@
 #include <serq.hpp>
 
 #include "common/net.hpp"
+#include "common/tracking_executor.hpp"
 
 #include <boost/test/unit_test.hpp>
 
@@ -201,6 +202,40 @@ BOOST_AUTO_TEST_CASE(trigger_inline_on_an_any_io_executor_of_another_strand_wait
   BOOST_TEST(launched.load());
   BOOST_TEST(launched_on_strand.load());
   pool.join();
+}
+
+BOOST_AUTO_TEST_CASE(trigger_inline_on_a_user_executor_launches_only_where_it_says_it_runs) {
+  // An executor type serq does not know (here a user's wrapper of a strand)
+  // might serialize: the operation launches in the call only where the
+  // executor's running_in_this_thread() says the caller runs.
+  net::io_context ioc;
+  const auto ex = serq_test::make_tracking_executor(net::make_strand(ioc));
+  serq::basic_serialized_queue<std::decay_t<decltype(ex)>> q(ex);
+  bool launched = false;
+  int done = 0;
+  auto op = [&](auto handler) {
+    launched = true;
+    net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+  };
+  q.async_enqueue<void(error_code)>(serq::trigger_inline, op, [&](error_code ec) {
+    BOOST_TEST(!ec);
+    ++done;
+  });
+  BOOST_TEST(!launched);  // this thread does not run ex
+  ioc.run();
+  BOOST_TEST(launched);
+  BOOST_TEST(done == 1);
+
+  launched = false;
+  bool launched_in_call = false;
+  net::post(ex, [&] {
+    q.async_enqueue<void(error_code)>(serq::trigger_inline, op, [&](error_code) { ++done; });
+    launched_in_call = launched;
+  });
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(launched_in_call);
+  BOOST_TEST(done == 2);
 }
 
 BOOST_AUTO_TEST_CASE(trigger_inline_on_an_any_io_executor_of_a_work_tracking_io_executor_launches) {

@@ -13,6 +13,7 @@
 
 #include <serq/config.hpp>
 #include <serq/detail/completion_mode.hpp>
+#include <serq/detail/executor_ops.hpp>
 #include <serq/detail/handler_alloc.hpp>
 #include <serq/detail/queue_core.hpp>
 #include <serq/detail/work.hpp>
@@ -77,15 +78,33 @@ struct is_strand : std::false_type {};
 template <class Executor>
 struct is_strand<net::strand<Executor>> : std::true_type {};
 
+// Executors known not to serialize anything: an io_context's (plain,
+// work-tracking, with any allocator) and the system executor.
+// static_asserts below check that the patterns match Asio's types.
+template <class T>
+struct is_plain_executor : std::false_type {};
+template <class Allocator, auto Bits>
+struct is_plain_executor<net::io_context::basic_executor_type<Allocator, Bits>> : std::true_type {};
+template <class Blocking, class Relationship, class Allocator>
+struct is_plain_executor<net::basic_system_executor<Blocking, Relationship, Allocator>>
+    : std::true_type {};
+static_assert(is_plain_executor<net::io_context::executor_type>::value);
+static_assert(is_plain_executor<net::system_executor>::value);
+static_assert(is_plain_executor<work_counter<net::any_io_executor>::tracked_io_executor>::value);
+
 // Whether trigger_inline may launch an operation on this thread: not when
 // that would start it outside a strand that must serialize its steps. An
-// any_io_executor whose target is neither an io_context executor (plain or
-// work-tracking), the system executor nor a strand of a known type might be
-// a strand (of a thread_pool's executor, say, or the user's own): it never
-// launches in the call.
+// executor of any other type might be a strand (the user's own, say): it
+// launches in the call only if it says this thread runs it, and never if it
+// cannot say. So does an any_io_executor whose target is neither an
+// io_context executor (plain or work-tracking), the system executor nor a
+// strand of a known type (a thread_pool's strand, say): it never launches
+// in the call.
 template <class Executor>
 bool may_launch_here(const Executor& ex) noexcept {
-  if constexpr (is_strand<Executor>::value) {
+  if constexpr (is_plain_executor<Executor>::value) {
+    return true;
+  } else if constexpr (is_strand<Executor>::value) {
     return ex.running_in_this_thread();
   } else if constexpr (std::is_same_v<Executor, net::any_io_executor>) {
     using io_executor = net::io_context::executor_type;
@@ -98,8 +117,10 @@ bool may_launch_here(const Executor& ex) noexcept {
     if (const auto* s = ex.template target<net::strand<net::any_io_executor>>())
       return s->running_in_this_thread();
     return false;
+  } else if constexpr (has_running_in_this_thread<Executor>::value) {
+    return ex.running_in_this_thread();
   } else {
-    return true;
+    return false;
   }
 }
 
