@@ -1008,8 +1008,8 @@ void writer_core::write_not_started_locked(const error_code& ec, node_list& done
 
 void writer_core::arm_stall_timer_locked(clock::time_point deadline) {
   stall_->timer.expires_at(deadline);
-  stall_->armed = true;
   stall_->timer.async_wait(stall_check{shared_from_this(), ++stall_->generation});
+  stall_->armed = true;  // only once a wait is pending: if it threw, the next write arms it
 }
 
 void writer_core::disarm_stall_timer_locked() noexcept {

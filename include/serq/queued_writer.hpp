@@ -208,7 +208,9 @@ inline constexpr urgent_t urgent{};
  * @par Thread safety
  * Distinct objects: safe. Shared objects: every member function except the
  * destructor and move assignment may be called concurrently from any
- * thread. `next_layer()` gives unsynchronised access to the stream, and
+ * thread, though not while the writer is being moved from (the source of a
+ * move construction or assignment). `next_layer()` gives unsynchronised
+ * access to the stream, and
  * `async_read_some` calls the stream directly: where the stream is not safe
  * to read and write at once from two threads (`ssl::stream`), read on the
  * writer's executor (its strand), where its writes run.

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 SERQ_NAMESPACE_BEGIN
 namespace detail {
@@ -109,6 +110,9 @@ inline constexpr trigger_inline_t trigger_inline{};
  * @tparam Executor The executor on which triggers are posted and which is
  * the default for completion handlers.
  */
+template <class Stream>
+class queued_writer;
+
 template <class Executor = net::any_io_executor>
 class basic_serialized_queue {
  public:
@@ -356,9 +360,19 @@ class basic_serialized_queue {
   queue_stats stats() const noexcept;
 
  private:
+  template <class>
+  friend class queued_writer;
   struct initiate_enqueue;
   template <bool HandsOutTurn>
   struct initiate_turn_entry;
+
+  // Exchanges two queues' state, throwing nothing (queued_writer's move
+  // assignment).
+  void swap_state(basic_serialized_queue& other) noexcept {
+    std::swap(executor_, other.executor_);
+    std::swap(service_, other.service_);
+    core_.swap(other.core_);
+  }
 
   executor_type executor_;
   serialized_queue_service* service_;

@@ -248,7 +248,12 @@ class handler_node final : public writer_node, private request_work<Handler, Exe
     buffers_.for_each_buffer(add);
     set_size(size);
     work::start(handler_, ex);
-    attach_canceller(net::get_associated_cancellation_slot(handler_), core);
+    try {
+      attach_canceller(net::get_associated_cancellation_slot(handler_), core);
+    } catch (...) {
+      work::release(handler_);  // not held by a node that never was
+      throw;
+    }
   }
 
  private:
@@ -435,7 +440,12 @@ class close_node final : public close_request<State>, private request_work<Handl
         closer_(std::forward<C>(c)),
         handler_(std::forward<H>(h)) {
     work::start(handler_, ex);
-    this->attach_canceller(net::get_associated_cancellation_slot(handler_), core);
+    try {
+      this->attach_canceller(net::get_associated_cancellation_slot(handler_), core);
+    } catch (...) {
+      work::release(handler_);  // not held by a node that never was
+      throw;
+    }
   }
 
  private:
@@ -987,18 +997,26 @@ queued_writer<Stream>::queued_writer(Args&&... args)
   }
 }
 
+// What can throw (the moved-from writer's new state, its queue's new core)
+// comes first: if it does, both writers are as they were. Then the states
+// change hands, throwing nothing.
 template <class Stream>
 queued_writer<Stream>::queued_writer(queued_writer&& other)
-    : state_(
-          std::exchange(other.state_, std::make_shared<state_type>(other.queue_.get_executor()))),
-      queue_(std::move(other.queue_)) {}
+    : state_(std::make_shared<state_type>(other.queue_.get_executor())),
+      queue_(std::move(other.queue_)) {
+  state_.swap(other.state_);
+}
 
 template <class Stream>
 queued_writer<Stream>& queued_writer<Stream>::operator=(queued_writer&& other) {
   if (this != &other) {
-    close_state();
-    state_ = std::exchange(other.state_, std::make_shared<state_type>(other.queue_.get_executor()));
-    queue_ = std::move(other.queue_);
+    std::shared_ptr<state_type> fresh = std::make_shared<state_type>(other.queue_.get_executor());
+    basic_serialized_queue<executor_type> taken(std::move(other.queue_));
+    close_state();  // throws nothing
+    state_ = std::exchange(other.state_, std::move(fresh));
+    queue_.swap_state(taken);
+    // taken, now this writer's old queue, goes: its waiting pumps (of the
+    // closed state) are aborted.
   }
   return *this;
 }
