@@ -978,6 +978,15 @@ writer_core::write_start_scope::~write_start_scope() {
   innermost() = outer_;
 }
 
+void writer_core::note_completed_in_start() const noexcept {
+  for (write_start_scope* s = write_start_scope::innermost(); s; s = s->outer_) {
+    if (s->core_ == this) {
+      s->completed_ = true;
+      return;
+    }
+  }
+}
+
 bool writer_core::note_dropped_in_start() const noexcept {
   for (write_start_scope* s = write_start_scope::innermost(); s; s = s->outer_) {
     if (s->core_ == this) {

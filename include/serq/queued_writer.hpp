@@ -181,7 +181,9 @@ inline constexpr urgent_t urgent{};
  * @par Object lifetimes
  * Destroying the writer aborts queued messages (`operation_aborted`, 0), and
  * composed operations and a close that have not started, even if their turn
- * has come (`operation_aborted`; they are never launched). The `write_some`
+ * has come (`operation_aborted`; they are never launched, as long as the
+ * writer is destroyed on its executor: from another thread, one whose turn
+ * is being taken at that moment may still start). The `write_some`
  * in flight, if any, still returns; no further one starts, and a message it
  * left partly written completes with `operation_aborted` and the bytes it
  * wrote. A composed operation or close in flight runs on to its completion.
@@ -200,7 +202,7 @@ inline constexpr urgent_t urgent{};
  * so the stream is then closed by a dispatch to its executor and destroyed
  * when the slot lets go. A
  * referenced stream (`queued_writer<S&>`) is never closed by the writer, and
- * must outlive the write in flight. A read in flight through
+ * must outlive the write, composed operation or close in flight. A read in flight through
  * `async_read_some` does not keep the stream alive: finish it first.
  *
  * The writer is movable, not copyable.

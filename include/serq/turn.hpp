@@ -8,6 +8,7 @@
 #include <memory>
 #include <serq/config.hpp>
 #include <serq/detail/core_ref.hpp>
+#include <serq/detail/handler_alloc.hpp>
 #include <type_traits>
 #include <utility>
 
@@ -28,7 +29,14 @@ class erased_turn_handler {
   template <class Handler>
   explicit erased_turn_handler(Handler&& h)
       : slot_(net::get_associated_cancellation_slot(h)),
-        impl_(std::make_unique<impl<std::decay_t<Handler>>>(std::forward<Handler>(h))) {}
+        impl_(allocate_node<impl<std::decay_t<Handler>>>(h, std::forward<Handler>(h))) {}
+  erased_turn_handler(erased_turn_handler&& o) noexcept
+      : slot_(o.slot_), impl_(std::exchange(o.impl_, nullptr)) {}
+  erased_turn_handler& operator=(erased_turn_handler&&) = delete;
+  ~erased_turn_handler() {
+    if (impl_)
+      impl_->destroy();
+  }
 
   void operator()(error_code ec, turn t);
 
@@ -36,9 +44,13 @@ class erased_turn_handler {
   cancellation_slot_type get_cancellation_slot() const noexcept { return slot_; }
 
  private:
+  // Kept in storage from the handler's associated allocator; frees itself.
   struct base {
-    virtual ~base() = default;
     virtual void invoke(error_code ec, turn t) = 0;
+    virtual void destroy() noexcept = 0;
+
+   protected:
+    ~base() = default;
   };
   template <class Handler>
   struct impl final : base {
@@ -52,6 +64,7 @@ class erased_turn_handler {
     template <class H>
     explicit impl(H&& h) : handler(std::forward<H>(h)), work(make_work(handler)) {}
     void invoke(error_code ec, turn t) override;
+    void destroy() noexcept override { deallocate_node(this, node_allocator(handler)); }
     static handler_work make_work(const Handler& h) {
       if constexpr (own_executor)
         return handler_work(net::get_associated_executor(h));
@@ -63,7 +76,7 @@ class erased_turn_handler {
   };
 
   net::cancellation_slot slot_;
-  std::unique_ptr<base> impl_;
+  base* impl_;
 };
 
 // Creates the acquire entry, on the queue's executor type, that waits for

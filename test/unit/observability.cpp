@@ -6,6 +6,7 @@
 
 #include <serq.hpp>
 
+#include "common/counting_allocator.hpp"
 #include "common/net.hpp"
 #include "common/test_stream.hpp"
 
@@ -564,6 +565,27 @@ BOOST_AUTO_TEST_CASE(a_pending_untrigger_counts_as_work_of_the_handler_s_executo
   BOOST_TEST(!got);
   BOOST_TEST(on_other);
   BOOST_TEST(other.stopped());  // nothing left: the work was given back
+}
+
+// The pending untrigger keeps its handler in storage from the handler's
+// allocator, given back by the time it completes.
+BOOST_AUTO_TEST_CASE(a_pending_untrigger_keeps_its_handler_in_the_handler_s_allocator) {
+  serq::serialized_queue q(ioc);
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  q.stop();
+  const auto counter = std::make_shared<serq_test::allocation_counter>();
+  error_code got{net::error::would_block};
+  held->async_untrigger(net::bind_allocator(serq_test::counting_allocator<void>(counter),
+                                            [&](error_code ec, serq::turn) { got = ec; }));
+  BOOST_TEST(counter->allocations.load() >= 1u);
+  BOOST_TEST(counter->outstanding_bytes() > 0u);
+  q.start();
+  drain();
+  BOOST_TEST(!got);
+  BOOST_TEST(counter->outstanding_bytes() == 0u);
+  BOOST_TEST(counter->deallocations.load() == counter->allocations.load());
 }
 
 BOOST_AUTO_TEST_CASE(destroying_the_queue_aborts_an_untriggered_head) {

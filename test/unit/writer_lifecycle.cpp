@@ -341,6 +341,39 @@ BOOST_AUTO_TEST_CASE(a_closing_operation_whose_launch_throws_fails_the_close_wit
   BOOST_TEST(later_r == net::error::no_memory);
 }
 
+// A socket's close completes inside its launch, and its handler runs there:
+// the handler's exception leaves run() as any handler's does, and the close
+// stands.
+BOOST_AUTO_TEST_CASE(an_exception_from_the_close_s_handler_leaves_run_and_the_close_stands) {
+  net::io_context ioc;
+  local_socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  serq::queued_writer<local_socket&> writer(a);
+  struct handler_failure {};
+  int close_calls = 0;
+  error_code later_r = net::error::would_block;
+  writer.async_write(net::buffer("hi", 2), [](error_code ec, std::size_t) { BOOST_TEST(!ec); });
+  writer.async_close([&](error_code ec) {
+    BOOST_TEST(!ec);
+    ++close_calls;
+    throw handler_failure();
+  });
+  BOOST_CHECK_THROW(ioc.run(), handler_failure);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(close_calls == 1);
+  BOOST_TEST(writer.error() == net::error::shut_down);
+  writer.async_write(net::buffer("x", 1), [&](error_code ec, std::size_t) { later_r = ec; });
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(later_r == net::error::shut_down);
+  std::array<char, 8> buf{};
+  error_code ec;
+  BOOST_TEST(b.read_some(net::buffer(buf), ec) == 2u);
+  b.read_some(net::buffer(buf), ec);
+  BOOST_TEST(ec == net::error::eof);  // shut down once
+}
+
 BOOST_AUTO_TEST_CASE(a_write_error_before_the_close_fails_the_close_with_that_error) {
   net::io_context ioc;
   serq_test::fail_count fc(3);

@@ -615,26 +615,28 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
 
   // Launches the due close's operation: launch() hands it the close's
   // completion handler. Returns empty when it started (then close_launched()
-  // has run). If launch() threw, or dropped that handler without throwing
-  // (which then must not shut the writer down: see note_dropped_in_start),
-  // the close did not start: returns the error the close reports, as
-  // start_write_locked does for a write (std::bad_alloc: no_memory, ...), and
-  // the exception goes no further. Called without the lock.
+  // has run) or completed inside the launch. If launch() threw before that
+  // handler ran, or dropped it without throwing (which then must not shut
+  // the writer down: see note_dropped_in_start), the close did not start:
+  // returns the error the close reports, as start_write_locked does for a
+  // write (std::bad_alloc: no_memory, ...), and the exception goes no
+  // further. An exception from a handler that the close's completion ran
+  // inside the launch propagates, as any handler's does. Called without the
+  // lock.
   template <class Launch>
   error_code launch_close(Launch&& launch) {
-    error_code ec;
+    write_start_scope scope(this);
     try {
-      write_start_scope scope(this);
       launch();
-      if (!scope.dropped()) {
-        close_launched();
-        return {};
-      }
-      ec = net::error::operation_aborted;
     } catch (...) {
-      ec = error_of_current_exception();
+      if (scope.completed())
+        throw;
+      return error_of_current_exception();
     }
-    return ec;
+    if (scope.dropped())
+      return net::error::operation_aborted;
+    close_launched();
+    return {};
   }
   // The closing operation started by a close's pump has finished with ec.
   void on_closed(const error_code& ec, node_list& done);
@@ -692,6 +694,9 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // launch_close) handles that. Otherwise the context is shutting
   // down: the caller must shutdown().
   bool note_dropped_in_start() const noexcept;
+  // The due close's completion handler runs: if inside launch_close's
+  // launch on this thread, notes it there.
+  void note_completed_in_start() const noexcept;
   writer_counters counters() const noexcept;
   bool writable() const noexcept;
   error_code error() const noexcept;
@@ -881,6 +886,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     write_start_scope& operator=(const write_start_scope&) = delete;
 
     bool dropped() const noexcept { return dropped_; }
+    bool completed() const noexcept { return completed_; }
 
    private:
     friend class writer_core;
@@ -888,6 +894,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     const writer_core* core_;
     write_start_scope* outer_;
     bool dropped_ = false;
+    bool completed_ = false;
   };
   void arm_stall_timer_locked(clock::time_point deadline);
   void disarm_stall_timer_locked() noexcept;

@@ -864,6 +864,7 @@ class writer_state final : public writer_core {
     template <class... Ts>
     void operator()(const error_code& ec, Ts&&...) {
       std::shared_ptr<writer_state> self = std::move(self_);
+      self->note_completed_in_start();
       node_list done;
       self->on_closed(ec, done);
       step(std::move(self), id_, std::move(done));

@@ -16,22 +16,26 @@ namespace detail {
 
 inline void erased_turn_handler::operator()(error_code ec, turn t) {
   // The impl frees itself before the upcall, as Asio wants of handler storage.
-  impl_.release()->invoke(ec, std::move(t));
+  std::exchange(impl_, nullptr)->invoke(ec, std::move(t));
 }
 
 template <class Handler>
 void erased_turn_handler::impl<Handler>::invoke(error_code ec, turn t) {
+  const auto storage = node_allocator(handler);  // read before the handler moves out
   Handler h(std::move(handler));
   if constexpr (!own_executor) {
-    delete this;
+    deallocate_node(this, storage);
     std::move(h)(ec, std::move(t));  // no executor of its own: the queue's, where this runs
   } else {
     // The work is given back once the dispatch holds work of its own.
     const handler_work held(std::move(work));
-    delete this;
+    deallocate_node(this, storage);
     const auto ex = held.get_executor();
-    net::dispatch(
-        ex, [h = std::move(h), ec, t = std::move(t)]() mutable { std::move(h)(ec, std::move(t)); });
+    const auto alloc = net::get_associated_allocator(h);
+    net::dispatch(ex,
+                  net::bind_allocator(alloc, [h = std::move(h), ec, t = std::move(t)]() mutable {
+                    std::move(h)(ec, std::move(t));
+                  }));
   }
 }
 
@@ -44,9 +48,10 @@ struct turn::initiate_untrigger {
   void operator()(Handler&& handler) const {
     if (!self->core_) {
       const auto ex = net::get_associated_executor(handler, net::system_executor());
-      net::post(ex, [h = std::forward<Handler>(handler)]() mutable {
-        std::move(h)(error_code(net::error::invalid_argument), turn());
-      });
+      const auto alloc = net::get_associated_allocator(handler);
+      net::post(ex, net::bind_allocator(alloc, [h = std::forward<Handler>(handler)]() mutable {
+                  std::move(h)(error_code(net::error::invalid_argument), turn());
+                }));
       return;
     }
     const detail::core_ref core = self->core_;
