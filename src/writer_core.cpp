@@ -775,11 +775,11 @@ void writer_core::close_launched() {
     busy_->close_signal.emit(t);
 }
 
-void writer_core::on_closed(const error_code& ec, node_list& done) {
+bool writer_core::on_closed(const error_code& ec, node_list& done) {
   std::lock_guard lock(mutex_);
   writer_node* n = busy_ ? std::exchange(busy_->closing_node, nullptr) : nullptr;
   if (!n)
-    return;  // the context shut down, destroying it
+    return false;  // the context shut down, destroying it
   close_launched_ = false;
   if (n->canceller_) {
     n->canceller_->node_ = nullptr;
@@ -796,6 +796,7 @@ void writer_core::on_closed(const error_code& ec, node_list& done) {
   if (!error_)
     error_ = ec ? ec : error_code(net::error::shut_down);
   fail_locked(error_, done);
+  return true;
 }
 
 void writer_core::fail(const error_code& ec) {

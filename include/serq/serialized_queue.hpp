@@ -42,6 +42,9 @@ struct trigger_inline_t {
 /// invoked from inside the call.
 inline constexpr trigger_inline_t trigger_inline{};
 
+template <class Stream>
+class queued_writer;
+
 /// A FIFO that serializes whole asynchronous operations.
 /**
  * A strand keeps *handlers* from running concurrently; a serialized queue
@@ -110,9 +113,6 @@ inline constexpr trigger_inline_t trigger_inline{};
  * @tparam Executor The executor on which triggers are posted and which is
  * the default for completion handlers.
  */
-template <class Stream>
-class queued_writer;
-
 template <class Executor = net::any_io_executor>
 class basic_serialized_queue {
  public:

@@ -280,6 +280,55 @@ BOOST_AUTO_TEST_CASE(a_composed_operation_in_flight_keeps_the_owned_stream_alive
   BOOST_TEST(counted_socket::live == 0);  // destroyed once the operation let go
 }
 
+// The same as users meet it: a TLS write run as a composed operation (as an
+// HTTP or websocket library's write would be) is in flight when the owning
+// writer is destroyed. The ssl::stream lives until that operation has
+// returned (under ASan, freed memory would be reported).
+BOOST_AUTO_TEST_CASE(destroying_an_owning_tls_writer_with_a_composed_write_in_flight_is_safe) {
+  using tls_stream = net::ssl::stream<tcp::socket>;
+  serq_test::tls_contexts tls;
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+
+  tcp::acceptor acceptor(ioc, tcp::endpoint(net::ip::address_v4::loopback(), 0));
+  tcp::socket client_socket(ioc);
+  client_socket.connect(acceptor.local_endpoint());
+  tls_stream server(acceptor.accept(), tls.server);
+
+  auto w = std::make_unique<serq::queued_writer<tls_stream>>(std::move(client_socket), tls.client);
+  error_code client_handshake = net::error::fault, server_handshake = net::error::fault;
+  w->async_enqueue(w->next_layer().async_handshake(net::ssl::stream_base::client, net::deferred),
+                   tr.wrap([&](error_code ec) { client_handshake = ec; }));
+  server.async_handshake(net::ssl::stream_base::server,
+                         [&](error_code ec) { server_handshake = ec; });
+  ioc.run();
+  BOOST_REQUIRE(!client_handshake);
+  BOOST_REQUIRE(!server_handshake);
+
+  const std::string big(16 * 1024 * 1024, 'z');  // the server does not read yet
+  error_code got = net::error::would_block;
+  std::size_t written = 0;
+  w->async_enqueue(net::async_write(w->next_layer(), net::buffer(big), net::deferred),
+                   tr.wrap([&](error_code ec, std::size_t n) {
+                     got = ec;
+                     written = n;
+                   }));
+  drain_ready(ioc);
+  BOOST_REQUIRE(got == net::error::would_block);  // in flight
+
+  w.reset();
+  std::string received;
+  error_code read_ec;
+  read_all(server, received, read_ec);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(got);  // the stream was closed under the write
+  BOOST_TEST(written < big.size());
+  BOOST_TEST(received.size() <= written);
+  BOOST_TEST((received == big.substr(0, received.size())));
+  BOOST_TEST(tr.invoked() == 2u);
+}
+
 // A composed operation whose turn has come (its trigger posted) when the
 // writer is destroyed has not started: it is aborted, never launched on the
 // stream (which, referenced, may be gone with the writer).

@@ -639,7 +639,9 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     return {};
   }
   // The closing operation started by a close's pump has finished with ec.
-  void on_closed(const error_code& ec, node_list& done);
+  // Returns false if there was no close to finish (the context shut down,
+  // or it finished already).
+  bool on_closed(const error_code& ec, node_list& done);
 
   // The stream operation's cancellation signal; emitted (under the lock)
   // by a terminal cancellation of a started write or by the stall deadline.

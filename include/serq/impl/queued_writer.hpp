@@ -939,9 +939,11 @@ class writer_state final : public writer_core {
           if (failed) {
             // The closing operation did not start: the close completes with
             // failed, as if the operation had, and the pump goes on.
+            // (Unless the operation completed the close meanwhile, on
+            // another thread, and that completion goes on from there.)
             node_list closed;
-            state->on_closed(failed, closed);
-            step(state, id, std::move(closed));
+            if (state->on_closed(failed, closed))
+              step(state, id, std::move(closed));
           }
         });
         break;
