@@ -65,6 +65,16 @@ class erased_turn_handler {
     explicit impl(H&& h) : handler(std::forward<H>(h)), work(make_work(handler)) {}
     void invoke(error_code ec, turn t) override;
     void destroy() noexcept override { deallocate_node(this, node_allocator(handler)); }
+    // Moves the handler out; if that throws, frees this (and its work).
+    template <class Storage>
+    Handler take_handler(const Storage& storage) {
+      try {
+        return Handler(std::move(handler));
+      } catch (...) {
+        deallocate_node(this, storage);
+        throw;
+      }
+    }
     static handler_work make_work(const Handler& h) {
       if constexpr (own_executor)
         return handler_work(net::get_associated_executor(h));

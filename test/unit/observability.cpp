@@ -588,6 +588,46 @@ BOOST_AUTO_TEST_CASE(a_pending_untrigger_keeps_its_handler_in_the_handler_s_allo
   BOOST_TEST(counter->deallocations.load() == counter->allocations.load());
 }
 
+// The untrigger's handler throws when it is moved out for its completion:
+// the exception leaves run(), and nothing of the pending untrigger is kept.
+BOOST_AUTO_TEST_CASE(an_untrigger_handler_whose_move_throws_leaves_nothing_behind) {
+  struct move_failure {};
+  struct handler {
+    std::shared_ptr<bool> fail;
+    bool* invoked;
+    handler(std::shared_ptr<bool> f, bool* i) : fail(std::move(f)), invoked(i) {}
+    handler(const handler&) = default;
+    handler(handler&& o) : fail(o.fail), invoked(o.invoked) {
+      if (*fail)
+        throw move_failure();
+    }
+    void operator()(error_code, serq::turn) { *invoked = true; }
+  };
+  serq::serialized_queue q(ioc);
+  std::optional<serq::turn> held;
+  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
+  drain();
+  q.stop();
+  const auto counter = std::make_shared<serq_test::allocation_counter>();
+  const auto fail = std::make_shared<bool>(false);
+  bool invoked = false;
+  held->async_untrigger(
+      net::bind_allocator(serq_test::counting_allocator<void>(counter), handler(fail, &invoked)));
+  BOOST_REQUIRE(counter->outstanding_bytes() > 0u);
+  *fail = true;
+  q.start();
+  BOOST_CHECK_THROW(drain(), move_failure);
+  *fail = false;
+  ioc.restart();
+  drain();
+  BOOST_TEST(!invoked);
+  BOOST_TEST(counter->outstanding_bytes() == 0u);
+  bool next = false;
+  q.async_wait([&](error_code ec) { next = !ec; });  // the queue goes on
+  drain();
+  BOOST_TEST(next);
+}
+
 BOOST_AUTO_TEST_CASE(destroying_the_queue_aborts_an_untriggered_head) {
   std::optional<serq::serialized_queue> q(std::in_place, ioc);
   std::optional<serq::turn> held;

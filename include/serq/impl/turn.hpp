@@ -22,7 +22,7 @@ inline void erased_turn_handler::operator()(error_code ec, turn t) {
 template <class Handler>
 void erased_turn_handler::impl<Handler>::invoke(error_code ec, turn t) {
   const auto storage = node_allocator(handler);  // read before the handler moves out
-  Handler h(std::move(handler));
+  Handler h = take_handler(storage);
   if constexpr (!own_executor) {
     deallocate_node(this, storage);
     std::move(h)(ec, std::move(t));  // no executor of its own: the queue's, where this runs
