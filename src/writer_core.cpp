@@ -153,6 +153,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
   // let go of this canceller meanwhile), and the executor's work until then.
   const std::shared_ptr<writer_core> core = core_;
   net::any_io_executor work;  // declared first: released after the posts
+  deferred_completion deferred;
   {
     std::lock_guard lock(core->mutex_);
     writer_node* n = node_;
@@ -163,7 +164,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
       // Until it is launched (what finished before it completes first) the
       // signal waits in the node, for close_launched to pass on.
       if (core->close_launched_)
-        core->busy_->close_signal.emit(type);
+        core->emit_locked(core->busy_->close_signal, type, deferred);
       else
         n->add_cancel_pending(type);
     } else if (!n->started()) {
@@ -192,11 +193,13 @@ void node_canceller::operator()(net::cancellation_type_t type) {
       // be lost. Terminal cancellation stops the stream operation instead,
       // which fails the writer.
       core->terminal_requested_ = true;
-      core->busy_->write_signal.emit(net::cancellation_type::terminal);
+      core->emit_locked(core->busy_->write_signal, net::cancellation_type::terminal, deferred);
     }
     core->hold_work_locked(done, work);
   }
   done.complete_all(*core, completion_mode::post);
+  if (deferred)
+    core->resume_deferred(deferred);
 }
 
 // ---- writer_core -------------------------------------------------------------
@@ -766,13 +769,18 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
 }
 
 void writer_core::close_launched() {
-  std::lock_guard lock(mutex_);
-  writer_node* n = busy_ ? busy_->closing_node : nullptr;
-  if (!n)
-    return;  // it completed inside its launch
-  close_launched_ = true;
-  if (const net::cancellation_type_t t = n->cancel_pending(); t != net::cancellation_type::none)
-    busy_->close_signal.emit(t);
+  deferred_completion deferred;
+  {
+    std::lock_guard lock(mutex_);
+    writer_node* n = busy_ ? busy_->closing_node : nullptr;
+    if (!n)
+      return;  // it completed inside its launch
+    close_launched_ = true;
+    if (const net::cancellation_type_t t = n->cancel_pending(); t != net::cancellation_type::none)
+      emit_locked(busy_->close_signal, t, deferred);
+  }
+  if (deferred)
+    resume_deferred(deferred);
 }
 
 bool writer_core::on_closed(const error_code& ec, node_list& done) {
@@ -1036,6 +1044,7 @@ void writer_core::disarm_stall_timer_locked() noexcept {
 
 void writer_core::on_stall_timer(std::uint64_t generation) {
   node_list done;
+  deferred_completion deferred;
   {
     std::lock_guard lock(mutex_);
     if (generation != stall_->generation)
@@ -1052,9 +1061,52 @@ void writer_core::on_stall_timer(std::uint64_t generation) {
     // write in flight is cancelled and its messages complete when it
     // returns, with the bytes it reports; every other request now.
     fail_locked(net::error::timed_out, done, true);
-    busy_->write_signal.emit(net::cancellation_type::terminal);
+    emit_locked(busy_->write_signal, net::cancellation_type::terminal, deferred);
   }
   done.complete_all(*this, completion_mode::dispatch);
+  if (deferred)
+    resume_deferred(deferred);
+}
+
+// ---- emits under the lock ----------------------------------------------------
+
+struct writer_core::emit_scope {
+  emit_scope(const writer_core* c, deferred_completion& d) noexcept
+      : core(c), deferred(d), outer(innermost()) {
+    innermost() = this;
+  }
+  ~emit_scope() { innermost() = outer; }
+  emit_scope(const emit_scope&) = delete;
+  emit_scope& operator=(const emit_scope&) = delete;
+
+  static emit_scope*& innermost() noexcept {
+    thread_local emit_scope* scope = nullptr;
+    return scope;
+  }
+
+  const writer_core* core;
+  deferred_completion& deferred;
+  emit_scope* outer;
+};
+
+void writer_core::emit_locked(net::cancellation_signal& s, net::cancellation_type_t type,
+                              deferred_completion& deferred) const {
+  emit_scope scope(this, deferred);
+  s.emit(type);
+}
+
+bool writer_core::defer_in_emit(deferred_completion::kind what, pump_id id, const error_code& ec,
+                                std::size_t n) const noexcept {
+  for (emit_scope* s = emit_scope::innermost(); s; s = s->outer) {
+    if (s->core == this && !s->deferred) {
+      s->deferred.what = what;
+      s->deferred.id = id;
+      s->deferred.ec = ec;
+      s->deferred.n = n;
+      return true;
+    }
+  }
+  return false;
 }
 
 void writer_core::set_writable_locked(bool on) noexcept {

@@ -1443,4 +1443,96 @@ BOOST_AUTO_TEST_CASE(gathered_message_cancelled_terminally_after_some_bytes_fail
   BOOST_TEST(b.str() == m1 + m2.substr(0, 3));
 }
 
+// A stream whose first write_some takes `accept` bytes (a posted
+// completion) and whose later ones wait until cancelled. Its cancellation
+// handler completes the waiting write through net::dispatch: inline when the
+// signal is emitted on the stream's executor, which Asio allows (a
+// cancellation handler may complete its operation from wherever it runs).
+class inline_cancel_stream {
+ public:
+  using executor_type = net::any_io_executor;
+
+  inline_cancel_stream(net::io_context& ioc, std::size_t accept)
+      : ex_(ioc.get_executor()), accept_(accept) {}
+
+  executor_type get_executor() const noexcept { return ex_; }
+
+  template <class ConstBufferSequence, class Handler>
+  void async_write_some(const ConstBufferSequence& buffers, Handler&& handler) {
+    using handler_type = std::decay_t<Handler>;
+    auto slot = net::get_associated_cancellation_slot(handler);
+    const executor_type hex = net::get_associated_executor(handler, ex_);
+    if (accept_ != 0) {
+      const std::size_t n = (std::min)(accept_, net::buffer_size(buffers));
+      accept_ = 0;
+      net::post(ex_, net::bind_executor(hex, [h = handler_type(std::forward<Handler>(handler)),
+                                              n]() mutable { std::move(h)(error_code(), n); }));
+      return;
+    }
+    ++waiting;
+    auto held = std::make_shared<std::optional<handler_type>>(std::forward<Handler>(handler));
+    BOOST_TEST_REQUIRE(slot.is_connected());
+    slot.assign([held, hex, this](net::cancellation_type_t) {
+      if (!held->has_value())
+        return;
+      handler_type h = std::move(**held);
+      held->reset();
+      --waiting;
+      net::dispatch(
+          hex, [h = std::move(h)]() mutable { std::move(h)(net::error::operation_aborted, 0); });
+    });
+  }
+
+  int waiting = 0;
+
+ private:
+  executor_type ex_;
+  std::size_t accept_;
+};
+
+// The writer passes a terminal cancellation of a partly written message on to
+// the stream operation in flight; the stream may complete that operation
+// inside the emit. The writer must not hold its lock across the emit (the
+// completion takes it: a self-deadlock).
+BOOST_AUTO_TEST_CASE(a_stream_completing_inside_a_forwarded_cancellation_does_not_deadlock) {
+  net::io_context ioc;
+  serq::queued_writer<inline_cancel_stream> w(ioc, std::size_t(3));
+  net::cancellation_signal sig;
+  std::optional<std::pair<error_code, std::size_t>> r;
+  const std::string m = "abcdefghij";
+  w.async_write(net::buffer(m),
+                net::bind_cancellation_slot(
+                    sig.slot(), [&](error_code ec, std::size_t n) { r.emplace(ec, n); }));
+  while (w.next_layer().waiting == 0 && ioc.run_one() != 0) {
+  }
+  BOOST_TEST_REQUIRE(w.next_layer().waiting == 1);
+  // Emitted on the executor: the stream's dispatch runs the completion inline.
+  // (The waiting write holds no work: run_one found none left and stopped.)
+  ioc.restart();
+  net::post(ioc, [&] { sig.emit(net::cancellation_type::terminal); });
+  ioc.run();
+  BOOST_TEST(w.next_layer().waiting == 0);
+  BOOST_TEST_REQUIRE(r.has_value());
+  BOOST_TEST(r->first == net::error::operation_aborted);
+  BOOST_TEST(r->second == 3u);
+  BOOST_TEST(w.error() == net::error::operation_aborted);
+}
+
+// The same for the stall deadline, which cancels the write in flight from
+// its timer's handler, on the executor.
+BOOST_AUTO_TEST_CASE(
+    a_stream_completing_inside_the_stall_deadlines_cancellation_does_not_deadlock) {
+  net::io_context ioc;
+  serq::queued_writer<inline_cancel_stream> w(ioc, std::size_t(3));
+  w.set_stall_timeout(std::chrono::milliseconds(1));
+  std::optional<std::pair<error_code, std::size_t>> r;
+  const std::string m = "abcdefghij";
+  w.async_write(net::buffer(m), [&](error_code ec, std::size_t n) { r.emplace(ec, n); });
+  ioc.run();
+  BOOST_TEST(w.next_layer().waiting == 0);
+  BOOST_TEST_REQUIRE(r.has_value());
+  BOOST_TEST(r->first == net::error::timed_out);
+  BOOST_TEST(w.error() == net::error::timed_out);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

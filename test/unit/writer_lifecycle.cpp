@@ -562,32 +562,40 @@ BOOST_AUTO_TEST_CASE(close_with_a_closing_operation_runs_it_after_the_queued_wri
 
 // A closing operation that finishes only when cancelled, with
 // operation_aborted; it records that it was launched and the signal it got.
+// With inline_completion its cancellation handler completes it through
+// net::dispatch: inside the emit when that runs on the io_context's thread.
 struct close_until_cancelled {
   net::io_context* ioc;
   bool* launched;
   net::cancellation_type_t* seen;
+  bool inline_completion = false;
 
   template <class Token>
   auto operator()(Token&& token) && {
     return net::async_initiate<Token, void(error_code)>(
-        [](auto handler, net::io_context* ioc, bool* launched, net::cancellation_type_t* seen) {
+        [](auto handler, net::io_context* ioc, bool* launched, net::cancellation_type_t* seen,
+           bool inline_completion) {
           *launched = true;
           auto slot = net::get_associated_cancellation_slot(handler);
           BOOST_TEST_REQUIRE(slot.is_connected());
           using handler_type = decltype(handler);
           auto held = std::make_shared<std::optional<handler_type>>(std::move(handler));
-          slot.assign([held, ioc, seen](net::cancellation_type_t t) {
+          slot.assign([held, ioc, seen, inline_completion](net::cancellation_type_t t) {
             *seen = t;
-            net::post(*ioc, [held] {
+            auto complete = [held] {
               if (*held) {
                 handler_type h = std::move(**held);
                 held->reset();
                 std::move(h)(error_code(net::error::operation_aborted));
               }
-            });
+            };
+            if (inline_completion)
+              net::dispatch(*ioc, complete);
+            else
+              net::post(*ioc, complete);
           });
         },
-        token, ioc, launched, seen);
+        token, ioc, launched, seen, inline_completion);
   }
 };
 
@@ -631,6 +639,70 @@ BOOST_AUTO_TEST_CASE(a_close_cancelled_after_it_is_due_but_before_it_starts_gets
   BOOST_TEST((seen == net::cancellation_type::terminal));
   BOOST_TEST(close_ec == net::error::operation_aborted);
   BOOST_TEST(peer.str().empty());
+}
+
+// A closing operation may complete inside its cancellation handler, which
+// the writer runs under its lock: the completion must wait until the lock is
+// let go of, not deadlock. Cancelled while it runs, and (the next test)
+// before it started, when the writer passes the signal on at its launch.
+BOOST_AUTO_TEST_CASE(a_close_completing_inside_its_cancellation_handler_does_not_deadlock) {
+  net::io_context ioc;
+  serq_test::test_stream peer(ioc);
+  serq::queued_writer<serq_test::test_stream> writer(ioc);
+  writer.next_layer().connect(peer);
+  net::cancellation_signal close_cancel;
+  bool launched = false;
+  net::cancellation_type_t seen = net::cancellation_type::none;
+  error_code close_ec = net::error::would_block;
+  writer.async_close(
+      close_until_cancelled{&ioc, &launched, &seen, true},
+      net::bind_cancellation_slot(close_cancel.slot(), [&](error_code ec) { close_ec = ec; }));
+  for (int i = 0; i < 100 && !launched; ++i) {
+    ioc.restart();
+    ioc.poll();
+  }
+  BOOST_TEST_REQUIRE(launched);
+  ioc.restart();
+  net::post(ioc, [&] { close_cancel.emit(net::cancellation_type::terminal); });
+  for (int i = 0; i < 100 && close_ec == net::error::would_block; ++i) {
+    ioc.restart();
+    ioc.poll();
+  }
+  BOOST_TEST((seen == net::cancellation_type::terminal));
+  BOOST_TEST(close_ec == net::error::operation_aborted);
+}
+
+BOOST_AUTO_TEST_CASE(a_close_cancelled_before_its_launch_may_complete_inside_the_signal_passed_on) {
+  net::io_context ioc;
+  serq_test::test_stream peer(ioc);
+  serq::queued_writer<serq_test::test_stream> writer(ioc);
+  writer.next_layer().connect(peer);
+  // As in a_close_cancelled_after_it_is_due_but_before_it_starts_gets_the_signal:
+  // the signal waits in the close until its launch passes it on.
+  net::cancellation_signal close_cancel;
+  bool launched = false;
+  net::cancellation_type_t seen = net::cancellation_type::none;
+  error_code close_ec = net::error::would_block;
+  writer.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+      },
+      [](error_code ec) { BOOST_TEST(!ec); });
+  writer.async_write(net::const_buffer(), [&](error_code ec, std::size_t) {
+    BOOST_TEST(!ec);
+    BOOST_TEST(!launched);
+    close_cancel.emit(net::cancellation_type::terminal);
+  });
+  writer.async_close(
+      close_until_cancelled{&ioc, &launched, &seen, true},
+      net::bind_cancellation_slot(close_cancel.slot(), [&](error_code ec) { close_ec = ec; }));
+  for (int i = 0; i < 100 && close_ec == net::error::would_block; ++i) {
+    ioc.restart();
+    ioc.poll();
+  }
+  BOOST_TEST(launched);
+  BOOST_TEST((seen == net::cancellation_type::terminal));
+  BOOST_TEST(close_ec == net::error::operation_aborted);
 }
 
 BOOST_AUTO_TEST_CASE(tls_close_sends_every_byte_then_a_clean_shutdown) {

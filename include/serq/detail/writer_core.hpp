@@ -126,6 +126,24 @@ enum class step_action : unsigned char {
   close,    // the close is due: run it
 };
 
+// The completion of the writer's stream operation (a write_some, or the
+// closing operation) that arrived inside one of the writer's emits of its
+// write or close signal: the stream's cancellation handler completed the
+// operation right there, which Asio allows. The emit runs under the writer's
+// lock, which the completion takes, so it is kept here and run by the emitter
+// once it has released the lock (writer_core::resume_deferred), on the same
+// thread: as if the signal had been emitted without the lock, and without a
+// post (nothing to allocate).
+struct deferred_completion {
+  enum class kind : unsigned char { none, write, close };
+  kind what = kind::none;
+  pump_id id{};
+  error_code ec;
+  std::size_t n = 0;
+
+  explicit operator bool() const noexcept { return what != kind::none; }
+};
+
 // A queued write, flush, close or wait_writable request, type-erased
 // through a static table of functions. Four words: a request whose handler
 // and bytes take up to five more (a one-pointer callback and a
@@ -713,6 +731,16 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // or it could not be had). See hold_work_locked.
   virtual net::any_io_executor tracked_executor() const noexcept { return {}; }
 
+  // A completion handler of the writer's stream operation runs: if this
+  // thread is inside one of this writer's emits (emit_locked), the result is
+  // kept for the emitter (see deferred_completion) and true returned; the
+  // caller then does nothing more.
+  bool defer_in_emit(deferred_completion::kind what, pump_id id, const error_code& ec,
+                     std::size_t n) const noexcept;
+  // Runs a completion that defer_in_emit kept, as its handler would have.
+  // Called without the lock, by the emitter.
+  virtual void resume_deferred(const deferred_completion&) {}
+
  protected:
   // Executor: the type the handler nodes of this writer read it back as.
   template <class Executor>
@@ -898,6 +926,13 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     bool dropped_ = false;
     bool completed_ = false;
   };
+  // Emits s (the write or the close signal) under the lock. A completion
+  // that the stream's cancellation handler runs inside the emit lands in
+  // `deferred`, for the caller to resume_deferred once it has let go of
+  // the lock.
+  void emit_locked(net::cancellation_signal& s, net::cancellation_type_t type,
+                   deferred_completion& deferred) const;
+  struct emit_scope;
   void arm_stall_timer_locked(clock::time_point deadline);
   void disarm_stall_timer_locked() noexcept;
   void on_stall_timer(std::uint64_t generation);

@@ -821,6 +821,8 @@ class writer_state final : public writer_core {
 
     void operator()(const error_code& ec, std::size_t n) {
       std::shared_ptr<writer_state> self = std::move(self_);
+      if (self->defer_in_emit(deferred_completion::kind::write, id_, ec, n))
+        return;  // inside the writer's emit: resumed once it let go of its lock
       node_list done;
       self->on_written(ec, n, done);
       if (id_.early) {
@@ -864,6 +866,8 @@ class writer_state final : public writer_core {
     template <class... Ts>
     void operator()(const error_code& ec, Ts&&...) {
       std::shared_ptr<writer_state> self = std::move(self_);
+      if (self->defer_in_emit(deferred_completion::kind::close, id_, ec, 0))
+        return;  // inside the writer's emit: resumed once it let go of its lock
       self->note_completed_in_start();
       node_list done;
       self->on_closed(ec, done);
@@ -874,6 +878,14 @@ class writer_state final : public writer_core {
     std::shared_ptr<writer_state> self_;
     pump_id id_;
   };
+
+  void resume_deferred(const deferred_completion& d) override {
+    std::shared_ptr<writer_state> self = std::static_pointer_cast<writer_state>(shared_from_this());
+    if (d.what == deferred_completion::kind::write)
+      write_done(std::move(self), d.id)(d.ec, d.n);
+    else
+      close_done(std::move(self), d.id)(d.ec);
+  }
 
   static void step(std::shared_ptr<writer_state> self, pump_id id, node_list done) {
     // Complete first: the callers resumed here queue their next messages
