@@ -599,110 +599,85 @@ struct close_until_cancelled {
   }
 };
 
-BOOST_AUTO_TEST_CASE(a_close_cancelled_after_it_is_due_but_before_it_starts_gets_the_signal) {
+// A writer on a test_stream and an async_close of close_until_cancelled
+// whose handler is bound to `signal`.
+struct cancellable_close {
   net::io_context ioc;
-  serq_test::test_stream peer(ioc);
-  serq::queued_writer<serq_test::test_stream> writer(ioc);
-  writer.next_layer().connect(peer);
-
-  // A handler that runs once the close is due (every write before it is
-  // done) and before its operation starts (what finished before the close
-  // completes first) cancels the close: the signal must reach the operation.
-  net::cancellation_signal close_cancel;
+  serq_test::test_stream peer{ioc};
+  serq::queued_writer<serq_test::test_stream> writer{ioc};
+  net::cancellation_signal signal;
   bool launched = false;
   net::cancellation_type_t seen = net::cancellation_type::none;
-  error_code close_ec = net::error::would_block;
-  // An operation first: the writes after it wait for it, so the pump that
-  // goes on behind it finds an empty message at the head, done at once, and
-  // then the close: due now, launched once the empty message's handler has
-  // run, and that handler cancels the close.
-  writer.async_enqueue<void(error_code)>(
-      [&](auto handler) {
-        net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
-      },
-      [](error_code ec) { BOOST_TEST(!ec); });
-  writer.async_write(net::const_buffer(), [&](error_code ec, std::size_t n) {
-    BOOST_TEST(!ec);
-    BOOST_TEST(n == 0u);
-    BOOST_TEST(!launched);
-    close_cancel.emit(net::cancellation_type::terminal);
-  });
-  writer.async_close(
-      close_until_cancelled{&ioc, &launched, &seen},
-      net::bind_cancellation_slot(close_cancel.slot(), [&](error_code ec) { close_ec = ec; }));
-  // Not run(): without the signal the close would never finish.
-  for (int i = 0; i < 100 && close_ec == net::error::would_block; ++i) {
-    ioc.restart();
-    ioc.poll();
+  error_code ec = net::error::would_block;
+
+  cancellable_close() { writer.next_layer().connect(peer); }
+
+  void close(bool inline_completion) {
+    writer.async_close(
+        close_until_cancelled{&ioc, &launched, &seen, inline_completion},
+        net::bind_cancellation_slot(signal.slot(), [this](error_code e) { ec = e; }));
   }
-  BOOST_TEST(launched);
-  BOOST_TEST((seen == net::cancellation_type::terminal));
-  BOOST_TEST(close_ec == net::error::operation_aborted);
-  BOOST_TEST(peer.str().empty());
+  // Not run(): without the signal the close would never finish.
+  template <class Pred>
+  void poll_until(Pred done) {
+    for (int i = 0; i < 100 && !done(); ++i) {
+      ioc.restart();
+      ioc.poll();
+    }
+  }
+  void poll_until_closed() {
+    poll_until([&] { return ec != net::error::would_block; });
+  }
+};
+
+BOOST_AUTO_TEST_CASE(a_close_cancelled_after_it_is_due_but_before_it_starts_gets_the_signal) {
+  // Also with a closing operation that completes inside that signal (the
+  // writer passes it on under its lock: it must not deadlock).
+  for (const bool inline_completion : {false, true}) {
+    BOOST_TEST_CONTEXT("inline_completion=" << inline_completion) {
+      cancellable_close t;
+      // A handler that runs once the close is due (every write before it is
+      // done) and before its operation starts (what finished before the close
+      // completes first) cancels the close: the signal must reach the operation.
+      // An operation first: the writes after it wait for it, so the pump that
+      // goes on behind it finds an empty message at the head, done at once, and
+      // then the close: due now, launched once the empty message's handler has
+      // run, and that handler cancels the close.
+      t.writer.async_enqueue<void(error_code)>(
+          [&](auto handler) {
+            net::post(t.ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+          },
+          [](error_code ec) { BOOST_TEST(!ec); });
+      t.writer.async_write(net::const_buffer(), [&](error_code ec, std::size_t n) {
+        BOOST_TEST(!ec);
+        BOOST_TEST(n == 0u);
+        BOOST_TEST(!t.launched);
+        t.signal.emit(net::cancellation_type::terminal);
+      });
+      t.close(inline_completion);
+      t.poll_until_closed();
+      BOOST_TEST(t.launched);
+      BOOST_TEST((t.seen == net::cancellation_type::terminal));
+      BOOST_TEST(t.ec == net::error::operation_aborted);
+      BOOST_TEST(t.peer.str().empty());
+    }
+  }
 }
 
 // A closing operation may complete inside its cancellation handler, which
 // the writer runs under its lock: the completion must wait until the lock is
-// let go of, not deadlock. Cancelled while it runs, and (the next test)
-// before it started, when the writer passes the signal on at its launch.
+// let go of, not deadlock. Here cancelled while it runs; before it started
+// (passed on at its launch) in the test above.
 BOOST_AUTO_TEST_CASE(a_close_completing_inside_its_cancellation_handler_does_not_deadlock) {
-  net::io_context ioc;
-  serq_test::test_stream peer(ioc);
-  serq::queued_writer<serq_test::test_stream> writer(ioc);
-  writer.next_layer().connect(peer);
-  net::cancellation_signal close_cancel;
-  bool launched = false;
-  net::cancellation_type_t seen = net::cancellation_type::none;
-  error_code close_ec = net::error::would_block;
-  writer.async_close(
-      close_until_cancelled{&ioc, &launched, &seen, true},
-      net::bind_cancellation_slot(close_cancel.slot(), [&](error_code ec) { close_ec = ec; }));
-  for (int i = 0; i < 100 && !launched; ++i) {
-    ioc.restart();
-    ioc.poll();
-  }
-  BOOST_TEST_REQUIRE(launched);
-  ioc.restart();
-  net::post(ioc, [&] { close_cancel.emit(net::cancellation_type::terminal); });
-  for (int i = 0; i < 100 && close_ec == net::error::would_block; ++i) {
-    ioc.restart();
-    ioc.poll();
-  }
-  BOOST_TEST((seen == net::cancellation_type::terminal));
-  BOOST_TEST(close_ec == net::error::operation_aborted);
-}
-
-BOOST_AUTO_TEST_CASE(a_close_cancelled_before_its_launch_may_complete_inside_the_signal_passed_on) {
-  net::io_context ioc;
-  serq_test::test_stream peer(ioc);
-  serq::queued_writer<serq_test::test_stream> writer(ioc);
-  writer.next_layer().connect(peer);
-  // As in a_close_cancelled_after_it_is_due_but_before_it_starts_gets_the_signal:
-  // the signal waits in the close until its launch passes it on.
-  net::cancellation_signal close_cancel;
-  bool launched = false;
-  net::cancellation_type_t seen = net::cancellation_type::none;
-  error_code close_ec = net::error::would_block;
-  writer.async_enqueue<void(error_code)>(
-      [&](auto handler) {
-        net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
-      },
-      [](error_code ec) { BOOST_TEST(!ec); });
-  writer.async_write(net::const_buffer(), [&](error_code ec, std::size_t) {
-    BOOST_TEST(!ec);
-    BOOST_TEST(!launched);
-    close_cancel.emit(net::cancellation_type::terminal);
-  });
-  writer.async_close(
-      close_until_cancelled{&ioc, &launched, &seen, true},
-      net::bind_cancellation_slot(close_cancel.slot(), [&](error_code ec) { close_ec = ec; }));
-  for (int i = 0; i < 100 && close_ec == net::error::would_block; ++i) {
-    ioc.restart();
-    ioc.poll();
-  }
-  BOOST_TEST(launched);
-  BOOST_TEST((seen == net::cancellation_type::terminal));
-  BOOST_TEST(close_ec == net::error::operation_aborted);
+  cancellable_close t;
+  t.close(true);
+  t.poll_until([&] { return t.launched; });
+  BOOST_TEST_REQUIRE(t.launched);
+  t.ioc.restart();
+  net::post(t.ioc, [&] { t.signal.emit(net::cancellation_type::terminal); });
+  t.poll_until_closed();
+  BOOST_TEST((t.seen == net::cancellation_type::terminal));
+  BOOST_TEST(t.ec == net::error::operation_aborted);
 }
 
 BOOST_AUTO_TEST_CASE(tls_close_sends_every_byte_then_a_clean_shutdown) {
