@@ -67,6 +67,43 @@ struct tls_contexts {
   }
 };
 
+using tls_tcp_stream = serq::net::ssl::stream<serq::net::ip::tcp::socket>;
+
+// A loopback TCP connection with TLS at both ends, handshaken: the client is
+// an owning Writer (a serq::queued_writer<tls_tcp_stream>) made from its
+// socket and tls.client, which runs its handshake through the writer's
+// queue; the server is a tls_tcp_stream. wrap(handler) wraps the client's
+// handshake handler (a serq_test::handler_tracker's, for example). Runs ioc.
+template <class Writer>
+struct tls_connection {
+  std::unique_ptr<Writer> writer;
+  tls_tcp_stream server;
+
+  template <class Wrap>
+  static tls_connection connect(serq::net::io_context& ioc, tls_contexts& tls, Wrap&& wrap) {
+    using tcp = serq::net::ip::tcp;
+    tcp::acceptor acceptor(ioc, tcp::endpoint(serq::net::ip::address_v4::loopback(), 0));
+    tcp::socket client_socket(ioc);
+    client_socket.connect(acceptor.local_endpoint());
+    tls_connection c{std::make_unique<Writer>(std::move(client_socket), tls.client),
+                     tls_tcp_stream(acceptor.accept(), tls.server)};
+    error_code client_hs = serq::net::error::fault, server_hs = serq::net::error::fault;
+    c.writer->async_enqueue(c.writer->next_layer().async_handshake(
+                                serq::net::ssl::stream_base::client, serq::net::deferred),
+                            wrap([&](error_code ec) { client_hs = ec; }));
+    c.server.async_handshake(serq::net::ssl::stream_base::server,
+                             [&](error_code ec) { server_hs = ec; });
+    ioc.restart();
+    ioc.run();
+    BOOST_REQUIRE(!client_hs);
+    BOOST_REQUIRE(!server_hs);
+    return c;
+  }
+  static tls_connection connect(serq::net::io_context& ioc, tls_contexts& tls) {
+    return connect(ioc, tls, [](auto&& h) { return std::forward<decltype(h)>(h); });
+  }
+};
+
 }  // namespace serq_test
 
 #endif  // SERQ_TEST_COMMON_TLS_HPP

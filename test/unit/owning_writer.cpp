@@ -113,25 +113,13 @@ void check_aborted_run(const std::vector<write_result>& results, std::size_t siz
 BOOST_AUTO_TEST_SUITE(owning_writer)
 
 BOOST_AUTO_TEST_CASE(destroying_an_owning_tls_writer_with_a_write_in_flight_is_safe) {
-  using tls_stream = net::ssl::stream<tcp::socket>;
   serq_test::tls_contexts tls;
   serq_test::handler_tracker tr;
   net::io_context ioc;
-
-  tcp::acceptor acceptor(ioc, tcp::endpoint(net::ip::address_v4::loopback(), 0));
-  tcp::socket client_socket(ioc);
-  client_socket.connect(acceptor.local_endpoint());
-  tls_stream server(acceptor.accept(), tls.server);
-
-  auto w = std::make_unique<serq::queued_writer<tls_stream>>(std::move(client_socket), tls.client);
-  error_code client_handshake = net::error::fault, server_handshake = net::error::fault;
-  w->async_enqueue(w->next_layer().async_handshake(net::ssl::stream_base::client, net::deferred),
-                   tr.wrap([&](error_code ec) { client_handshake = ec; }));
-  server.async_handshake(net::ssl::stream_base::server,
-                         [&](error_code ec) { server_handshake = ec; });
-  ioc.run();
-  BOOST_REQUIRE(!client_handshake);
-  BOOST_REQUIRE(!server_handshake);
+  auto c = serq_test::tls_connection<serq::queued_writer<serq_test::tls_tcp_stream>>::connect(
+      ioc, tls, [&](auto h) { return tr.wrap(std::move(h)); });
+  auto& w = c.writer;
+  auto& server = c.server;
 
   // The server stops reading: 400 x 64 KiB cannot all go out.
   constexpr std::size_t count = 400, size = 64 * 1024;
@@ -285,25 +273,13 @@ BOOST_AUTO_TEST_CASE(a_composed_operation_in_flight_keeps_the_owned_stream_alive
 // writer is destroyed. The ssl::stream lives until that operation has
 // returned (under ASan, freed memory would be reported).
 BOOST_AUTO_TEST_CASE(destroying_an_owning_tls_writer_with_a_composed_write_in_flight_is_safe) {
-  using tls_stream = net::ssl::stream<tcp::socket>;
   serq_test::tls_contexts tls;
   serq_test::handler_tracker tr;
   net::io_context ioc;
-
-  tcp::acceptor acceptor(ioc, tcp::endpoint(net::ip::address_v4::loopback(), 0));
-  tcp::socket client_socket(ioc);
-  client_socket.connect(acceptor.local_endpoint());
-  tls_stream server(acceptor.accept(), tls.server);
-
-  auto w = std::make_unique<serq::queued_writer<tls_stream>>(std::move(client_socket), tls.client);
-  error_code client_handshake = net::error::fault, server_handshake = net::error::fault;
-  w->async_enqueue(w->next_layer().async_handshake(net::ssl::stream_base::client, net::deferred),
-                   tr.wrap([&](error_code ec) { client_handshake = ec; }));
-  server.async_handshake(net::ssl::stream_base::server,
-                         [&](error_code ec) { server_handshake = ec; });
-  ioc.run();
-  BOOST_REQUIRE(!client_handshake);
-  BOOST_REQUIRE(!server_handshake);
+  auto c = serq_test::tls_connection<serq::queued_writer<serq_test::tls_tcp_stream>>::connect(
+      ioc, tls, [&](auto h) { return tr.wrap(std::move(h)); });
+  auto& w = c.writer;
+  auto& server = c.server;
 
   const std::string big(16 * 1024 * 1024, 'z');  // the server does not read yet
   error_code got = net::error::would_block;

@@ -681,24 +681,12 @@ BOOST_AUTO_TEST_CASE(a_close_completing_inside_its_cancellation_handler_does_not
 }
 
 BOOST_AUTO_TEST_CASE(tls_close_sends_every_byte_then_a_clean_shutdown) {
-  using tls_stream = net::ssl::stream<tcp::socket>;
   serq_test::tls_contexts tls;
   net::io_context ioc;
-
-  tcp::acceptor acceptor(ioc, tcp::endpoint(net::ip::address_v4::loopback(), 0));
-  tcp::socket client_socket(ioc);
-  client_socket.connect(acceptor.local_endpoint());
-  tls_stream server(acceptor.accept(), tls.server);
-  serq::queued_writer<tls_stream> writer(std::move(client_socket), tls.client);
-
-  error_code client_hs = net::error::fault, server_hs = net::error::fault;
-  writer.async_enqueue(
-      writer.next_layer().async_handshake(net::ssl::stream_base::client, net::deferred),
-      [&](error_code ec) { client_hs = ec; });
-  server.async_handshake(net::ssl::stream_base::server, [&](error_code ec) { server_hs = ec; });
-  run_all(ioc);
-  BOOST_REQUIRE(!client_hs);
-  BOOST_REQUIRE(!server_hs);
+  auto c =
+      serq_test::tls_connection<serq::queued_writer<serq_test::tls_tcp_stream>>::connect(ioc, tls);
+  auto& writer = *c.writer;
+  auto& server = c.server;
 
   // More than the socket buffers hold, so the close is queued behind writes
   // in flight.
