@@ -1063,9 +1063,7 @@ void writer_core::on_stall_timer(std::uint64_t generation) {
     fail_locked(net::error::timed_out, done, true);
     emit_locked(busy_->write_signal, net::cancellation_type::terminal, deferred);
   }
-  done.complete_all(*this, completion_mode::dispatch);
-  if (deferred)
-    resume_deferred(deferred);
+  complete_then_resume(done, deferred);
 }
 
 // ---- emits under the lock ----------------------------------------------------
@@ -1090,9 +1088,23 @@ struct writer_core::emit_scope {
 };
 
 void writer_core::emit_locked(net::cancellation_signal& s, net::cancellation_type_t type,
-                              deferred_completion& deferred) const {
+                              deferred_completion& deferred) {
   emit_scope scope(this, deferred);
-  s.emit(type);
+  try {
+    s.emit(type);
+  } catch (...) {
+    // The cancellation handler threw after it completed the operation:
+    // the emitter will not get to resume it.
+    if (deferred) {
+      try {
+        resume_later(deferred);
+      } catch (...) {
+        // No memory to post it either: that completion is lost, and the
+        // writer's requests wait until the writer or its context goes.
+      }
+    }
+    throw;
+  }
 }
 
 bool writer_core::defer_in_emit(deferred_completion::kind what, pump_id id, const error_code& ec,

@@ -1480,14 +1480,48 @@ class inline_cancel_stream {
       --waiting;
       net::dispatch(
           hex, [h = std::move(h)]() mutable { std::move(h)(net::error::operation_aborted, 0); });
+      if (throw_after_cancel)
+        throw std::runtime_error("cancellation handler");
     });
   }
 
   int waiting = 0;
+  bool throw_after_cancel = false;  // the cancellation handler throws once it completed
 
  private:
   executor_type ex_;
   std::size_t accept_;
+};
+
+// A writer on an inline_cancel_stream whose first write_some takes 3 bytes,
+// and a 10-byte message whose handler (bound to `signal`) records its result.
+struct inline_cancel_write {
+  net::io_context ioc;
+  serq::queued_writer<inline_cancel_stream> w{ioc, std::size_t(3)};
+  net::cancellation_signal signal;
+  std::optional<std::pair<error_code, std::size_t>> r;
+  const std::string m = "abcdefghij";
+
+  // Queues m and runs until its second write_some waits; then posts a
+  // terminal emit of `signal`, which runs on the io_context's thread, where
+  // the stream's dispatch runs the completion inside the emit. (The waiting
+  // write holds no work: run_one found none left and stopped the context.)
+  void write_then_cancel() {
+    w.async_write(net::buffer(m),
+                  net::bind_cancellation_slot(
+                      signal.slot(), [this](error_code ec, std::size_t n) { r.emplace(ec, n); }));
+    while (w.next_layer().waiting == 0 && ioc.run_one() != 0) {
+    }
+    BOOST_TEST_REQUIRE(w.next_layer().waiting == 1);
+    ioc.restart();
+    net::post(ioc, [this] { signal.emit(net::cancellation_type::terminal); });
+  }
+  void check_aborted_after_three_bytes() {
+    BOOST_TEST(w.next_layer().waiting == 0);
+    BOOST_TEST_REQUIRE(r.has_value());
+    BOOST_TEST(r->first == net::error::operation_aborted);
+    BOOST_TEST(r->second == 3u);
+  }
 };
 
 // The writer passes a terminal cancellation of a partly written message on to
@@ -1495,27 +1529,11 @@ class inline_cancel_stream {
 // inside the emit. The writer must not hold its lock across the emit (the
 // completion takes it: a self-deadlock).
 BOOST_AUTO_TEST_CASE(a_stream_completing_inside_a_forwarded_cancellation_does_not_deadlock) {
-  net::io_context ioc;
-  serq::queued_writer<inline_cancel_stream> w(ioc, std::size_t(3));
-  net::cancellation_signal sig;
-  std::optional<std::pair<error_code, std::size_t>> r;
-  const std::string m = "abcdefghij";
-  w.async_write(net::buffer(m),
-                net::bind_cancellation_slot(
-                    sig.slot(), [&](error_code ec, std::size_t n) { r.emplace(ec, n); }));
-  while (w.next_layer().waiting == 0 && ioc.run_one() != 0) {
-  }
-  BOOST_TEST_REQUIRE(w.next_layer().waiting == 1);
-  // Emitted on the executor: the stream's dispatch runs the completion inline.
-  // (The waiting write holds no work: run_one found none left and stopped.)
-  ioc.restart();
-  net::post(ioc, [&] { sig.emit(net::cancellation_type::terminal); });
-  ioc.run();
-  BOOST_TEST(w.next_layer().waiting == 0);
-  BOOST_TEST_REQUIRE(r.has_value());
-  BOOST_TEST(r->first == net::error::operation_aborted);
-  BOOST_TEST(r->second == 3u);
-  BOOST_TEST(w.error() == net::error::operation_aborted);
+  inline_cancel_write t;
+  t.write_then_cancel();
+  t.ioc.run();
+  t.check_aborted_after_three_bytes();
+  BOOST_TEST(t.w.error() == net::error::operation_aborted);
 }
 
 // The same for the stall deadline, which cancels the write in flight from
@@ -1533,6 +1551,39 @@ BOOST_AUTO_TEST_CASE(
   BOOST_TEST_REQUIRE(r.has_value());
   BOOST_TEST(r->first == net::error::timed_out);
   BOOST_TEST(w.error() == net::error::timed_out);
+}
+
+// A handler that throws among the requests the stall deadline fails, before
+// the write it cancelled (completed inside the emit) was resumed: the
+// exception leaves run(), and the write still completes afterwards.
+BOOST_AUTO_TEST_CASE(a_throwing_handler_at_the_stall_deadline_does_not_lose_the_cancelled_write) {
+  net::io_context ioc;
+  serq::queued_writer<inline_cancel_stream> w(ioc, std::size_t(3));
+  w.set_gathering(false);  // m2 waits outside the write in flight
+  w.set_stall_timeout(std::chrono::milliseconds(1));
+  std::optional<std::pair<error_code, std::size_t>> r1;
+  const std::string m1 = "abcdefghij", m2 = "klm";
+  w.async_write(net::buffer(m1), [&](error_code ec, std::size_t n) { r1.emplace(ec, n); });
+  w.async_write(net::buffer(m2), [](error_code, std::size_t) { throw std::runtime_error("m2"); });
+  BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST_REQUIRE(r1.has_value());
+  BOOST_TEST(r1->first == net::error::timed_out);
+  BOOST_TEST(r1->second == 3u);
+}
+
+// A cancellation handler that completes the write inside the emit and then
+// throws: the exception leaves the emit (and run()), and the write still
+// completes.
+BOOST_AUTO_TEST_CASE(a_cancellation_handler_that_throws_after_completing_does_not_lose_the_write) {
+  inline_cancel_write t;
+  t.w.next_layer().throw_after_cancel = true;
+  t.write_then_cancel();
+  BOOST_CHECK_THROW(t.ioc.run(), std::runtime_error);
+  t.ioc.restart();
+  t.ioc.run();
+  t.check_aborted_after_three_bytes();
 }
 
 BOOST_AUTO_TEST_SUITE_END()

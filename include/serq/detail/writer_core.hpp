@@ -740,6 +740,15 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // Runs a completion that defer_in_emit kept, as its handler would have.
   // Called without the lock, by the emitter.
   virtual void resume_deferred(const deferred_completion&) {}
+  // Completes done (dispatched), then resumes d if it holds a completion. A
+  // handler that throws must lose neither the rest nor d: they go on from a
+  // continuation posted before the exception leaves.
+  virtual void complete_then_resume(node_list& done, const deferred_completion&) {
+    done.complete_all(*this, completion_mode::dispatch);
+  }
+  // Posts the resumption of d to the writer's executor: the emit that took
+  // it threw, and its emitter will not resume it.
+  virtual void resume_later(const deferred_completion&) {}
 
  protected:
   // Executor: the type the handler nodes of this writer read it back as.
@@ -931,7 +940,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // `deferred`, for the caller to resume_deferred once it has let go of
   // the lock.
   void emit_locked(net::cancellation_signal& s, net::cancellation_type_t type,
-                   deferred_completion& deferred) const;
+                   deferred_completion& deferred);
   struct emit_scope;
   void arm_stall_timer_locked(clock::time_point deadline);
   void disarm_stall_timer_locked() noexcept;

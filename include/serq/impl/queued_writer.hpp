@@ -880,11 +880,26 @@ class writer_state final : public writer_core {
   };
 
   void resume_deferred(const deferred_completion& d) override {
-    std::shared_ptr<writer_state> self = std::static_pointer_cast<writer_state>(shared_from_this());
     if (d.what == deferred_completion::kind::write)
-      write_done(std::move(self), d.id)(d.ec, d.n);
+      write_done(shared_self(), d.id)(d.ec, d.n);
     else
-      close_done(std::move(self), d.id)(d.ec);
+      close_done(shared_self(), d.id)(d.ec);
+  }
+
+  void complete_then_resume(node_list& done, const deferred_completion& d) override {
+    complete_then(shared_self(), done, [d](std::shared_ptr<writer_state> s) {
+      if (d)
+        s->resume_deferred(d);
+    });
+  }
+
+  void resume_later(const deferred_completion& d) override {
+    const executor_type ex = executor_;
+    net::post(ex, [self = shared_self(), d] { self->resume_deferred(d); });
+  }
+
+  std::shared_ptr<writer_state> shared_self() {
+    return std::static_pointer_cast<writer_state>(shared_from_this());
   }
 
   static void step(std::shared_ptr<writer_state> self, pump_id id, node_list done) {
