@@ -140,9 +140,13 @@ void canceller::operator()(net::cancellation_type_t type) {
 }
 
 launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching) {
+  // An entry whose turn came after its queue object was destroyed (its
+  // trigger posted, or the handler of the operation before it destroyed
+  // the queue) never started: it is aborted, as a waiting one was.
+  cancelled_ = e.core().closed();
   if (canceller* c = e.cancel_state()) {
     lock_ = std::unique_lock<small_mutex>(c->mutex_);
-    cancelled_ = c->pending_ != net::cancellation_type::none;
+    cancelled_ = cancelled_ || c->pending_ != net::cancellation_type::none;
     c->launched_ = !cancelled_;
   }
   launching = this;
@@ -310,7 +314,7 @@ void queue_core::activate_locked(entry_base* e, clock::rep now) noexcept {
 
 queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
   std::lock_guard lock(mutex_);
-  if (closed_) {
+  if (closed_.load(std::memory_order_relaxed)) {
     ++aborted_;
     return add_result::closed;
   }
@@ -342,7 +346,7 @@ queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
 }
 
 entry_base* queue_core::take_next_locked() noexcept {
-  if (!running_ || closed_ || waiting_.empty())
+  if (!running_ || closed_.load(std::memory_order_relaxed) || waiting_.empty())
     return nullptr;
   entry_base* e = waiting_.pop_front();
   --waiting_count_;
@@ -421,7 +425,7 @@ void queue_core::finish() noexcept {
 
 queue_core::untrigger_result queue_core::untrigger(entry_base* e) noexcept {
   std::lock_guard lock(mutex_);
-  if (closed_)
+  if (closed_.load(std::memory_order_relaxed))
     return untrigger_result::closed;
   if (running_ || !busy_ || !turn_held_)
     return untrigger_result::refused;
@@ -604,7 +608,7 @@ void queue_core::close() {
   entry_list list;
   {
     std::lock_guard lock(mutex_);
-    closed_ = true;
+    closed_.store(true, std::memory_order_relaxed);
     list = take_all_locked();
     begin_aborts_locked();
     if (busy_ && !orphan_held_) {
@@ -625,7 +629,7 @@ void queue_core::shutdown() noexcept {
   entry_list list;
   {
     std::lock_guard lock(mutex_);
-    closed_ = true;
+    closed_.store(true, std::memory_order_relaxed);
     list = take_all_locked();
   }
   trace_left(list, net::error::shut_down);
@@ -686,7 +690,8 @@ void serialized_queue_service::register_core(detail::queue_core& core) {
   if (default_hook_used_)
     core.use_default_hook(default_hook_);
   if (shut_down_)
-    core.closed_ = true;  // the context has shut down: every entry is refused
+    core.closed_.store(
+        true, std::memory_order_relaxed);  // the context has shut down: every entry is refused
   else
     link_locked(core);
 }

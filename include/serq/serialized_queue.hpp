@@ -144,8 +144,9 @@ class basic_serialized_queue {
   /// `other` is left as if newly constructed with the same executor and name.
   basic_serialized_queue(basic_serialized_queue&& other);
 
-  /// Move assignment: aborts this queue's waiting entries (as the destructor
-  /// does), then takes over `other`'s as the move constructor does.
+  /// Move assignment: aborts this queue's entries that have not started (as
+  /// the destructor does), then takes over `other`'s as the move constructor
+  /// does.
   basic_serialized_queue& operator=(basic_serialized_queue&& other);
 
   basic_serialized_queue(const basic_serialized_queue&) = delete;
@@ -153,9 +154,12 @@ class basic_serialized_queue {
 
   /// Destroys the queue.
   /**
-   * Every waiting entry completes with `operation_aborted` (posted). The
-   * active operation, if any, runs to completion normally; nothing it holds
-   * refers to the destroyed object.
+   * Every waiting entry completes with `operation_aborted` (posted), and so
+   * does an entry whose turn has come but that was not launched yet (its
+   * trigger is posted, or the handler of the operation before it destroys
+   * the queue): its operation is never launched, and a turn is not handed
+   * out. An operation already launched runs to completion normally; nothing
+   * it holds refers to the destroyed object.
    */
   ~basic_serialized_queue();
 

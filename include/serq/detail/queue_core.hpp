@@ -285,6 +285,10 @@ class queue_core : public service_member {
   void start();
   void stop() noexcept;
   bool running() const noexcept;
+  // The IO object is gone (or the context shut down): an entry whose turn
+  // came is not launched any more, but aborted. Read without the lock by
+  // the launch; a close racing it on another thread lands either side.
+  bool closed() const noexcept { return closed_.load(std::memory_order_relaxed); }
   std::size_t size() const noexcept;
   std::size_t cancel();
   std::string_view name() const noexcept;
@@ -406,7 +410,7 @@ class queue_core : public service_member {
   mutable small_mutex mutex_;
   std::atomic<std::uint32_t> refs_{0};  // core_ref's count
   bool running_ = true;
-  bool closed_ = false;
+  std::atomic<bool> closed_{false};  // written under mutex_; closed() reads it without
   // The IO object went while an entry was active: the core holds one
   // reference to itself, released when the queue goes idle.
   bool orphan_held_ = false;
