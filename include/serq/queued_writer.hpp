@@ -99,7 +99,10 @@ inline constexpr urgent_t urgent{};
  * writer, since the stream's framing is then unknown. A stream (or closing)
  * operation may complete inside the cancellation handler the writer's signal
  * runs, as Asio allows: the writer then handles that result once the emit
- * has returned, on the same thread.
+ * has returned, on the same thread. One slot serves one request at a time:
+ * binding it to another operation before the request completed destroys the
+ * handler the writer installed there, which the request still uses
+ * (undefined behaviour).
  *
  * Operations run with `async_enqueue` report their own results; an error
  * they report does not fail the writer.
