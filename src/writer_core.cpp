@@ -6,6 +6,7 @@
 #include <serq/detail/writer_core.hpp>
 
 #include <algorithm>
+#include <exception>
 #include <new>
 #include <stdexcept>
 #include <system_error>
@@ -1045,6 +1046,7 @@ void writer_core::disarm_stall_timer_locked() noexcept {
 void writer_core::on_stall_timer(std::uint64_t generation) {
   node_list done;
   deferred_completion deferred;
+  std::exception_ptr emit_failure;
   {
     std::lock_guard lock(mutex_);
     if (generation != stall_->generation)
@@ -1061,9 +1063,19 @@ void writer_core::on_stall_timer(std::uint64_t generation) {
     // write in flight is cancelled and its messages complete when it
     // returns, with the bytes it reports; every other request now.
     fail_locked(net::error::timed_out, done, true);
-    emit_locked(busy_->write_signal, net::cancellation_type::terminal, deferred);
+    try {
+      emit_locked(busy_->write_signal, net::cancellation_type::terminal, deferred);
+    } catch (...) {
+      // The stream's cancellation handler threw: what failed above still
+      // completes before the exception leaves. A completion it ran inside
+      // the emit was posted by emit_locked: not resumed here too.
+      emit_failure = std::current_exception();
+      deferred = deferred_completion();
+    }
   }
   complete_then_resume(done, deferred);
+  if (emit_failure)
+    std::rethrow_exception(emit_failure);
 }
 
 // ---- emits under the lock ----------------------------------------------------

@@ -1553,24 +1553,38 @@ BOOST_AUTO_TEST_CASE(
   BOOST_TEST(w.error() == net::error::timed_out);
 }
 
-// A handler that throws among the requests the stall deadline fails, before
-// the write it cancelled (completed inside the emit) was resumed: the
-// exception leaves run(), and the write still completes afterwards.
-BOOST_AUTO_TEST_CASE(a_throwing_handler_at_the_stall_deadline_does_not_lose_the_cancelled_write) {
-  net::io_context ioc;
-  serq::queued_writer<inline_cancel_stream> w(ioc, std::size_t(3));
-  w.set_gathering(false);  // m2 waits outside the write in flight
-  w.set_stall_timeout(std::chrono::milliseconds(1));
-  std::optional<std::pair<error_code, std::size_t>> r1;
-  const std::string m1 = "abcdefghij", m2 = "klm";
-  w.async_write(net::buffer(m1), [&](error_code ec, std::size_t n) { r1.emplace(ec, n); });
-  w.async_write(net::buffer(m2), [](error_code, std::size_t) { throw std::runtime_error("m2"); });
-  BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
-  ioc.restart();
-  ioc.run();
-  BOOST_TEST_REQUIRE(r1.has_value());
-  BOOST_TEST(r1->first == net::error::timed_out);
-  BOOST_TEST(r1->second == 3u);
+// The stall deadline fails m2 (queued outside the write in flight) and
+// cancels m1's write, which the stream completes inside the emit. Something
+// then throws: m2's handler, before m1's write was resumed, or the stream's
+// cancellation handler itself, before m2 was completed. The exception leaves
+// run(); neither request is lost.
+BOOST_AUTO_TEST_CASE(an_exception_at_the_stall_deadline_loses_no_request) {
+  for (const bool cancellation_handler_throws : {false, true}) {
+    BOOST_TEST_CONTEXT("cancellation_handler_throws=" << cancellation_handler_throws) {
+      net::io_context ioc;
+      serq::queued_writer<inline_cancel_stream> w(ioc, std::size_t(3));
+      w.next_layer().throw_after_cancel = cancellation_handler_throws;
+      w.set_gathering(false);  // m2 waits outside the write in flight
+      w.set_stall_timeout(std::chrono::milliseconds(1));
+      std::optional<std::pair<error_code, std::size_t>> r1;
+      std::optional<error_code> r2;
+      const std::string m1 = "abcdefghij", m2 = "klm";
+      w.async_write(net::buffer(m1), [&](error_code ec, std::size_t n) { r1.emplace(ec, n); });
+      w.async_write(net::buffer(m2), [&](error_code ec, std::size_t) {
+        r2 = ec;
+        if (!cancellation_handler_throws)
+          throw std::runtime_error("m2");
+      });
+      BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
+      ioc.restart();
+      ioc.run();
+      BOOST_TEST_REQUIRE(r1.has_value());
+      BOOST_TEST(r1->first == net::error::timed_out);
+      BOOST_TEST(r1->second == 3u);
+      BOOST_TEST_REQUIRE(r2.has_value());
+      BOOST_TEST(*r2 == net::error::timed_out);
+    }
+  }
 }
 
 // A cancellation handler that completes the write inside the emit and then
