@@ -129,8 +129,10 @@ inline constexpr urgent_t urgent{};
  * never reaches the stream; `writable()` is false. Once the close has
  * completed, `error()` returns `net::error::shut_down` (or the closing
  * operation's error, if it failed). A write error before the close fails the
- * close with that error. A close that has not started can be cancelled: the
- * writer then stays open.
+ * close with that error. A close still queued behind writes can be
+ * cancelled: the writer then stays open. Once it is due, signals go to the
+ * closing operation (one that arrives before that operation starts reaches
+ * it when it starts).
  *
  * @par Stall deadline
  * With `set_stall_timeout(d)`, a `write_some` of the writer that the stream
@@ -257,7 +259,8 @@ class queued_writer {
   /// and settings.
   /**
    * `other` is left without a stream and failed: every operation on it
-   * completes with `net::error::bad_descriptor` (posted), `error()` returns
+   * completes with `net::error::bad_descriptor`, as on a failed writer
+   * (never inside the call), `error()` returns
    * that, and `next_layer()` must not be called. It may be assigned to or
    * destroyed.
    */

@@ -77,7 +77,8 @@ class serialized_queue_service final : public net::execution_context::service {
   detail::core_ref create(const Executor& ex, std::string_view name);
 
   /// Unregisters a queue whose IO object is being destroyed and aborts its
-  /// waiting entries. Its active operation, if any, runs to completion.
+  /// entries that have not started (also one whose trigger is posted). An
+  /// operation already launched runs to completion.
   void destroy(detail::core_ref core);
 
   /// Registers an object whose pending handlers must be destroyed at

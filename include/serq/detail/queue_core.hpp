@@ -321,9 +321,10 @@ class queue_core : public service_member {
   // A turn handed out is released (after_complete, detach), then finish().
   void release_turn() noexcept;
 
-  // The IO object is gone: abort waiting entries; the active one runs on,
-  // and the core keeps a reference to itself until it is done. The caller
-  // holds a reference throughout.
+  // The IO object is gone: abort waiting entries; the active one runs on if
+  // launched (one not launched yet is aborted at its launch: closed()), and
+  // the core keeps a reference to itself until it is done. The caller holds
+  // a reference throughout.
   void close();
   // The execution context is shutting down: destroy waiting entries
   // without invoking them; later additions are aborted (posted into the
