@@ -958,9 +958,17 @@ void writer_core::note_write_started_locked() {
     arm_stall_timer_locked(stall_->write_started + stall_->timeout);
 }
 
-writer_core::write_start_scope*& writer_core::write_start_scope::innermost() noexcept {
-  thread_local write_start_scope* scope = nullptr;
+writer_core::call_scope*& writer_core::call_scope::innermost() noexcept {
+  thread_local call_scope* scope = nullptr;
   return scope;
+}
+
+template <class Pred>
+writer_core::call_scope* writer_core::call_scope::find(Pred pred) noexcept {
+  for (call_scope* s = innermost(); s; s = s->outer_)
+    if (pred(*s))
+      return s;
+  return nullptr;
 }
 
 error_code writer_core::error_of_current_exception() noexcept {
@@ -979,32 +987,27 @@ error_code writer_core::error_of_current_exception() noexcept {
   }
 }
 
-writer_core::write_start_scope::write_start_scope(const writer_core* core) noexcept
-    : core_(core), outer_(innermost()) {
+writer_core::call_scope::call_scope(const writer_core* core, deferred_completion* deferred) noexcept
+    : core_(core), outer_(innermost()), deferred_(deferred) {
   innermost() = this;
 }
 
-writer_core::write_start_scope::~write_start_scope() {
+writer_core::call_scope::~call_scope() {
   innermost() = outer_;
 }
 
 void writer_core::note_completed_in_start() const noexcept {
-  for (write_start_scope* s = write_start_scope::innermost(); s; s = s->outer_) {
-    if (s->core_ == this) {
-      s->completed_ = true;
-      return;
-    }
-  }
+  if (call_scope* s =
+          call_scope::find([this](const call_scope& c) { return c.core_ == this && !c.deferred_; }))
+    s->completed_ = true;
 }
 
 bool writer_core::note_dropped_in_start() const noexcept {
-  for (write_start_scope* s = write_start_scope::innermost(); s; s = s->outer_) {
-    if (s->core_ == this) {
-      s->dropped_ = true;
-      return true;
-    }
-  }
-  return false;
+  call_scope* s =
+      call_scope::find([this](const call_scope& c) { return c.core_ == this && !c.deferred_; });
+  if (s)
+    s->dropped_ = true;
+  return s != nullptr;
 }
 
 void writer_core::refuse_added_locked(writer_node* n, bool was_writable,
@@ -1080,28 +1083,9 @@ void writer_core::on_stall_timer(std::uint64_t generation) {
 
 // ---- emits under the lock ----------------------------------------------------
 
-struct writer_core::emit_scope {
-  emit_scope(const writer_core* c, deferred_completion& d) noexcept
-      : core(c), deferred(d), outer(innermost()) {
-    innermost() = this;
-  }
-  ~emit_scope() { innermost() = outer; }
-  emit_scope(const emit_scope&) = delete;
-  emit_scope& operator=(const emit_scope&) = delete;
-
-  static emit_scope*& innermost() noexcept {
-    thread_local emit_scope* scope = nullptr;
-    return scope;
-  }
-
-  const writer_core* core;
-  deferred_completion& deferred;
-  emit_scope* outer;
-};
-
 void writer_core::emit_locked(net::cancellation_signal& s, net::cancellation_type_t type,
                               deferred_completion& deferred) {
-  emit_scope scope(this, deferred);
+  call_scope scope(this, &deferred);
   try {
     s.emit(type);
   } catch (...) {
@@ -1121,16 +1105,15 @@ void writer_core::emit_locked(net::cancellation_signal& s, net::cancellation_typ
 
 bool writer_core::defer_in_emit(deferred_completion::kind what, pump_id id, const error_code& ec,
                                 std::size_t n) const noexcept {
-  for (emit_scope* s = emit_scope::innermost(); s; s = s->outer) {
-    if (s->core == this && !s->deferred) {
-      s->deferred.what = what;
-      s->deferred.id = id;
-      s->deferred.ec = ec;
-      s->deferred.n = n;
-      return true;
-    }
-  }
-  return false;
+  call_scope* s = call_scope::find(
+      [this](const call_scope& c) { return c.core_ == this && c.deferred_ && !*c.deferred_; });
+  if (!s)
+    return false;
+  s->deferred_->what = what;
+  s->deferred_->id = id;
+  s->deferred_->ec = ec;
+  s->deferred_->n = n;
+  return true;
 }
 
 void writer_core::set_writable_locked(bool on) noexcept {

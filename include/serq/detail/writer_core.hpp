@@ -643,7 +643,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // lock.
   template <class Launch>
   error_code launch_close(Launch&& launch) {
-    write_start_scope scope(this);
+    call_scope scope(this);
     try {
       launch();
     } catch (...) {
@@ -874,7 +874,7 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     error_code ec;
     try {
       note_write_started_locked();
-      write_start_scope scope(this);
+      call_scope scope(this);
       start_write();
       if (!scope.dropped())
         return true;
@@ -915,23 +915,30 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   void write_not_started_locked(const error_code& ec, node_list& done) noexcept;
   // The error a write reports when starting it threw the current exception.
   static error_code error_of_current_exception() noexcept;
-  // Marks the calling thread as inside start_write or launch_close
-  // (note_dropped_in_start()).
-  class write_start_scope {
+  // Marks the calling thread as inside one of this writer's calls into
+  // its stream: start_write or launch_close (note_dropped_in_start(),
+  // note_completed_in_start()), or, with `deferred`, an emit under the lock
+  // (defer_in_emit()). Scopes nest; each lookup finds the innermost of its
+  // kind for its writer.
+  class call_scope {
    public:
-    explicit write_start_scope(const writer_core* core) noexcept;
-    ~write_start_scope();
-    write_start_scope(const write_start_scope&) = delete;
-    write_start_scope& operator=(const write_start_scope&) = delete;
+    explicit call_scope(const writer_core* core, deferred_completion* deferred = nullptr) noexcept;
+    ~call_scope();
+    call_scope(const call_scope&) = delete;
+    call_scope& operator=(const call_scope&) = delete;
 
     bool dropped() const noexcept { return dropped_; }
     bool completed() const noexcept { return completed_; }
 
    private:
     friend class writer_core;
-    static write_start_scope*& innermost() noexcept;
+    static call_scope*& innermost() noexcept;
+    // The innermost scope on this thread for which pred holds.
+    template <class Pred>
+    static call_scope* find(Pred pred) noexcept;
     const writer_core* core_;
-    write_start_scope* outer_;
+    call_scope* outer_;
+    deferred_completion* deferred_;  // an emit's; null for a start's
     bool dropped_ = false;
     bool completed_ = false;
   };
@@ -941,7 +948,6 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // the lock.
   void emit_locked(net::cancellation_signal& s, net::cancellation_type_t type,
                    deferred_completion& deferred);
-  struct emit_scope;
   void arm_stall_timer_locked(clock::time_point deadline);
   void disarm_stall_timer_locked() noexcept;
   void on_stall_timer(std::uint64_t generation);
