@@ -130,6 +130,15 @@ struct fixture {
     error_code result{net::error::would_block};
   };
 
+  // On q: a turn acquired (q's first entry) and held in `held`, then q
+  // stopped, so that the turn can be given back with async_untrigger.
+  void hold_stopped(serq::serialized_queue& q, std::optional<serq::turn>& held) {
+    q.async_acquire([&held](error_code, serq::turn t) { held.emplace(std::move(t)); });
+    drain();
+    BOOST_REQUIRE(held && *held);
+    q.stop();
+  }
+
   // On q: a turn acquired (q's first entry) and held with a barrier behind
   // it, then q stopped and the turn given back with async_untrigger.
   void hold_and_untrigger(serq::serialized_queue& q, untriggered& u) {
@@ -547,9 +556,7 @@ BOOST_AUTO_TEST_CASE(a_pending_untrigger_counts_as_work_of_the_handler_s_executo
   net::io_context other;
   serq::serialized_queue q(ioc);
   std::optional<serq::turn> held;
-  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
-  drain();
-  q.stop();
+  hold_stopped(q, held);
   error_code got{net::error::would_block};
   bool on_other = false;
   held->async_untrigger(net::bind_executor(other, [&](error_code ec, serq::turn) {
@@ -572,9 +579,7 @@ BOOST_AUTO_TEST_CASE(a_pending_untrigger_counts_as_work_of_the_handler_s_executo
 BOOST_AUTO_TEST_CASE(a_pending_untrigger_keeps_its_handler_in_the_handler_s_allocator) {
   serq::serialized_queue q(ioc);
   std::optional<serq::turn> held;
-  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
-  drain();
-  q.stop();
+  hold_stopped(q, held);
   const auto counter = std::make_shared<serq_test::allocation_counter>();
   error_code got{net::error::would_block};
   held->async_untrigger(net::bind_allocator(serq_test::counting_allocator<void>(counter),
@@ -605,9 +610,7 @@ BOOST_AUTO_TEST_CASE(an_untrigger_handler_whose_move_throws_leaves_nothing_behin
   };
   serq::serialized_queue q(ioc);
   std::optional<serq::turn> held;
-  q.async_acquire([&](error_code, serq::turn t) { held.emplace(std::move(t)); });
-  drain();
-  q.stop();
+  hold_stopped(q, held);
   const auto counter = std::make_shared<serq_test::allocation_counter>();
   const auto fail = std::make_shared<bool>(false);
   bool invoked = false;

@@ -87,6 +87,20 @@ void read_all(Stream& s, std::string& out, error_code& final_ec) {
   });
 }
 
+// Destroys w, whose stream operation may still be in flight, and runs ioc
+// while `server` reads until an error (the writer's stream closed, into
+// read_ec); returns what it read.
+template <class Writer, class Stream>
+std::string read_after_destroying(std::unique_ptr<Writer>& w, Stream& server, net::io_context& ioc,
+                                  error_code& read_ec) {
+  w.reset();
+  std::string received;
+  read_all(server, received, read_ec);
+  ioc.restart();
+  ioc.run();
+  return received;
+}
+
 // Checks the completions of messages destroyed mid-write: a run of whole
 // successes, then failures; only a started message may report bytes.
 void check_aborted_run(const std::vector<write_result>& results, std::size_t size) {
@@ -108,19 +122,25 @@ void check_aborted_run(const std::vector<write_result>& results, std::size_t siz
     BOOST_TEST(r.calls == 1);
 }
 
+// An owning TLS writer connected to a TLS server over loopback, both
+// handshaken; the client's handshake handler counts in tr.
+struct tls_writer {
+  serq_test::tls_contexts tls;
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  serq_test::tls_connection<serq::queued_writer<serq_test::tls_tcp_stream>> c =
+      serq_test::tls_connection<serq::queued_writer<serq_test::tls_tcp_stream>>::connect(
+          ioc, tls, [this](auto h) { return tr.wrap(std::move(h)); });
+  std::unique_ptr<serq::queued_writer<serq_test::tls_tcp_stream>>& w = c.writer;
+  serq_test::tls_tcp_stream& server = c.server;
+};
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(owning_writer)
 
-BOOST_AUTO_TEST_CASE(destroying_an_owning_tls_writer_with_a_write_in_flight_is_safe) {
-  serq_test::tls_contexts tls;
-  serq_test::handler_tracker tr;
-  net::io_context ioc;
-  auto c = serq_test::tls_connection<serq::queued_writer<serq_test::tls_tcp_stream>>::connect(
-      ioc, tls, [&](auto h) { return tr.wrap(std::move(h)); });
-  auto& w = c.writer;
-  auto& server = c.server;
-
+BOOST_FIXTURE_TEST_CASE(destroying_an_owning_tls_writer_with_a_write_in_flight_is_safe,
+                        tls_writer) {
   // The server stops reading: 400 x 64 KiB cannot all go out.
   constexpr std::size_t count = 400, size = 64 * 1024;
   const auto messages = make_messages(count, size);
@@ -130,14 +150,10 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_tls_writer_with_a_write_in_flight_is_s
   BOOST_REQUIRE(w->pending_bytes() > 0u);
   BOOST_REQUIRE(w->pending_bytes() < count * size);  // some went out: a write is in flight
 
-  w.reset();  // the stream's operation is still in flight
-
-  // The server goes on reading: what it gets is a prefix of what was queued.
-  std::string received;
+  // The writer goes with its stream's operation still in flight; the server
+  // goes on reading: what it gets is a prefix of what was queued.
   error_code read_ec;
-  read_all(server, received, read_ec);
-  ioc.restart();
-  ioc.run();
+  const std::string received = read_after_destroying(w, server, ioc, read_ec);
 
   BOOST_TEST(read_ec);  // the client's socket was closed
   const std::string expected = concatenated(messages);
@@ -214,13 +230,9 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_beast_tcp_stream_writer_mid_write_is_s
   write_all(*w, messages, results, tr);
   drain_ready(ioc);
   BOOST_REQUIRE(w->pending_bytes() > 0u);
-  w.reset();
 
-  std::string received;
   error_code read_ec;
-  read_all(server, received, read_ec);
-  ioc.restart();
-  ioc.run();
+  const std::string received = read_after_destroying(w, server, ioc, read_ec);
   BOOST_TEST(read_ec);
   const std::string expected = concatenated(messages);
   BOOST_TEST((received == expected.substr(0, received.size())));
@@ -272,15 +284,8 @@ BOOST_AUTO_TEST_CASE(a_composed_operation_in_flight_keeps_the_owned_stream_alive
 // HTTP or websocket library's write would be) is in flight when the owning
 // writer is destroyed. The ssl::stream lives until that operation has
 // returned (under ASan, freed memory would be reported).
-BOOST_AUTO_TEST_CASE(destroying_an_owning_tls_writer_with_a_composed_write_in_flight_is_safe) {
-  serq_test::tls_contexts tls;
-  serq_test::handler_tracker tr;
-  net::io_context ioc;
-  auto c = serq_test::tls_connection<serq::queued_writer<serq_test::tls_tcp_stream>>::connect(
-      ioc, tls, [&](auto h) { return tr.wrap(std::move(h)); });
-  auto& w = c.writer;
-  auto& server = c.server;
-
+BOOST_FIXTURE_TEST_CASE(destroying_an_owning_tls_writer_with_a_composed_write_in_flight_is_safe,
+                        tls_writer) {
   const std::string big(16 * 1024 * 1024, 'z');  // the server does not read yet
   error_code got = net::error::would_block;
   std::size_t written = 0;
@@ -292,12 +297,8 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_tls_writer_with_a_composed_write_in_fl
   drain_ready(ioc);
   BOOST_REQUIRE(got == net::error::would_block);  // in flight
 
-  w.reset();
-  std::string received;
   error_code read_ec;
-  read_all(server, received, read_ec);
-  ioc.restart();
-  ioc.run();
+  const std::string received = read_after_destroying(w, server, ioc, read_ec);
   BOOST_TEST(got);  // the stream was closed under the write
   BOOST_TEST(written < big.size());
   BOOST_TEST(received.size() <= written);
