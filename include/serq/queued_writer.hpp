@@ -150,7 +150,11 @@ inline constexpr urgent_t urgent{};
  * @par Executor
  * The writer's executor is the stream's. Completion handlers run on their
  * associated executor (default: the writer's), never inside the initiating
- * call.
+ * call. A completion that must not run where it arises (a request cancelled
+ * while queued, or refused inside its call) is posted to the writer's
+ * executor (or handed to the immediate executor Asio picks for it) and
+ * dispatched from there to the handler's own, as an Asio I/O object's is: a
+ * `use_future` handler runs on a thread that runs the stream's executor.
  *
  * @par Memory
  * A pending request is one allocation from its handler's associated

@@ -89,7 +89,13 @@ class queued_writer;
  * would. Every completion handler then runs on its own associated executor,
  * which defaults to the queue's: invoked directly when the completing thread
  * already runs that executor, dispatched to it otherwise. No handler is ever
- * invoked from inside an initiating function. While entries wait or an
+ * invoked from inside an initiating function. A completion that must not run
+ * where it arises (an entry aborted by a signal, `cancel()` or the queue's
+ * destruction, or refused inside its call) is posted to the queue's
+ * executor (or handed to the immediate executor Asio picks for it) and
+ * dispatched from there to the handler's own, as an Asio I/O object's is: a
+ * `use_future` handler runs on a thread that runs the queue's executor,
+ * never on a `system_executor` thread. While entries wait or an
  * operation is active, the queue counts as one unit of outstanding work on
  * its executor, however many entries it holds; an entry whose handler's
  * executor is not the queue's also counts as work on that executor. A held

@@ -286,4 +286,102 @@ BOOST_AUTO_TEST_CASE(a_writer_runs_enqueued_operations_on_the_stream_strand) {
   BOOST_TEST(done == 1);
 }
 
+// Completions that are never invoked inside the call that makes them (an
+// entry aborted by a signal or cancel(), a request refused at once) go
+// through the I/O object's executor, as an Asio I/O object's do, and are
+// dispatched from there to the handler's own executor. use_future's executor
+// would run a function posted straight to it on a system_executor thread,
+// outside the io_context thread's implicit strand that cancel_after (whose
+// timer handler runs there) relies on: its handler was then destroyed unrun
+// now and then, breaking the promise.
+namespace {
+
+// A use_future token whose value says which thread ran the handler.
+auto thread_of_completion() {
+  return net::use_future(
+      [](error_code ec, auto&&...) { return std::make_pair(ec, std::this_thread::get_id()); });
+}
+
+using completion_thread = std::future<std::pair<error_code, std::thread::id>>;
+
+// Checks that f completed with operation_aborted on this thread, after
+// ioc ran: not before (never inside the call), not elsewhere.
+void completes_here(net::io_context& ioc, completion_thread& f) {
+  ioc.run();
+  BOOST_REQUIRE(f.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  const auto [ec, id] = f.get();
+  BOOST_TEST(ec == net::error::operation_aborted);
+  BOOST_TEST((id == std::this_thread::get_id()));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_use_future_entry_aborted_by_its_signal_completes_on_the_queue_thread) {
+  serq::serialized_queue q(ioc.get_executor());
+  net::steady_timer hour(ioc, std::chrono::hours(1));
+  q.async_enqueue(hour.async_wait(net::deferred), [](error_code) {});
+  net::cancellation_signal sig;
+  completion_thread f =
+      q.async_enqueue(hour.async_wait(net::deferred),
+                      net::bind_cancellation_slot(sig.slot(), thread_of_completion()));
+  ioc.poll();
+  sig.emit(net::cancellation_type::terminal);
+  hour.cancel();
+  completes_here(ioc, f);
+}
+
+BOOST_AUTO_TEST_CASE(a_use_future_entry_aborted_by_cancel_completes_on_the_queue_thread) {
+  serq::serialized_queue q(strand);
+  net::steady_timer hour(strand, std::chrono::hours(1));
+  q.async_enqueue(hour.async_wait(net::deferred), [](error_code) {});
+  completion_thread f = q.async_enqueue(hour.async_wait(net::deferred), thread_of_completion());
+  ioc.poll();
+  BOOST_TEST(q.cancel() == 1u);
+  hour.cancel();
+  completes_here(ioc, f);
+}
+
+BOOST_AUTO_TEST_CASE(a_use_future_entry_cancelled_before_its_launch_completes_on_the_queue_thread) {
+  serq::serialized_queue q(ioc.get_executor());
+  net::steady_timer hour(ioc, std::chrono::hours(1));
+  net::cancellation_signal sig;
+  // Its turn comes at once (the queue is idle): the trigger is posted, and
+  // the signal lands before it runs.
+  completion_thread f =
+      q.async_enqueue(hour.async_wait(net::deferred),
+                      net::bind_cancellation_slot(sig.slot(), thread_of_completion()));
+  sig.emit(net::cancellation_type::terminal);
+  completes_here(ioc, f);
+}
+
+BOOST_AUTO_TEST_CASE(a_use_future_write_aborted_by_its_signal_completes_on_the_stream_thread) {
+  net::local::stream_protocol::socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  serq::queued_writer<net::local::stream_protocol::socket&> w(a);
+  // The peer does not read: a 16 MiB message blocks the stream.
+  const std::string big(16 << 20, 'b');
+  w.async_write(net::buffer(big), [](error_code, std::size_t) {});
+  net::cancellation_signal sig;
+  completion_thread f = w.async_write(
+      net::buffer("small", 5), net::bind_cancellation_slot(sig.slot(), thread_of_completion()));
+  ioc.poll();
+  sig.emit(net::cancellation_type::terminal);
+  a.close();  // ends the big one
+  completes_here(ioc, f);
+}
+
+BOOST_AUTO_TEST_CASE(a_use_future_write_refused_at_once_completes_on_the_stream_thread) {
+  net::local::stream_protocol::socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  serq::queued_writer<net::local::stream_protocol::socket&> w(a);
+  serq::queued_writer<net::local::stream_protocol::socket&> moved(std::move(w));
+  // A moved-from writer refuses every request inside the call.
+  completion_thread f = w.async_write(net::buffer("x", 1), thread_of_completion());
+  ioc.run();
+  BOOST_REQUIRE(f.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  const auto [ec, id] = f.get();
+  BOOST_TEST(ec);
+  BOOST_TEST((id == std::this_thread::get_id()));
+}
+
 BOOST_AUTO_TEST_SUITE_END()

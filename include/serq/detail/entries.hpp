@@ -47,6 +47,13 @@ template <class... Ts>
 struct queueable_signature<void(const error_code&, Ts...)>
     : queueable_signature<void(error_code, Ts...)> {};
 
+// Whether Handler has an associated executor of its own (else the default
+// given to get_associated_executor is its executor).
+template <class Handler>
+struct has_own_executor
+    : std::bool_constant<!std::is_same_v<net::associated_executor_t<Handler, net::system_executor>,
+                                         net::system_executor>> {};
+
 // A handler bound to its arguments. Keeps the handler's associated allocator;
 // the executor is chosen by whoever posts or dispatches it.
 template <class Handler, class... Args>
@@ -199,6 +206,39 @@ void free_then_deliver_after(Node* node, Handler& handler, const Executor& ex, c
   deliver_then(then, [&] { deliver(ex, std::move(completion), mode); });
 }
 
+// As free_then_deliver_after, for a handler whose own executor ex is not
+// io_ex, the I/O object's (the queue's, the writer's stream's). A completion
+// that may run here is dispatched to ex; one that must not (posted,
+// immediate) goes to io_ex, through the immediate executor Asio would choose
+// for io_ex, and is dispatched from there to ex, as an Asio I/O object's
+// completion is. Posting straight to ex is not the same: use_future's
+// executor, for one, runs what is posted to it on a system_executor thread,
+// outside the thread of io_ex that cancel_after's timer handler shares with
+// the operation's handler as an implicit strand.
+template <class Node, class Handler, class IoExecutor, class Executor, class Then, class... Args>
+void free_then_deliver_via(Node* node, Handler& handler, const IoExecutor& io_ex,
+                           const Executor& ex, completion_mode mode, Then&& then, Args&&... args) {
+  const auto alloc = node_allocator(handler);
+#if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
+  if (mode == completion_mode::immediate) {
+    const auto iex = net::get_associated_immediate_executor(handler, io_ex);
+    auto completion =
+        net::bind_executor(ex, bind_completion(std::move(handler), std::forward<Args>(args)...));
+    deallocate_node(node, alloc);
+    deliver_then(then, [&] { deliver_immediate(iex, io_ex, std::move(completion)); });
+    return;
+  }
+#endif
+  auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
+  deallocate_node(node, alloc);
+  deliver_then(then, [&] {
+    if (mode == completion_mode::dispatch || mode == completion_mode::invoke)
+      deliver(ex, std::move(completion), mode);
+    else
+      post_to(io_ex, net::bind_executor(ex, std::move(completion)));
+  });
+}
+
 // free_then_deliver_after for completion_mode::invoke, which needs no
 // executor: the node holds no work of its own (see handler_entry::refine).
 template <class Node, class Handler, class Then, class... Args>
@@ -225,15 +265,23 @@ void free_then_deliver(Node* node, Handler& handler, work_guard<Executor>& work,
 // Completes a handler that never became a node, from inside its initiating
 // function: through its immediate executor where Asio has them, else posted
 // to its associated executor (default: io_ex).
+// A handler with an executor of its own is dispatched to it from there (see
+// free_then_deliver_via).
 template <class Handler, class IoExecutor, class... Args>
 void complete_immediately(Handler&& handler, const IoExecutor& io_ex, Args&&... args) {
-  const auto ex = net::get_associated_executor(handler, io_ex);
+  auto bind = [&] {
+    if constexpr (has_own_executor<std::decay_t<Handler>>::value)
+      return net::bind_executor(
+          net::get_associated_executor(handler, io_ex),
+          bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...));
+    else
+      return bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...);
+  };
 #if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
-  const auto iex = net::get_associated_immediate_executor(handler, ex);
-  deliver_immediate(iex, ex,
-                    bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...));
+  const auto iex = net::get_associated_immediate_executor(handler, io_ex);
+  deliver_immediate(iex, io_ex, bind());
 #else
-  post_to(ex, bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...));
+  post_to(io_ex, bind());
 #endif
 }
 
@@ -293,13 +341,6 @@ inline const char* tracking_name(entry_kind k) noexcept {
                                     : "async_wait";
 }
 
-// Whether Handler has an associated executor of its own (else the default
-// given to get_associated_executor is its executor).
-template <class Handler>
-struct has_own_executor
-    : std::bool_constant<!std::is_same_v<net::associated_executor_t<Handler, net::system_executor>,
-                                         net::system_executor>> {};
-
 // State shared by every typed entry: the user's handler. The queue's
 // executor is its core's; outstanding work on it is counted once per queue.
 // Only a handler whose associated executor is not the queue's needs work of
@@ -322,7 +363,16 @@ class handler_entry : public entry_base, public tracked_entry {
   allocator_type get_allocator() const noexcept { return node_allocator(handler_); }
 
  protected:
-  using handler_work = work_guard<handler_executor_type>;
+  // Held only by an entry whose handler's executor is not the queue's:
+  // outstanding work on the handler's executor, and the queue's executor,
+  // through which a posted completion goes (see free_then_deliver_via),
+  // copied while the core is alive (it may be gone when the entry finishes).
+  struct handler_work {
+    handler_work(const handler_executor_type& ex, const QueueExecutor& queue_ex)
+        : work(ex), io(queue_ex) {}
+    work_guard<handler_executor_type> work;
+    QueueExecutor io;
+  };
 
   template <class H>
   handler_entry(func_type f, const core_ref& core, H&& h, entry_kind kind)
@@ -333,7 +383,7 @@ class handler_entry : public entry_base, public tracked_entry {
     if constexpr (has_own_executor<Handler>::value) {
       handler_executor_type ex = handler_executor();
       if (!same_executor(ex))
-        work_ = allocate_node<handler_work>(handler_, std::move(ex));
+        work_ = allocate_node<handler_work>(handler_, ex, queue_executor());
     }
     // Last: what a derived entry's constructor cannot make undoes it
     // (undo_construction).
@@ -406,8 +456,8 @@ class handler_entry : public entry_base, public tracked_entry {
         // The handler's work, held until its completion has been handed on.
         const handler_work held(std::move(*w));
         deallocate_node(w, self->get_allocator());
-        free_then_deliver_after(self, self->handler_, ex, mode, std::forward<Then>(then),
-                                std::forward<Args>(args)...);
+        free_then_deliver_via(self, self->handler_, held.io, ex, mode, std::forward<Then>(then),
+                              std::forward<Args>(args)...);
         return;
       }
     }

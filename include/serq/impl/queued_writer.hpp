@@ -186,11 +186,15 @@ class request_work {
   using handler_executor = net::associated_executor_t<Handler, Executor>;
 
   void start(const Handler&, const Executor&) noexcept {}
-  static handler_executor executor_of(const Handler&, const Executor& io_ex) noexcept {
-    return io_ex;
-  }
-  std::optional<work_guard<handler_executor>> take(const Handler&) noexcept { return {}; }
   void release(const Handler&) noexcept {}
+
+  // Frees node (whose handler is h) and completes h with args, as mode says.
+  template <class Node, class... Args>
+  void deliver_request(Node* node, Handler& h, const writer_core& core, completion_mode mode,
+                       Args... args) {
+    const handler_executor ex = core.io_executor<Executor>();  // the core may go with the upcall
+    free_then_deliver_after(node, h, ex, mode, nothing_then{}, args...);
+  }
 };
 
 template <class Handler, class Executor>
@@ -207,9 +211,30 @@ class request_work<Handler, Executor, true> {
     }
     work_ = allocate_node<guard>(h, std::move(ex));
   }
-  static handler_executor executor_of(const Handler& h, const Executor& io_ex) noexcept {
-    return net::get_associated_executor(h, io_ex);
+  void release(const Handler& h) noexcept {
+    if (guard* w = std::exchange(work_, nullptr))
+      deallocate_node(w, node_allocator(h));
   }
+
+  // Frees node (whose handler is h, and which derives from this) and
+  // completes h with args, as mode says; the work is given back once the
+  // completion is handed on. A handler on another executor than the
+  // writer's is reached through the writer's (see free_then_deliver_via).
+  template <class Node, class... Args>
+  void deliver_request(Node* node, Handler& h, const writer_core& core, completion_mode mode,
+                       Args... args) {
+    const Executor& io_ex = core.io_executor<Executor>();
+    const handler_executor ex = net::get_associated_executor(h, io_ex);
+    const std::optional<guard> held = take(h);
+    if (held) {
+      const Executor io_copy = io_ex;  // the core may go with the handler's upcall
+      free_then_deliver_via(node, h, io_copy, ex, mode, nothing_then{}, args...);
+    } else {
+      free_then_deliver_after(node, h, ex, mode, nothing_then{}, args...);
+    }
+  }
+
+ private:
   // The guard moves out (to be released after the handler is handed on).
   std::optional<guard> take(const Handler& h) noexcept {
     std::optional<guard> held;
@@ -219,12 +244,7 @@ class request_work<Handler, Executor, true> {
     }
     return held;
   }
-  void release(const Handler& h) noexcept {
-    if (guard* w = std::exchange(work_, nullptr))
-      deallocate_node(w, node_allocator(h));
-  }
 
- private:
   guard* work_ = nullptr;
 };
 
@@ -260,12 +280,10 @@ class handler_node final : public writer_node, private request_work<Handler, Exe
   static void do_complete(writer_node* b, const writer_core& core, error_code ec, std::size_t n,
                           completion_mode mode) {
     auto* self = static_cast<handler_node*>(b);
-    const auto ex = work::executor_of(self->handler_, core.io_executor<Executor>());
-    const auto held = self->take(self->handler_);
     if constexpr (carries_bytes)
-      free_then_deliver_after(self, self->handler_, ex, mode, nothing_then{}, ec, n);
+      self->deliver_request(self, self->handler_, core, mode, ec, n);
     else
-      free_then_deliver_after(self, self->handler_, ex, mode, nothing_then{}, ec);
+      self->deliver_request(self, self->handler_, core, mode, ec);
   }
 
   static void do_destroy(writer_node* b) noexcept {
@@ -454,9 +472,7 @@ class close_node final : public close_request<State>, private request_work<Handl
   static void do_complete(writer_node* b, const writer_core& core, error_code ec, std::size_t,
                           completion_mode mode) {
     auto* self = static_cast<close_node*>(b);
-    const auto ex = work::executor_of(self->handler_, core.io_executor<Executor>());
-    const auto held = self->take(self->handler_);
-    free_then_deliver_after(self, self->handler_, ex, mode, nothing_then{}, ec);
+    self->deliver_request(self, self->handler_, core, mode, ec);
   }
 
   static void do_destroy(writer_node* b) noexcept {
