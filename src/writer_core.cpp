@@ -137,6 +137,11 @@ node_list::~node_list() {
 }
 
 void node_list::complete_all(const writer_core& core, completion_mode mode) {
+  // A handler run inline through its immediate executor may destroy the
+  // writer, and the core with it, while more nodes wait here.
+  std::shared_ptr<const writer_core> keep;
+  if (mode == completion_mode::immediate && front() && front()->next_)
+    keep = core.shared_from_this();
   while (writer_node* n = pop_front())
     n->ops_->complete(n, core, core.result_of(n->result()), n->size_, mode);
 }

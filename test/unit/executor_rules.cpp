@@ -384,4 +384,30 @@ BOOST_AUTO_TEST_CASE(a_use_future_write_refused_at_once_completes_on_the_stream_
   BOOST_TEST((id == std::this_thread::get_id()));
 }
 
+// A coroutine's executor lives in its frame: a call that refuses at once
+// must read it before the handler (the frame) moves into the completion.
+BOOST_AUTO_TEST_CASE(a_coroutine_refused_at_once_by_a_moved_from_writer_resumes) {
+  net::local::stream_protocol::socket a(ioc), b(ioc);
+  net::local::connect_pair(a, b);
+  serq::queued_writer<net::local::stream_protocol::socket&> w(a);
+  serq::queued_writer<net::local::stream_protocol::socket&> moved(std::move(w));
+  error_code enqueued, read;
+  int done = 0;
+  net::co_spawn(
+      ioc,
+      [&]() -> net::awaitable<void> {
+        std::tie(enqueued) = co_await w.async_enqueue(timer.async_wait(net::deferred),
+                                                      net::as_tuple(net::use_awaitable));
+        char c = 0;
+        std::tie(read, std::ignore) =
+            co_await w.async_read_some(net::buffer(&c, 1), net::as_tuple(net::use_awaitable));
+        ++done;
+      },
+      net::detached);
+  ioc.run();
+  BOOST_TEST(done == 1);
+  BOOST_TEST(enqueued == net::error::bad_descriptor);
+  BOOST_TEST(read == net::error::bad_descriptor);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -16,11 +16,12 @@ enum class completion_mode : unsigned char {
   // executor, dispatched to it otherwise.
   dispatch,
   // From a call that must not run the handler (cancel(), a destructor, a
-  // cancellation signal): posted to the handler's executor.
+  // cancellation signal): posted to the I/O object's executor, and from
+  // there dispatched to the handler's if it has its own.
   post,
   // From inside the initiating function, which completes at once: through
-  // the handler's associated immediate executor (Asio 1.28 and later), else
-  // posted.
+  // the handler's associated immediate executor (Asio 1.28 and later; by
+  // default the I/O object's executor, never blocking), else posted.
   immediate,
   // The result of an operation, from a thread known to run the handler's
   // executor (the queue's, already checked): invoked here.

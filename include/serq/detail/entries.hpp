@@ -253,29 +253,22 @@ struct nothing_then {
   void operator()(bool) const noexcept {}
 };
 
-// As above, for a node that holds a work guard on the handler's executor.
-template <class Node, class Handler, class Executor, class... Args>
-void free_then_deliver(Node* node, Handler& handler, work_guard<Executor>& work,
-                       completion_mode mode, Args&&... args) {
-  const work_guard<Executor> held(std::move(work));
-  free_then_deliver_after(node, handler, held.get_executor(), mode, nothing_then{},
-                          std::forward<Args>(args)...);
-}
-
 // Completes a handler that never became a node, from inside its initiating
-// function: through its immediate executor where Asio has them, else posted
-// to its associated executor (default: io_ex).
-// A handler with an executor of its own is dispatched to it from there (see
-// free_then_deliver_via).
+// function: through the immediate executor Asio picks for io_ex (Asio 1.28
+// and later), else posted to io_ex. A handler with an executor of its own is
+// dispatched to it from there (see free_then_deliver_via).
 template <class Handler, class IoExecutor, class... Args>
 void complete_immediately(Handler&& handler, const IoExecutor& io_ex, Args&&... args) {
   auto bind = [&] {
-    if constexpr (has_own_executor<std::decay_t<Handler>>::value)
-      return net::bind_executor(
-          net::get_associated_executor(handler, io_ex),
-          bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...));
-    else
+    if constexpr (has_own_executor<std::decay_t<Handler>>::value) {
+      // Read before the handler moves out (a coroutine's executor lives in
+      // its frame, which the move takes).
+      auto ex = net::get_associated_executor(handler, io_ex);
+      return net::bind_executor(std::move(ex), bind_completion(std::forward<Handler>(handler),
+                                                               std::forward<Args>(args)...));
+    } else {
       return bind_completion(std::forward<Handler>(handler), std::forward<Args>(args)...);
+    }
   };
 #if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
   const auto iex = net::get_associated_immediate_executor(handler, io_ex);
