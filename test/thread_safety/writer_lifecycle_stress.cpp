@@ -244,7 +244,7 @@ round_result run_round(round_kind kind, unsigned seed) {
         if (kind == round_kind::stall && p == 1 && i == per_producer / 3)
           reader.pause_until(stalled);
         if (kind == round_kind::timeout_changes && p == 2 && i % 50 == 0)
-          writer->set_stall_timeout(i % 100 == 0 ? std::chrono::seconds(10) : milliseconds(0));
+          writer->set_stall_timeout(i % 100 == 0 ? std::chrono::seconds(120) : milliseconds(0));
         if (pick < 60) {  // normal write, borrowed or owned
           r->id = {p, 0, ++seq[0]};
           r->carries_frame = true;

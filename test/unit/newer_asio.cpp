@@ -256,6 +256,46 @@ BOOST_AUTO_TEST_CASE(cancel_after_from_another_thread_on_a_strand_queue) {
   runner.join();
 }
 
+// The shape above, many times over: a waiting entry whose cancel_after
+// deadline expires while an hour-long operation is active. Its timer's
+// handler runs on use_future's executor, on the io_context's one thread;
+// the aborted entry's completion must reach use_future on that thread too
+// (posted to the queue's executor, dispatched from there), not on a
+// system_executor thread where it raced the timer's handler and now and
+// then destroyed the handler unrun (future_error: broken promise).
+BOOST_AUTO_TEST_CASE(cancel_after_on_waiting_use_future_entries_never_breaks_the_promise) {
+  net::io_context ioc;
+  auto strand = net::make_strand(ioc);
+  serq::serialized_queue q(strand);
+  auto work = net::make_work_guard(ioc);
+  std::thread runner([&] { ioc.run(); });
+  net::steady_timer hold(strand);
+  net::steady_timer never(strand, 1h);
+  using result = std::tuple<error_code>;
+  int aborted = 0;
+  for (int i = 0; i < 200; ++i) {
+    std::promise<std::pair<std::future<result>, std::future<result>>> started;
+    net::post(strand, [&] {
+      hold.expires_after(1h);
+      auto active = q.async_enqueue(hold.async_wait(net::deferred), net::as_tuple(net::use_future));
+      auto waiting = q.async_enqueue(never.async_wait(net::deferred),
+                                     net::cancel_after(1us, net::as_tuple(net::use_future)));
+      started.set_value({std::move(active), std::move(waiting)});
+    });
+    auto futures = started.get_future().get();
+    try {
+      aborted += std::get<0>(futures.second.get()) == net::error::operation_aborted;
+    } catch (const std::future_error&) {
+      // broken promise: counted as not aborted
+    }
+    net::post(strand, [&] { hold.cancel(); });
+    BOOST_TEST(std::get<0>(futures.first.get()) == net::error::operation_aborted);
+  }
+  BOOST_TEST(aborted == 200);
+  work.reset();
+  runner.join();
+}
+
 BOOST_AUTO_TEST_CASE(cancel_after_on_a_queued_write_removes_it_whole) {
   net::io_context ioc;
   local_socket a(ioc), b(ioc);

@@ -1105,7 +1105,10 @@ BOOST_AUTO_TEST_CASE(the_stall_deadline_never_fires_while_the_peer_reads_slowly_
   sp.a.set_option(net::socket_base::send_buffer_size(8 * 1024));
   sp.b.set_option(net::socket_base::receive_buffer_size(8 * 1024));
   serq::queued_writer<local_socket> writer(std::move(sp.a));
-  constexpr milliseconds timeout(100), interval(10);
+  // Each read waits interval, 48 reads at least (8 KiB chunks): the run lasts
+  // more than 2 timeouts, and a stall as long as one timeout would need the
+  // process to stop for 20 intervals (a loaded machine stops it for a few).
+  constexpr milliseconds timeout(1000), interval(50);
   writer.set_stall_timeout(timeout);
   recorder rec;
 
