@@ -208,4 +208,52 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
   BOOST_TEST_MESSAGE("entries launched: " << ran << " of " << producers * per_producer);
 }
 
+// A session object (its queue, say beside a socket) destroyed on one thread
+// while the io_context's threads run the triggers it posted: an entry whose
+// turn came is either launched (and completes with its result) or aborted
+// and never launched; every handler runs once, and the queue's shared state
+// outlives the triggers that refer to it.
+BOOST_AUTO_TEST_CASE(queues_destroyed_while_other_threads_run_their_triggers) {
+  constexpr int rounds = 2000;
+  constexpr int per_round = 3;
+  constexpr int total = rounds * per_round;
+  serq_test::handler_tracker tr;
+  const auto launched = std::make_unique<std::atomic<bool>[]>(total);
+  std::atomic<int> completed{0}, ran{0}, wrong{0};
+  std::promise<void> all_done;
+
+  net::io_context ioc(runner_threads);
+  auto work = net::make_work_guard(ioc);
+  std::vector<std::thread> runners;
+  for (int i = 0; i < runner_threads; ++i)
+    runners.emplace_back([&] { ioc.run(); });
+  for (int r = 0; r < rounds; ++r) {
+    serq::serialized_queue q(ioc.get_executor());
+    for (int k = 0; k < per_round; ++k) {
+      const int id = r * per_round + k;
+      q.async_enqueue<void(error_code, int)>(
+          [&, id](auto handler) {
+            launched[id] = true;
+            net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code(), 1); });
+          },
+          tr.wrap([&, id](error_code ec, int v) {
+            const bool was_launched = launched[id];
+            ran += was_launched;
+            if (was_launched ? (ec || v != 1) : (ec != net::error::operation_aborted || v != 0))
+              ++wrong;
+            if (++completed == total)
+              all_done.set_value();
+          }));
+    }
+  }  // each queue goes here, its first entry's trigger posted, maybe running
+  all_done.get_future().wait();
+  work.reset();
+  for (auto& t : runners)
+    t.join();
+  BOOST_TEST(wrong.load() == 0);
+  BOOST_TEST(tr.invoked_twice() == 0u);
+  BOOST_TEST(tr.pending() == 0u);
+  BOOST_TEST_MESSAGE("entries launched: " << ran.load() << " of " << total);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
