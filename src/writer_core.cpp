@@ -197,9 +197,13 @@ void node_canceller::operator()(net::cancellation_type_t type) {
     } else if ((type & net::cancellation_type::terminal) != net::cancellation_type::none) {
       // A started message cannot be taken back: the stream's framing would
       // be lost. Terminal cancellation stops the stream operation instead,
-      // which fails the writer.
+      // which fails the writer. Between two write_some calls (a handler run
+      // by the write that started this message, say) there is none to stop:
+      // the slot still holds the finished operation's handler, which must
+      // not be called; the writer fails at its next step.
       core->terminal_requested_ = true;
-      core->emit_locked(core->busy_->write_signal, net::cancellation_type::terminal, deferred);
+      if (core->write_in_flight_)
+        core->emit_locked(core->busy_->write_signal, net::cancellation_type::terminal, deferred);
     }
     core->hold_work_locked(done, work);
   }

@@ -96,7 +96,10 @@ inline constexpr urgent_t urgent{};
  * them. A message that has started (the stream accepted some of its bytes)
  * cannot be half-cancelled: `total` and `partial` cancellation are ignored;
  * `terminal` cancellation cancels the stream operation, which fails the
- * writer, since the stream's framing is then unknown. A stream (or closing)
+ * writer, since the stream's framing is then unknown (between two
+ * `write_some` calls there is no operation to cancel: the writer fails at
+ * its next step, and the finished operation's cancellation handler is not
+ * called). A stream (or closing)
  * operation may complete inside the cancellation handler the writer's signal
  * runs, as Asio allows: the writer then handles that result once the emit
  * has returned, on the same thread. One slot serves one request at a time:

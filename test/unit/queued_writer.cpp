@@ -1600,4 +1600,67 @@ BOOST_AUTO_TEST_CASE(a_cancellation_handler_that_throws_after_completing_does_no
   t.check_aborted_after_three_bytes();
 }
 
+// A stream that takes at most 5 bytes per write_some, completes posted, and
+// leaves its cancellation handler in the slot after the operation completed
+// (Asio's own operations leave theirs too). That handler counts the calls
+// it gets once its operation is over: a composed stream's handler may refer
+// to operation state that is freed by then.
+class stale_slot_stream {
+ public:
+  using executor_type = net::any_io_executor;
+
+  explicit stale_slot_stream(net::io_context& ioc) : ex_(ioc.get_executor()) {}
+  executor_type get_executor() const noexcept { return ex_; }
+
+  template <class ConstBufferSequence, class Handler>
+  void async_write_some(const ConstBufferSequence& buffers, Handler&& handler) {
+    auto over = std::make_shared<bool>(false);
+    auto slot = net::get_associated_cancellation_slot(handler);
+    if (slot.is_connected())
+      slot.assign([over, this](net::cancellation_type_t) { stale_calls += *over; });
+    const std::size_t n = (std::min)(std::size_t(5), net::buffer_size(buffers));
+    accepted += n;
+    net::post(ex_, [h = std::decay_t<Handler>(std::forward<Handler>(handler)), n, over]() mutable {
+      *over = true;
+      std::move(h)(error_code(), n);
+    });
+  }
+
+  int stale_calls = 0;
+  std::size_t accepted = 0;
+
+ private:
+  executor_type ex_;
+};
+
+// A terminal signal for a started message while no write_some is in flight
+// (here from the handler of the message before it, which completed in the
+// same write_some) fails the writer at its next step; it is not passed to
+// the stream, whose last operation is over.
+BOOST_AUTO_TEST_CASE(a_terminal_signal_between_writes_is_not_passed_to_a_finished_operation) {
+  net::io_context ioc;
+  serq::queued_writer<stale_slot_stream> w(ioc);
+  net::cancellation_signal second_signal;
+  std::optional<std::pair<error_code, std::size_t>> first, second;
+  const std::string m1 = "abc", m2 = "defghijklm";
+  w.async_write(net::buffer(m1), [&](error_code ec, std::size_t n) {
+    first.emplace(ec, n);
+    // The write_some that finished m1 took 2 bytes of m2: m2 has started.
+    second_signal.emit(net::cancellation_type::terminal);
+  });
+  w.async_write(net::buffer(m2), net::bind_cancellation_slot(
+                                     second_signal.slot(),
+                                     [&](error_code ec, std::size_t n) { second.emplace(ec, n); }));
+  ioc.run();
+  BOOST_TEST(w.next_layer().stale_calls == 0);
+  BOOST_TEST_REQUIRE(first.has_value());
+  BOOST_TEST(!first->first);
+  BOOST_TEST(first->second == 3u);
+  BOOST_TEST_REQUIRE(second.has_value());
+  BOOST_TEST(second->first == net::error::operation_aborted);
+  BOOST_TEST(second->second == 2u);
+  BOOST_TEST(w.next_layer().accepted == 5u);  // nothing written after the signal
+  BOOST_TEST(w.error() == net::error::operation_aborted);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
