@@ -11,6 +11,7 @@
 #include <serq/queued_writer.hpp>
 
 #include "common/exactly_once.hpp"
+#include "common/io_threads.hpp"
 #include "common/net.hpp"
 
 #include <boost/test/unit_test.hpp>
@@ -416,9 +417,9 @@ BOOST_AUTO_TEST_CASE(cancellations_completing_inside_the_emit_under_threads) {
     // 23 bytes: write_some's 5-byte pieces straddle messages, so a message
     // is often started when the one before it completes.
     const std::string message = "0123456789abcdefghijklm";
-    std::atomic<int> completed{0}, wrong{0};
+    std::atomic<int> wrong{0};
     std::atomic<std::size_t> written{0};
-    std::promise<void> all_done;
+    serq_test::countdown completed(total);
     // Cancels every request still pending whose call has returned; on the
     // strand, from a posted function (after the pump started its next write).
     auto sweep = [&](net::cancellation_type_t type) {
@@ -428,10 +429,7 @@ BOOST_AUTO_TEST_CASE(cancellations_completing_inside_the_emit_under_threads) {
             signals[id].emit(type);
       });
     };
-    auto work = net::make_work_guard(ioc);
-    std::vector<std::thread> runners;
-    for (int i = 0; i < 2; ++i)
-      runners.emplace_back([&] { ioc.run(); });
+    serq_test::io_threads io(ioc, 2);
     std::vector<std::thread> callers;
     for (int p = 0; p < producers; ++p) {
       callers.emplace_back([&, p] {
@@ -445,13 +443,11 @@ BOOST_AUTO_TEST_CASE(cancellations_completing_inside_the_emit_under_threads) {
                                 written += n;
                               if (ec ? n > message.size() : n != message.size())
                                 ++wrong;
-                              const int c = ++completed;
+                              const int c = completed.arrive();
                               if (c == total / 2)
                                 sweep(net::cancellation_type::terminal);
                               else if (c % 37 == 0)
                                 sweep(net::cancellation_type::total);
-                              if (c == total)
-                                all_done.set_value();
                             })));
           issued[id].store(true, std::memory_order_release);
           if (i % 5 == 2)
@@ -461,13 +457,10 @@ BOOST_AUTO_TEST_CASE(cancellations_completing_inside_the_emit_under_threads) {
     }
     for (auto& t : callers)
       t.join();
-    all_done.get_future().wait();
-    work.reset();
-    for (auto& t : runners)
-      t.join();
+    completed.wait();
+    io.finish();
     BOOST_TEST(wrong.load() == 0);
-    BOOST_TEST(tr.invoked_twice() == 0u);
-    BOOST_TEST(tr.pending() == 0u);
+    tr.check_all_accounted();
     // What succeeded went to the stream, with at most the pieces of messages
     // that failed after they had started.
     BOOST_TEST(written.load() <= w.next_layer().accepted);

@@ -11,6 +11,7 @@
 #include <serq/serialized_queue.hpp>
 
 #include "common/exactly_once.hpp"
+#include "common/io_threads.hpp"
 #include "common/net.hpp"
 
 #include <boost/test/unit_test.hpp>
@@ -219,14 +220,11 @@ BOOST_AUTO_TEST_CASE(queues_destroyed_while_other_threads_run_their_triggers) {
   constexpr int total = rounds * per_round;
   serq_test::handler_tracker tr;
   const auto launched = std::make_unique<std::atomic<bool>[]>(total);
-  std::atomic<int> completed{0}, ran{0}, wrong{0};
-  std::promise<void> all_done;
+  std::atomic<int> ran{0}, wrong{0};
+  serq_test::countdown done(total);
 
   net::io_context ioc(runner_threads);
-  auto work = net::make_work_guard(ioc);
-  std::vector<std::thread> runners;
-  for (int i = 0; i < runner_threads; ++i)
-    runners.emplace_back([&] { ioc.run(); });
+  serq_test::io_threads io(ioc, runner_threads);
   for (int r = 0; r < rounds; ++r) {
     serq::serialized_queue q(ioc.get_executor());
     for (int k = 0; k < per_round; ++k) {
@@ -241,18 +239,14 @@ BOOST_AUTO_TEST_CASE(queues_destroyed_while_other_threads_run_their_triggers) {
             ran += was_launched;
             if (was_launched ? (ec || v != 1) : (ec != net::error::operation_aborted || v != 0))
               ++wrong;
-            if (++completed == total)
-              all_done.set_value();
+            done.arrive();
           }));
     }
   }  // each queue goes here, its first entry's trigger posted, maybe running
-  all_done.get_future().wait();
-  work.reset();
-  for (auto& t : runners)
-    t.join();
+  done.wait();
+  io.finish();
   BOOST_TEST(wrong.load() == 0);
-  BOOST_TEST(tr.invoked_twice() == 0u);
-  BOOST_TEST(tr.pending() == 0u);
+  tr.check_all_accounted();
   BOOST_TEST_MESSAGE("entries launched: " << ran.load() << " of " << total);
 }
 
