@@ -11,11 +11,13 @@
 #include <serq.hpp>
 
 #include "common/exactly_once.hpp"
+#include "common/io_threads.hpp"
 #include "common/net.hpp"
 
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <future>
@@ -294,6 +296,64 @@ BOOST_AUTO_TEST_CASE(cancel_after_on_waiting_use_future_entries_never_breaks_the
   BOOST_TEST(aborted == 200);
   work.reset();
   runner.join();
+}
+
+// A normal composed operation whose turn comes while an urgent item is
+// queued runs in the urgent lane, behind that item. A cancel_after deadline
+// on it (use_future, waited on from a foreign thread, the writer's strand
+// run by two threads) reaches it there: it completes with operation_aborted
+// and never starts, while the urgent item it waited behind goes on. With
+// more than one thread the token is bound to the strand: cancel_after's
+// timer handler runs on the handler's executor, and use_future's runs it on
+// whichever thread fires the timer, outside the strand where the operation
+// completes (Asio's rule: the two must share a strand; broken, the promise
+// broke in about one run in three).
+BOOST_AUTO_TEST_CASE(cancel_after_reaches_a_composed_operation_waiting_in_the_urgent_lane) {
+  net::io_context ioc;
+  auto strand = net::make_strand(ioc);
+  serq_test::io_threads io(ioc, 2);
+  const std::string big(16 << 20, 'u');  // the peer does not read: it blocks the stream
+  for (int round = 0; round < 20; ++round) {
+    local_socket a(strand), b(ioc);
+    net::local::connect_pair(a, b);
+    net::steady_timer hour(strand, 1h);
+    std::atomic<bool> launched{false};
+    std::promise<error_code> urgent_done;
+    std::future<std::tuple<error_code>> composed;
+    {
+      serq::queued_writer<local_socket&> w(a);
+      std::promise<void> queued;
+      net::post(strand, [&] {
+        w.async_send(serq::urgent, big,
+                     [&](error_code ec, std::size_t) { urgent_done.set_value(ec); });
+        composed = w.async_enqueue<void(error_code)>(
+            [&](auto handler) {
+              launched = true;
+              hour.async_wait(std::move(handler));
+            },
+            net::cancel_after(2ms, net::bind_executor(strand, net::as_tuple(net::use_future))));
+        queued.set_value();
+      });
+      queued.get_future().wait();
+      BOOST_TEST(std::get<0>(composed.get()) == net::error::operation_aborted);
+      BOOST_TEST(!launched);
+      // The urgent send still waits for the peer; closing the socket fails it
+      // (operation_aborted, or bad_descriptor if the close came between two
+      // write_some calls).
+      std::promise<void> closed;
+      net::post(strand, [&] {
+        a.close();
+        closed.set_value();
+      });
+      closed.get_future().wait();
+      BOOST_TEST(static_cast<bool>(urgent_done.get_future().get()));
+      // The writer goes on the strand, where its stream's steps run.
+      std::promise<void> gone;
+      net::post(strand, [&] { gone.set_value(); });
+      gone.get_future().wait();
+    }
+  }
+  io.finish();
 }
 
 BOOST_AUTO_TEST_CASE(cancel_after_on_a_queued_write_removes_it_whole) {
