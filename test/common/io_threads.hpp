@@ -23,17 +23,23 @@
 
 namespace serq_test {
 
-// Runs ioc on n threads; a work guard keeps them in run() until finish()
-// (or destruction), which then joins them.
+// Runs ioc on n threads; a work guard keeps them in run() until finish(),
+// which lets run() return once the work is done and joins them. Destroyed
+// without finish() (a test left early by an exception), it stops ioc
+// first, so the join cannot wait on operations that will never complete.
 class io_threads {
  public:
-  io_threads(net::io_context& ioc, int n) : work_(net::make_work_guard(ioc)) {
+  io_threads(net::io_context& ioc, int n) : ioc_(ioc), work_(net::make_work_guard(ioc)) {
     for (int i = 0; i < n; ++i)
       threads_.emplace_back([&ioc] { ioc.run(); });
   }
   io_threads(const io_threads&) = delete;
   io_threads& operator=(const io_threads&) = delete;
-  ~io_threads() { finish(); }
+  ~io_threads() {
+    if (work_)
+      ioc_.stop();
+    finish();
+  }
 
   void finish() {
     work_.reset();
@@ -43,6 +49,7 @@ class io_threads {
   }
 
  private:
+  net::io_context& ioc_;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work_;
   std::vector<std::thread> threads_;
 };

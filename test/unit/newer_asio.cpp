@@ -236,11 +236,9 @@ BOOST_AUTO_TEST_CASE(cancel_after_from_another_thread_on_a_strand_queue) {
   net::io_context ioc;
   auto strand = net::make_strand(ioc);
   serq::serialized_queue q(strand);
-  auto work = net::make_work_guard(ioc);
-  std::thread runner([&] { ioc.run(); });
-
   net::steady_timer long_wait(strand, 1h);
   net::steady_timer never(strand, 1h);
+  serq_test::io_threads runner(ioc, 1);
   using result = std::tuple<error_code>;
   std::promise<std::pair<std::future<result>, std::future<result>>> started;
   net::post(ioc, [&] {
@@ -254,8 +252,7 @@ BOOST_AUTO_TEST_CASE(cancel_after_from_another_thread_on_a_strand_queue) {
   auto [active, waiting] = started.get_future().get();
   BOOST_TEST(std::get<0>(waiting.get()) == net::error::operation_aborted);
   BOOST_TEST(std::get<0>(active.get()) == net::error::operation_aborted);
-  work.reset();
-  runner.join();
+  runner.finish();
 }
 
 // The shape above, many times over: a waiting entry whose cancel_after
@@ -269,10 +266,9 @@ BOOST_AUTO_TEST_CASE(cancel_after_on_waiting_use_future_entries_never_breaks_the
   net::io_context ioc;
   auto strand = net::make_strand(ioc);
   serq::serialized_queue q(strand);
-  auto work = net::make_work_guard(ioc);
-  std::thread runner([&] { ioc.run(); });
   net::steady_timer hold(strand);
   net::steady_timer never(strand, 1h);
+  serq_test::io_threads runner(ioc, 1);
   using result = std::tuple<error_code>;
   int aborted = 0;
   for (int i = 0; i < 200; ++i) {
@@ -294,8 +290,7 @@ BOOST_AUTO_TEST_CASE(cancel_after_on_waiting_use_future_entries_never_breaks_the
     BOOST_TEST(std::get<0>(futures.first.get()) == net::error::operation_aborted);
   }
   BOOST_TEST(aborted == 200);
-  work.reset();
-  runner.join();
+  runner.finish();
 }
 
 // A normal composed operation whose turn comes while an urgent item is
