@@ -12,6 +12,7 @@
 #define SERQ_TEST_NET_SSL  // net::ssl (see common/net.hpp)
 
 #include "common/net.hpp"
+#include "common/socket_buffers.hpp"
 
 #include <boost/test/unit_test.hpp>
 
@@ -85,8 +86,12 @@ struct tls_connection {
     tcp::acceptor acceptor(ioc, tcp::endpoint(serq::net::ip::address_v4::loopback(), 0));
     tcp::socket client_socket(ioc);
     client_socket.connect(acceptor.local_endpoint());
+    tcp::socket server_socket = acceptor.accept();
+    // Tests whose server does not read need large writes to stay in flight, whatever the host's
+    // TCP autotuning would allow.
+    shrink_socket_buffers(client_socket, server_socket);
     tls_connection c{std::make_unique<Writer>(std::move(client_socket), tls.client),
-                     tls_tcp_stream(acceptor.accept(), tls.server)};
+                     tls_tcp_stream(std::move(server_socket), tls.server)};
     error_code client_hs = serq::net::error::fault, server_hs = serq::net::error::fault;
     c.writer->async_enqueue(c.writer->next_layer().async_handshake(
                                 serq::net::ssl::stream_base::client, serq::net::deferred),

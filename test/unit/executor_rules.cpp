@@ -7,6 +7,7 @@
 #include <serq.hpp>
 
 #include "common/net.hpp"
+#include "common/socket_buffers.hpp"
 #include "common/tracking_executor.hpp"
 
 #include <boost/test/unit_test.hpp>
@@ -356,7 +357,7 @@ BOOST_AUTO_TEST_CASE(a_use_future_entry_cancelled_before_its_launch_completes_on
 
 BOOST_AUTO_TEST_CASE(a_use_future_write_aborted_by_its_signal_completes_on_the_stream_thread) {
   net::local::stream_protocol::socket a(ioc), b(ioc);
-  net::local::connect_pair(a, b);
+  serq_test::connect_small_pair(a, b);
   serq::queued_writer<net::local::stream_protocol::socket&> w(a);
   // The peer does not read: a 16 MiB message blocks the stream.
   const std::string big(16 << 20, 'b');

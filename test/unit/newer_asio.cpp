@@ -13,6 +13,7 @@
 #include "common/exactly_once.hpp"
 #include "common/io_threads.hpp"
 #include "common/net.hpp"
+#include "common/socket_buffers.hpp"
 
 #include <boost/test/unit_test.hpp>
 
@@ -310,7 +311,7 @@ BOOST_AUTO_TEST_CASE(cancel_after_reaches_a_composed_operation_waiting_in_the_ur
   const std::string big(16 << 20, 'u');  // the peer does not read: it blocks the stream
   for (int round = 0; round < 20; ++round) {
     local_socket a(strand), b(ioc);
-    net::local::connect_pair(a, b);
+    serq_test::connect_small_pair(a, b);
     net::steady_timer hour(strand, 1h);
     std::atomic<bool> launched{false};
     std::promise<error_code> urgent_done;
@@ -354,7 +355,7 @@ BOOST_AUTO_TEST_CASE(cancel_after_reaches_a_composed_operation_waiting_in_the_ur
 BOOST_AUTO_TEST_CASE(cancel_after_on_a_queued_write_removes_it_whole) {
   net::io_context ioc;
   local_socket a(ioc), b(ioc);
-  net::local::connect_pair(a, b);
+  serq_test::connect_small_pair(a, b);
   serq::queued_writer<local_socket&> w(a);
   // The peer does not read: a 16 MiB message blocks the stream.
   const std::string big(16 << 20, 'b');

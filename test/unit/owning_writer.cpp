@@ -11,6 +11,7 @@
 
 #include "common/exactly_once.hpp"
 #include "common/net.hpp"
+#include "common/socket_buffers.hpp"
 #include "common/tls.hpp"
 
 #if SERQ_TEST_WITH_BEAST  // Boost flavour only (test/CMakeLists.txt)
@@ -190,7 +191,7 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_writer_mid_write_closes_the_socket_onc
   serq_test::handler_tracker tr;
   net::io_context ioc;
   local_socket a(ioc), b(ioc);
-  net::local::connect_pair(a, b);
+  serq_test::connect_small_pair(a, b);
   auto w = std::make_unique<serq::queued_writer<local_socket>>(std::move(a));
 
   constexpr std::size_t count = 64, size = 256 * 1024;
@@ -222,6 +223,7 @@ BOOST_AUTO_TEST_CASE(destroying_an_owning_beast_tcp_stream_writer_mid_write_is_s
   beast::tcp_stream client(ioc);
   client.socket().connect(acceptor.local_endpoint());
   tcp::socket server = acceptor.accept();
+  serq_test::shrink_socket_buffers(client.socket(), server);
   auto w = std::make_unique<serq::queued_writer<beast::tcp_stream>>(std::move(client));
 
   constexpr std::size_t count = 64, size = 256 * 1024;
@@ -257,7 +259,7 @@ class counted_socket : public local_socket {
 BOOST_AUTO_TEST_CASE(a_composed_operation_in_flight_keeps_the_owned_stream_alive) {
   net::io_context ioc;
   local_socket a(ioc), b(ioc);
-  net::local::connect_pair(a, b);
+  serq_test::connect_small_pair(a, b);
   auto w = std::make_unique<serq::queued_writer<counted_socket>>(std::move(a));
   BOOST_REQUIRE(counted_socket::live == 1);
   const std::string big(8 * 1024 * 1024, 'x');  // more than the socket takes: b never reads

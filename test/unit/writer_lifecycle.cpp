@@ -9,6 +9,7 @@
 //
 
 #include "common/net.hpp"
+#include "common/socket_buffers.hpp"
 #include "common/test_stream.hpp"
 #include "common/tls.hpp"
 
@@ -140,9 +141,12 @@ std::string read_available(local_socket& s, bool* eof = nullptr) {
   return out;
 }
 
-// A connected pair: `a` for the writer, `b` for the peer.
+// A connected pair: `a` for the writer, `b` for the peer; its buffers are capped (a message of
+// hundreds of KiB does not fit while `b` does not read, whatever the host's defaults).
 struct socket_pair {
-  explicit socket_pair(net::io_context& ioc) : a(ioc), b(ioc) { net::local::connect_pair(a, b); }
+  explicit socket_pair(net::io_context& ioc) : a(ioc), b(ioc) {
+    serq_test::connect_small_pair(a, b);
+  }
   local_socket a, b;
 };
 
