@@ -126,6 +126,19 @@ void canceller::operator()(net::cancellation_type_t type) {
     core->end_aborts();
     return;
   }
+  if (launch_guard::inside_launch_of(this)) {
+    // Emitted on the thread that runs this entry's launch, from inside it
+    // (the operation's initiation emits the signal bound to its own
+    // handler, or calls code that does). That launch's guard holds mutex_,
+    // and until it returns only this thread touches what mutex_ guards:
+    // taking it here would deadlock. The operation installs its handler on
+    // this thread too, so the signal reaches it if it already has.
+    if (launched_)
+      inner_.emit(type);
+    else
+      pending_ = pending_ | type;
+    return;
+  }
   {
     std::lock_guard lock(mutex_);
     if (!launched_) {
@@ -139,12 +152,13 @@ void canceller::operator()(net::cancellation_type_t type) {
   inner_.emit(type);
 }
 
-launch_guard::launch_guard(entry_base& e) : entry_(e), outer_(launching) {
+launch_guard::launch_guard(entry_base& e)
+    : entry_(e), canceller_(e.cancel_state()), outer_(launching) {
   // An entry whose turn came after its queue object was destroyed (its
   // trigger posted, or the handler of the operation before it destroyed
   // the queue) never started: it is aborted, as a waiting one was.
   cancelled_ = e.core().closed();
-  if (canceller* c = e.cancel_state()) {
+  if (canceller* c = canceller_) {
     lock_ = std::unique_lock<small_mutex>(c->mutex_);
     cancelled_ = cancelled_ || c->pending_ != net::cancellation_type::none;
     c->launched_ = !cancelled_;
@@ -164,6 +178,13 @@ launch_guard::~launch_guard() {
 net::cancellation_slot launch_guard::slot_of(const entry_base& e) noexcept {
   canceller* c = e.cancel_state();
   return c ? c->inner_.slot() : net::cancellation_slot();
+}
+
+bool launch_guard::inside_launch_of(const canceller* c) noexcept {
+  for (launch_guard* g = launching; g; g = g->outer_)
+    if (g->canceller_ == c)
+      return true;
+  return false;
 }
 
 launch_guard* launch_guard::current(const entry_base* e) noexcept {

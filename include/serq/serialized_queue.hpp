@@ -210,7 +210,10 @@ class basic_serialized_queue {
    * operation's is forwarded on the emitting thread, so Asio's rule for a
    * slot applies: emit it where the operation's steps run (the queue's
    * executor; on a strand, inside it), since each step of a composed
-   * operation installs its own handler in the slot. One slot serves one
+   * operation installs its own handler in the slot. That includes the
+   * operation's own initiation: a signal emitted there reaches the handler
+   * the operation has installed by then (none yet: it is lost, as with any
+   * slot). One slot serves one
    * entry at a time: binding it to another operation (of this queue or any
    * other) before this entry has completed destroys the handler serq
    * installed there, which this entry still uses: undefined behaviour. Use a

@@ -1229,6 +1229,48 @@ BOOST_AUTO_TEST_CASE(op_completing_inside_its_cancellation_handler_does_not_dead
   BOOST_TEST(launched == 1);
 }
 
+// An operation's initiation may emit the signal bound to its own handler
+// (itself, or through code it calls). The queue's launch holds the lock a
+// signal takes, so this deadlocked on that thread. The signal now goes to the
+// operation's slot right there: it reaches the operation once the operation
+// has installed its handler, and before that it reaches nothing (as with any
+// Asio slot: a signal is not kept for a handler installed later).
+BOOST_AUTO_TEST_CASE(an_initiation_emitting_its_own_signal_reaches_the_operation) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  serq::serialized_queue q(ioc);
+  net::cancellation_signal sig;
+  std::optional<net::any_completion_handler<void(error_code)>> stored;
+  std::vector<net::cancellation_type_t> seen;
+
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        auto slot = net::get_associated_cancellation_slot(handler);
+        BOOST_REQUIRE(slot.is_connected());
+        sig.emit(net::cancellation_type::partial);  // no handler installed yet
+        stored.emplace(std::move(handler));
+        slot.assign([&](net::cancellation_type_t t) {
+          seen.push_back(t);
+          auto h = std::move(*stored);
+          stored.reset();
+          std::move(h)(net::error::operation_aborted);  // inside its own initiation
+        });
+        sig.emit(net::cancellation_type::terminal);
+      },
+      net::bind_cancellation_slot(sig.slot(), tr.wrap([](error_code ec) {
+        BOOST_TEST(ec == net::error::operation_aborted);
+      })));
+  int launched = 0;
+  q.async_enqueue<void(error_code)>(posting_op(launched, error_code()),
+                                    tr.wrap([](error_code ec) { BOOST_TEST(!ec); }));
+  ioc.run();
+  BOOST_TEST(seen.size() == 1u);
+  BOOST_TEST((!seen.empty() && seen.front() == net::cancellation_type::terminal));
+  BOOST_TEST(!stored.has_value());
+  BOOST_TEST(tr.invoked() == 2u);
+  BOOST_TEST(launched == 1);
+}
+
 // The next entry is triggered (its launch posted) when the active one
 // completes; a signal emitted before that posted launch runs must still stop
 // the operation from starting.

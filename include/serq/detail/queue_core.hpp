@@ -170,6 +170,10 @@ class launch_guard {
   // The guard of e's launch, if the calling thread is inside it.
   static launch_guard* current(const entry_base* e) noexcept;
 
+  // Whether the calling thread is inside the launch of the entry whose
+  // canceller is c (that launch's guard then holds c's mutex).
+  static bool inside_launch_of(const canceller* c) noexcept;
+
   // The operation completed inside its own launch: the entry defers its
   // completion until the launch has returned and this guard is gone, since
   // the final handler may destroy the signal that holds the canceller.
@@ -185,6 +189,7 @@ class launch_guard {
 
  private:
   entry_base& entry_;
+  canceller* canceller_;  // entry_'s (null if it has none), taken when the launch begins
   launch_guard* outer_;
   std::unique_lock<small_mutex> lock_;
   bool cancelled_ = false;
