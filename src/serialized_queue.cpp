@@ -35,6 +35,11 @@ void entry_base::abandon() noexcept {
     guard->set_abandoned();  // the guard abandons the entry once its lock is released
     return;
   }
+  // A launch of this entry may still run on another thread (its operation
+  // handed the handler to this thread, which dropped it): destroying the
+  // user's handler may destroy the signal whose canceller that launch holds
+  // locked, so wait for it to end, as a completion does.
+  wait_launch_done(*this);
   queue_core* core = core_;
   destroy();
   core->trace_done(net::error::shut_down);

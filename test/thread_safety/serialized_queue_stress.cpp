@@ -17,9 +17,12 @@
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -248,6 +251,73 @@ BOOST_AUTO_TEST_CASE(queues_destroyed_while_other_threads_run_their_triggers) {
   BOOST_TEST(wrong.load() == 0);
   tr.check_all_accounted();
   BOOST_TEST_MESSAGE("entries launched: " << ran.load() << " of " << total);
+}
+
+// An operation may hand its handler to another thread that drops it (destroys
+// it unrun) while the initiation still runs here. The queue then abandons the
+// entry, destroying the user's handler, which may own the cancellation signal
+// whose canceller the running launch holds locked: the abandon must wait for
+// the launch to end, as a completion does. (It did not: the handler went at
+// once, and the launch then unlocked freed memory.) The initiation gives the
+// dropping thread up to 500 ms to destroy the handler before it returns; that
+// bound only decides how long a correct queue keeps the dropper waiting.
+BOOST_AUTO_TEST_CASE(a_handler_dropped_on_another_thread_during_its_launch_waits_for_it) {
+  struct probe {
+    std::atomic<bool> returned{false};
+    std::mutex m;
+    std::condition_variable cv;
+    bool destroyed = false;
+    bool destroyed_before_return = false;
+  } p;
+  // The user's handler owns the signal its slot belongs to.
+  struct owning_handler {
+    std::unique_ptr<net::cancellation_signal> sig;
+    probe* p;
+    owning_handler(std::unique_ptr<net::cancellation_signal> s, probe* pr)
+        : sig(std::move(s)), p(pr) {}
+    owning_handler(owning_handler&&) = default;
+    ~owning_handler() {
+      if (!sig)
+        return;     // moved from
+      sig.reset();  // the canceller serq installed goes with it
+      std::lock_guard lock(p->m);
+      p->destroyed_before_return = !p->returned.load();
+      p->destroyed = true;
+      p->cv.notify_all();
+    }
+    void operator()(error_code) { BOOST_ERROR("the dropped handler was invoked"); }
+  };
+
+  net::io_context ioc;
+  serq::serialized_queue q(ioc);
+  auto sig = std::make_unique<net::cancellation_signal>();
+  const auto slot = sig->slot();
+  std::thread dropper;
+  q.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        dropper = std::thread([h = std::move(handler)]() mutable {
+          auto gone = std::move(h);  // destroyed unrun at the end of this scope
+        });
+        std::unique_lock lock(p.m);
+        p.cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return p.destroyed; });
+        p.returned = true;
+      },
+      net::bind_cancellation_slot(slot, owning_handler(std::move(sig), &p)));
+  bool next_ran = false;
+  q.async_enqueue<void(error_code)>(
+      [](auto handler) {
+        auto ex = net::get_associated_executor(handler);
+        net::post(ex, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+      },
+      [&](error_code ec) {
+        BOOST_TEST(!ec);
+        next_ran = true;
+      });
+  ioc.run();  // returns once the queue is idle: after the abandon and the next entry
+  dropper.join();
+  BOOST_TEST(p.destroyed);
+  BOOST_TEST(!p.destroyed_before_return);
+  BOOST_TEST(next_ran);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
