@@ -230,7 +230,14 @@ inline constexpr urgent_t urgent{};
  * access to the stream, and
  * `async_read_some` calls the stream directly: where the stream is not safe
  * to read and write at once from two threads (`ssl::stream`), read on the
- * writer's executor (its strand), where its writes run.
+ * writer's executor (its strand), where its writes run. The writer starts
+ * the stream's `async_write_some`, and emits cancellation to the stream's
+ * and a closing operation's cancellation handlers, with its lock held: code
+ * that runs inside those calls (a stream wrapper's initiation, a
+ * cancellation handler) must not call this writer's member functions or
+ * emit a signal bound to one of its requests, which would wait for that lock
+ * on the thread that holds it. (A cancellation handler may complete the
+ * operation, as Asio allows: see the cancellation policy.)
  *
  * @tparam Stream The stream type, owned (`queued_writer<tcp::socket>`) or
  * referenced (`queued_writer<tcp::socket&>`).

@@ -4,8 +4,10 @@
 // The lock of a queue's and a writer's shared state: four bytes instead of
 // std::mutex's forty, and an uncontended lock and unlock of one atomic
 // instruction each, inline, instead of two calls into libc. serq holds it
-// only for a few list and counter updates, never while calling out, so
-// contention is short: a waiter spins briefly, then sleeps on a futex. The
+// mostly for a few list and counter updates (the exceptions: a queue entry's
+// launch holds its canceller's; a writer holds its own while it starts a
+// stream write or emits cancellation to a stream operation), so contention
+// is short: a waiter spins briefly, then sleeps on a futex. The
 // three-state protocol is the one of Drepper's "Futexes Are Tricky" (mutex
 // 3): 0 free, 1 held, 2 held with sleepers. Where there is no futex (not
 // Linux), it is std::mutex.
