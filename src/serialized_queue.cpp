@@ -137,11 +137,10 @@ void canceller::operator()(net::cancellation_type_t type) {
     // handler, or calls code that does). That launch's guard holds mutex_,
     // and until it returns only this thread touches what mutex_ guards:
     // taking it here would deadlock. The operation installs its handler on
-    // this thread too, so the signal reaches it if it already has.
-    if (launched_)
-      inner_.emit(type);
-    else
-      pending_ = pending_ | type;
+    // this thread too, so the signal reaches it if it already has. (A launch
+    // whose guard found the entry cancelled runs no user code: launched_ is
+    // true here.)
+    inner_.emit(type);
     return;
   }
   {
