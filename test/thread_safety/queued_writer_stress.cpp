@@ -13,6 +13,7 @@
 #include "common/exactly_once.hpp"
 #include "common/io_threads.hpp"
 #include "common/net.hpp"
+#include "common/socket_buffers.hpp"
 
 #include <boost/test/unit_test.hpp>
 
@@ -130,11 +131,7 @@ struct socket_pair {
   net::io_context reader_ioc;
   socket_type reader_end{reader_ioc};
 
-  socket_pair() {
-    net::local::connect_pair(writer_end, reader_end);
-    writer_end.set_option(net::socket_base::send_buffer_size(16 * 1024));
-    reader_end.set_option(net::socket_base::receive_buffer_size(16 * 1024));
-  }
+  socket_pair() { serq_test::connect_small_pair(writer_end, reader_end); }
 };
 
 void run_threads(net::io_context& ioc, int n) {

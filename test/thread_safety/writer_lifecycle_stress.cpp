@@ -13,6 +13,7 @@
 //
 
 #include "common/net.hpp"
+#include "common/socket_buffers.hpp"
 
 #include <serq/queued_writer.hpp>
 
@@ -184,9 +185,7 @@ round_result run_round(round_kind kind, unsigned seed) {
   socket_type writer_end(ioc);
   net::io_context reader_ioc;
   socket_type reader_end(reader_ioc);
-  net::local::connect_pair(writer_end, reader_end);
-  writer_end.set_option(net::socket_base::send_buffer_size(16 * 1024));
-  reader_end.set_option(net::socket_base::receive_buffer_size(16 * 1024));
+  serq_test::connect_small_pair(writer_end, reader_end);
 
   auto writer = std::make_unique<serq::queued_writer<socket_type>>(std::move(writer_end));
   writer->set_watermarks(64 * 1024, 256 * 1024);
