@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <system_error>
@@ -139,16 +140,16 @@ node_list::~node_list() {
 void node_list::complete_all(const writer_core& core, completion_mode mode) {
   // A handler run inline through its immediate executor may destroy the
   // writer, and the core with it, while more nodes wait here.
-  std::shared_ptr<const writer_core> keep;
+  writer_ref<const writer_core> keep;
   if (mode == completion_mode::immediate && front() && front()->next_)
-    keep = core.shared_from_this();
+    keep = writer_ref<const writer_core>::share(&core);
   while (writer_node* n = pop_front())
     n->ops_->complete(n, core, core.result_of(n->result()), n->size_, mode);
 }
 
 // ---- writer_node / node_canceller ------------------------------------------
 
-void writer_node::attach_canceller(net::cancellation_slot slot, std::shared_ptr<writer_core> core) {
+void writer_node::attach_canceller(net::cancellation_slot slot, writer_ref<writer_core> core) {
   if (slot.is_connected())
     canceller_ = &slot.template emplace<node_canceller>(std::move(core), nullptr);
 }
@@ -157,7 +158,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
   node_list done;
   // Keeps the core while its done list completes (the signal's owner may
   // let go of this canceller meanwhile), and the executor's work until then.
-  const std::shared_ptr<writer_core> core = core_;
+  const writer_ref<writer_core> core = core_;
   net::any_io_executor work;  // declared first: released after the posts
   deferred_completion deferred;
   {
@@ -218,7 +219,7 @@ void node_canceller::operator()(net::cancellation_type_t type) {
 // timer is cancelled whenever the writer stops waiting on the stream, and
 // when the writer object goes, so the cycle never outlives a wait.
 struct writer_core::stall_check {
-  std::shared_ptr<writer_core> core;
+  writer_ref<writer_core> core;
   std::uint64_t generation;
 
   void operator()(const error_code&) const { core->on_stall_timer(generation); }
@@ -271,6 +272,7 @@ void writer_core::release_busy_locked() noexcept {
   b->close_signal.slot().clear();
   b->storage.release();
   b->head_written[0] = b->head_written[1] = 0;
+  b->pending_bytes = b->pending_writes = 0;
   b->window = buffer_window();
   b->window_lane = lane::normal;
   if (!spares.busy && may_keep_spare())
@@ -349,10 +351,10 @@ bool writer_core::add_locked(writer_node* n, lane l, node_list& rejected, bool& 
     n->canceller_->node_ = n;
   list_of(l).push_back(n);
   if (n->node_kind() == writer_node::kind::write) {
-    pending_bytes_ += n->size_;
-    ++pending_writes_;
-    peak_pending_bytes_ = std::max(peak_pending_bytes_, pending_bytes_);
-    if (writable_ && pending_bytes_ > high_)
+    busy_->pending_bytes += n->size_;
+    ++busy_->pending_writes;
+    peak_pending_bytes_ = std::max(peak_pending_bytes_, busy_->pending_bytes);
+    if (writable_ && busy_->pending_bytes > high_)
       set_writable_locked(false);
   }
   bool& has_pump = urgent ? urgent_segment_has_pump_ : segment_has_pump_;
@@ -528,8 +530,8 @@ void writer_core::remove_queued_locked(writer_node* n, writer_node* prev, bool p
         busy_->head_written[l == lane::urgent ? 1 : 0] = 0;
       unlink(list);
       if (n->node_kind() == writer_node::kind::write) {
-        pending_bytes_ -= n->size_ - written;
-        --pending_writes_;
+        busy_->pending_bytes -= n->size_ - written;
+        --busy_->pending_writes;
       }
       break;
     }
@@ -552,23 +554,23 @@ void writer_core::finish_node_locked(writer_node* n, writer_node::outcome o, nod
 }
 
 void writer_core::release_window_locked() noexcept {
-  if (busy_ && pending_bytes_ == 0 && !write_in_flight_)
+  if (busy_ && pending_bytes_locked() == 0 && !write_in_flight_)
     busy_->storage.release();
   release_busy_locked();
 }
 
 void writer_core::update_writable_locked(node_list& done) {
-  if (!writable_ && pending_bytes_ <= low_) {
+  if (!writable_ && pending_bytes_locked() <= low_) {
     set_writable_locked(true);
     // writable() stays false while a close is pending: its waiters get its
     // outcome (shut_down once it completes), or are released if it is taken
     // back before it starts.
     if (!closing_)
       release_waiters_locked(done);
-  } else if (writable_ && pending_bytes_ > high_) {
+  } else if (writable_ && pending_bytes_locked() > high_) {
     set_writable_locked(false);
   }
-  if (pending_bytes_ == 0)
+  if (pending_bytes_locked() == 0)
     disarm_stall_timer_locked();
   release_window_locked();
 }
@@ -614,11 +616,11 @@ void writer_core::fail_locked(const error_code& ec, node_list& done, bool keep_w
   }
   if (!keep_window)
     busy_->window_nodes = 0;
-  if (pending_bytes_ == 0)
+  if (pending_bytes_locked() == 0)
     disarm_stall_timer_locked();
   // The requests that failed took their bytes with them: a spell above the
   // high watermark ends as it would if they had been written (stats()).
-  if (!writable_ && pending_bytes_ <= low_)
+  if (!writable_ && pending_bytes_locked() <= low_)
     set_writable_locked(true);
   release_window_locked();
 }
@@ -744,7 +746,7 @@ void writer_core::on_written(const error_code& ec, std::size_t n, node_list& don
       // Every node before this one has finished: it is the head.
       const std::size_t take = std::min(n, node->size_ - head_written);
       head_written += take;
-      pending_bytes_ -= take;
+      busy_->pending_bytes -= take;
       bytes_written_ += take;
       n -= take;
       // A message all of whose bytes went out succeeded, even if the same
@@ -912,7 +914,7 @@ void writer_core::set_watermarks(std::size_t low, std::size_t high, node_list& d
   std::lock_guard lock(mutex_);
   low_ = low;
   high_ = high;
-  if (writable_ && pending_bytes_ > high_)
+  if (writable_ && pending_bytes_locked() > high_)
     set_writable_locked(false);
   update_writable_locked(done);
   hold_work_locked(done, work);
@@ -929,8 +931,9 @@ void writer_core::set_gather_limits(std::size_t max_buffers, std::size_t max_byt
   std::lock_guard lock(mutex_);
   // The storage grows when the next window is cut: a window in flight
   // points into it.
-  max_buffers_ = max_buffers;
-  max_bytes_ = max_bytes;
+  constexpr std::size_t most = std::numeric_limits<std::uint32_t>::max();
+  max_buffers_ = static_cast<std::uint32_t>(std::min(max_buffers, most));
+  max_bytes_ = static_cast<std::uint32_t>(std::min(max_bytes, most));
 }
 
 // ---- the stall deadline --------------------------------------------------------
@@ -1039,7 +1042,7 @@ void writer_core::write_not_started_locked(const error_code& ec, node_list& done
 
 void writer_core::arm_stall_timer_locked(clock::time_point deadline) {
   stall_->timer.expires_at(deadline);
-  stall_->timer.async_wait(stall_check{shared_from_this(), ++stall_->generation});
+  stall_->timer.async_wait(stall_check{writer_ref<writer_core>::share(this), ++stall_->generation});
   stall_->armed = true;  // only once a wait is pending: if it threw, the next write arms it
 }
 
@@ -1139,7 +1142,7 @@ writer_counters writer_core::counters() const noexcept {
   c.messages = messages_written_;
   c.bytes = bytes_written_;
   c.write_calls = write_calls_;
-  c.pending_bytes = pending_bytes_;
+  c.pending_bytes = pending_bytes_locked();
   c.peak_pending_bytes = peak_pending_bytes_;
   c.time_above_high_watermark = time_above_high_;
   if (!writable_)
@@ -1149,7 +1152,7 @@ writer_counters writer_core::counters() const noexcept {
 
 std::size_t writer_core::pending_bytes() const noexcept {
   std::lock_guard lock(mutex_);
-  return pending_bytes_;
+  return pending_bytes_locked();
 }
 
 std::size_t writer_core::window_heap_bytes() const noexcept {
@@ -1164,7 +1167,7 @@ bool writer_core::holds_busy_state() const noexcept {
 
 std::size_t writer_core::size() const noexcept {
   std::lock_guard lock(mutex_);
-  return pending_writes_;
+  return busy_ ? busy_->pending_writes : 0;
 }
 
 bool writer_core::writable() const noexcept {

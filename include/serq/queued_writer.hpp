@@ -621,6 +621,9 @@ class queued_writer {
   /// Sets the most buffers and bytes one `write_some` carries, from the
   /// next `write_some` on.
   /**
+   * A limit above 2^32 - 1 counts as 2^32 - 1 (no system call writes more
+   * at once).
+   *
    * @throws std::invalid_argument if either is 0.
    */
   void set_gather_limits(std::size_t max_buffers, std::size_t max_bytes) {
@@ -685,7 +688,7 @@ class queued_writer {
 
   void close_state();
 
-  std::shared_ptr<state_type> state_;  // holds the stream
+  detail::writer_ref<state_type> state_;  // holds the stream
   basic_serialized_queue<executor_type> queue_;
 };
 

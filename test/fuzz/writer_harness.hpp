@@ -107,7 +107,10 @@ class script {
   using fail_fn = std::function<void(const std::string&)>;
 
   script(const std::uint8_t* data, std::size_t size, fail_fn fail)
-      : in_(data), left_(size), fail_(std::move(fail)), core_(std::make_shared<d::writer_core>()) {}
+      : in_(data),
+        left_(size),
+        fail_(std::move(fail)),
+        core_(d::make_writer_ref<d::writer_core>()) {}
 
   void run() {
     for (int steps = 0; left_ > 0 && steps < 2000; ++steps) {
@@ -357,7 +360,7 @@ class script {
   std::size_t left_;
   fail_fn fail_;
   totals sum_;
-  std::shared_ptr<d::writer_core> core_;
+  d::writer_ref<d::writer_core> core_;
   net::any_io_executor no_work_;  // a bare writer_core holds no work for its aborts
   std::vector<msg> msgs_;
   std::deque<item> queue_;

@@ -297,7 +297,7 @@ BOOST_AUTO_TEST_CASE(messages_waiting_behind_a_stalled_operation_keep_run_from_r
 }
 
 BOOST_AUTO_TEST_CASE(a_window_of_a_few_buffers_uses_no_heap_storage) {
-  auto core = std::make_shared<d::writer_core>();
+  auto core = d::make_writer_ref<d::writer_core>();
   std::vector<completion> results;
   add_messages(*core, d::window_storage::inline_size, results);
   BOOST_TEST(cut_window(*core) == d::window_storage::inline_size);
@@ -307,7 +307,7 @@ BOOST_AUTO_TEST_CASE(a_window_of_a_few_buffers_uses_no_heap_storage) {
 }
 
 BOOST_AUTO_TEST_CASE(a_gathered_window_has_heap_storage_only_while_the_writer_is_busy) {
-  auto core = std::make_shared<d::writer_core>();
+  auto core = d::make_writer_ref<d::writer_core>();
   std::vector<completion> results;
   add_messages(*core, 100, results);
   BOOST_TEST(cut_window(*core) == d::writer_core::default_max_buffers);
@@ -327,8 +327,29 @@ BOOST_AUTO_TEST_CASE(a_gathered_window_has_heap_storage_only_while_the_writer_is
   BOOST_TEST(core->window_heap_bytes() == 0u);
 }
 
+// The limits are kept in 32 bits: a larger one counts as the largest, never
+// as what is left of it (2^32 + 1 would be a one-byte window).
+BOOST_AUTO_TEST_CASE(a_gather_limit_above_32_bits_counts_as_the_largest) {
+  auto core = d::make_writer_ref<d::writer_core>();
+  core->set_gather_limits(8, (std::size_t{1} << 32) + 1);
+  std::vector<completion> results;
+  add_messages(*core, 8, results);
+  BOOST_TEST(cut_window(*core) == 8u);
+  written(*core, 8);
+  BOOST_TEST(results.size() == 8u);
+  core->set_gather_limits((std::size_t{1} << 32) + 2, 3);
+  add_messages(*core, 8, results);
+  BOOST_TEST(cut_window(*core) == 3u);  // max_bytes
+  written(*core, 3);
+  BOOST_TEST(cut_window(*core) == 3u);
+  written(*core, 3);
+  BOOST_TEST(cut_window(*core) == 2u);
+  written(*core, 2);
+  BOOST_TEST(results.size() == 16u);
+}
+
 BOOST_AUTO_TEST_CASE(a_partly_written_head_resumes_at_its_offset_and_reports_its_bytes) {
-  auto core = std::make_shared<d::writer_core>();
+  auto core = d::make_writer_ref<d::writer_core>();
   std::vector<completion> results;
   d::node_list rejected;
   core->add(new plain_node("abcdef", &results), rejected, [](std::uint32_t) {});
@@ -356,7 +377,7 @@ BOOST_AUTO_TEST_CASE(a_partly_written_head_resumes_at_its_offset_and_reports_its
 }
 
 BOOST_AUTO_TEST_CASE(the_head_finishing_after_a_partial_write_resets_the_offset_for_the_next) {
-  auto core = std::make_shared<d::writer_core>();
+  auto core = d::make_writer_ref<d::writer_core>();
   std::vector<completion> results;
   d::node_list rejected;
   core->add(new plain_node("abc", &results), rejected, [](std::uint32_t) {});
@@ -373,7 +394,7 @@ BOOST_AUTO_TEST_CASE(the_head_finishing_after_a_partial_write_resets_the_offset_
 }
 
 BOOST_AUTO_TEST_CASE(a_pump_whose_writes_were_all_taken_back_stops_where_the_next_segment_begins) {
-  auto core = std::make_shared<d::writer_core>();
+  auto core = d::make_writer_ref<d::writer_core>();
   std::vector<completion> results;
   std::vector<std::uint32_t> pumps;
   d::node_list rejected;
@@ -401,7 +422,7 @@ BOOST_AUTO_TEST_CASE(a_pump_whose_writes_were_all_taken_back_stops_where_the_nex
 }
 
 BOOST_AUTO_TEST_CASE(the_busy_state_exists_only_while_something_is_queued_written_or_closing) {
-  auto core = std::make_shared<d::writer_core>();
+  auto core = d::make_writer_ref<d::writer_core>();
   std::vector<completion> results;
   BOOST_TEST(!core->holds_busy_state());  // fresh
   add_messages(*core, 3, results);
@@ -454,7 +475,7 @@ BOOST_AUTO_TEST_CASE(the_busy_state_exists_only_while_something_is_queued_writte
 }
 
 BOOST_AUTO_TEST_CASE(a_writer_idle_after_a_composed_operation_gives_its_busy_state_back) {
-  auto core = std::make_shared<d::writer_core>();
+  auto core = d::make_writer_ref<d::writer_core>();
   std::vector<completion> results;
   add_messages(*core, 1, results);
   // A composed operation behind the write: a mark ends segment 0.
@@ -477,7 +498,7 @@ BOOST_AUTO_TEST_CASE(a_writer_idle_after_a_composed_operation_gives_its_busy_sta
 }
 
 BOOST_AUTO_TEST_CASE(a_failed_writer_gives_its_busy_state_back_and_keeps_its_error) {
-  auto core = std::make_shared<d::writer_core>();
+  auto core = d::make_writer_ref<d::writer_core>();
   std::vector<completion> results;
   add_messages(*core, 2, results);
   BOOST_TEST(cut_window(*core) == 2u);
@@ -501,14 +522,14 @@ BOOST_AUTO_TEST_CASE(a_failed_writer_gives_its_busy_state_back_and_keeps_its_err
 BOOST_AUTO_TEST_CASE(a_busy_state_given_back_keeps_no_cancellation_handler_of_its_stream) {
   // X stays busy throughout: it holds whatever spare this thread had, so the
   // block A gives back is the one B takes.
-  auto x = std::make_shared<d::writer_core>();
+  auto x = d::make_writer_ref<d::writer_core>();
   std::vector<completion> results;
   add_messages(*x, 1, results);
 
   // A's stream operation installs its cancellation handler in the write
   // signal's slot and leaves it there when it completes, as Asio's do.
   bool a_stream_cancelled = false;
-  auto a = std::make_shared<d::writer_core>();
+  auto a = d::make_writer_ref<d::writer_core>();
   add_messages(*a, 1, results);
   d::node_list done;
   BOOST_TEST_REQUIRE(a->next_write(0, done, [&](const d::buffer_window&) {
@@ -522,7 +543,7 @@ BOOST_AUTO_TEST_CASE(a_busy_state_given_back_keeps_no_cancellation_handler_of_it
   // (The user's signal outlives B, whose head, still queued at the end,
   // unlinks itself from the signal's canceller when B goes.)
   net::cancellation_signal user;
-  auto b = std::make_shared<d::writer_core>();
+  auto b = d::make_writer_ref<d::writer_core>();
   auto* head = new plain_node("abcdef", &results);
   head->attach_canceller(user.slot(), b);
   d::node_list rejected;

@@ -17,14 +17,17 @@
 #include <serq/detail/back_linked_list.hpp>
 #include <serq/detail/completion_mode.hpp>
 #include <serq/detail/small_mutex.hpp>
+#include <serq/detail/work.hpp>
 #include <serq/serialized_queue_service.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <type_traits>
 #include <utility>
 
 SERQ_NAMESPACE_BEGIN
@@ -32,6 +35,67 @@ namespace detail {
 
 class writer_core;
 class node_canceller;
+
+// A counted reference to a writer's shared state. writer_core counts its
+// own references (four bytes beside its lock) instead of being held by
+// shared_ptr: no control block and no enable_shared_from_this in every
+// writer. T is writer_core or a class derived from it; a state is made with
+// make_writer_ref, which adopts the reference it starts with.
+template <class T>
+class writer_ref {
+ public:
+  writer_ref() noexcept = default;
+  writer_ref(std::nullptr_t) noexcept {}
+  writer_ref(const writer_ref& o) noexcept : p_(o.p_) {
+    if (p_)
+      p_->add_ref();
+  }
+  writer_ref(writer_ref&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  template <class U, std::enable_if_t<std::is_convertible_v<U*, T*>, int> = 0>
+  writer_ref(const writer_ref<U>& o) noexcept : p_(o.get()) {
+    if (p_)
+      p_->add_ref();
+  }
+  template <class U, std::enable_if_t<std::is_convertible_v<U*, T*>, int> = 0>
+  writer_ref(writer_ref<U>&& o) noexcept : p_(o.detach()) {}
+  writer_ref& operator=(writer_ref o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  ~writer_ref() {
+    if (p_)
+      p_->drop_ref();
+  }
+
+  // Takes over the reference p holds (a new state's first).
+  static writer_ref adopt(T* p) noexcept {
+    writer_ref r;
+    r.p_ = p;
+    return r;
+  }
+  // One more reference to *p.
+  static writer_ref share(T* p) noexcept {
+    p->add_ref();
+    return adopt(p);
+  }
+
+  T* get() const noexcept { return p_; }
+  T* operator->() const noexcept { return p_; }
+  T& operator*() const noexcept { return *p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+  std::uint32_t use_count() const noexcept { return p_ ? p_->use_count() : 0; }
+  void swap(writer_ref& o) noexcept { std::swap(p_, o.p_); }
+  // Lets go of the pointer without dropping its reference.
+  T* detach() noexcept { return std::exchange(p_, nullptr); }
+
+ private:
+  T* p_ = nullptr;
+};
+
+template <class T, class... Args>
+writer_ref<T> make_writer_ref(Args&&... args) {
+  return writer_ref<T>::adopt(new T(std::forward<Args>(args)...));
+}
 
 // A bounded run of buffers handed to one write_some call. A view, so the
 // stream's operation copies two pointers, not a container.
@@ -181,7 +245,7 @@ class writer_node {
 
   // Installs the cancellation handler in the user's slot. Called from the
   // initiating function.
-  void attach_canceller(net::cancellation_slot slot, std::shared_ptr<writer_core> core);
+  void attach_canceller(net::cancellation_slot slot, writer_ref<writer_core> core);
 
   void destroy() noexcept { ops_->destroy(this); }
 
@@ -303,7 +367,7 @@ class node_list : public back_linked_list<writer_node> {
 // signal for a started close to the closing operation.
 class node_canceller {
  public:
-  node_canceller(std::shared_ptr<writer_core> core, writer_node* n) noexcept
+  node_canceller(writer_ref<writer_core> core, writer_node* n) noexcept
       : core_(std::move(core)), node_(n) {}
   void operator()(net::cancellation_type_t type);
 
@@ -311,7 +375,7 @@ class node_canceller {
   friend class writer_core;
   template <class>
   friend class back_linked_list;
-  std::shared_ptr<writer_core> core_;
+  writer_ref<writer_core> core_;
   writer_node* node_;            // guarded by core_->mutex_; null once completed
   writer_node* prev_ = nullptr;  // node_'s back link in its list (core_->mutex_)
 };
@@ -350,7 +414,7 @@ struct writer_counters {
   std::chrono::steady_clock::duration time_above_high_watermark{};
 };
 
-class writer_core : public service_member, public std::enable_shared_from_this<writer_core> {
+class writer_core : public service_member {
  public:
   static constexpr std::size_t default_low_watermark = 32 * 1024;
   static constexpr std::size_t default_high_watermark = 64 * 1024;
@@ -677,8 +741,20 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // and a running close are completed by their operations' results.
   void close(node_list& done, net::any_io_executor& work);
   void shutdown() noexcept override;
-  // Owned by shared_ptr (the writer and its operations): pinned by one.
-  std::shared_ptr<void> pin() noexcept override { return shared_from_this(); }
+  // Pinned by a reference of its own (see writer_ref).
+  std::shared_ptr<void> pin() noexcept override {
+    add_ref();
+    return nullptr;
+  }
+  void unpin() noexcept override { drop_ref(); }
+
+  // The reference count (writer_ref). The last drop_ref deletes the core.
+  void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void drop_ref() const noexcept {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1)
+      delete this;
+  }
+  std::uint32_t use_count() const noexcept { return refs_.load(std::memory_order_acquire); }
 
   void set_watermarks(std::size_t low, std::size_t high, node_list& done,
                       net::any_io_executor& work);
@@ -689,11 +765,11 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // first deadline) runs on timer_executor.
   void set_stall_timeout(clock::duration timeout, const net::any_io_executor& timer_executor);
 
-  // The executor of handlers that have none of their own: the writer's,
-  // of type Executor (set by the writer, set_io_executor).
+  // The executor of handlers that have none of their own: a copy of the
+  // writer's, of type Executor (kept by the writer, io_executor_storage).
   template <class Executor>
-  const Executor& io_executor() const noexcept {
-    return *static_cast<const Executor*>(io_executor_);
+  Executor io_executor() const noexcept {
+    return static_cast<const stored_executor<Executor>*>(io_executor_storage())->get();
   }
 
   // The error of a finished request that ended as o: the writer's own
@@ -751,11 +827,10 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   virtual void resume_later(const deferred_completion&) {}
 
  protected:
-  // Executor: the type the handler nodes of this writer read it back as.
-  template <class Executor>
-  void set_io_executor(const Executor& ex) noexcept {
-    io_executor_ = &ex;
-  }
+  // The writer's stored_executor<Executor>, Executor being the type the
+  // handler nodes of this writer read it back as (io_executor). A virtual
+  // function rather than a pointer kept in every writer.
+  virtual const void* io_executor_storage() const noexcept { return nullptr; }
 
  private:
   friend class node_canceller;
@@ -786,7 +861,9 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
     // The bytes written of each lane's head message (normal, urgent): the
     // only message of its lane that can be partly written.
     std::size_t head_written[2] = {0, 0};
-    std::size_t window_nodes = 0;  // nodes (from the front of window_lane) the window touches
+    std::size_t window_nodes = 0;    // nodes (from the front of window_lane) the window touches
+    std::size_t pending_bytes = 0;   // of the writes queued and not yet written
+    std::size_t pending_writes = 0;  // writes queued and not finished
     lane window_lane = lane::normal;
     net::cancellation_signal write_signal;
     net::cancellation_signal close_signal;
@@ -828,6 +905,9 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   node_list& list_of(lane l) noexcept {
     return l == lane::urgent ? busy_->urgent_nodes : busy_->nodes;
   }
+  // The bytes queued and not yet written (kept in the busy state: none
+  // while idle).
+  std::size_t pending_bytes_locked() const noexcept { return busy_ ? busy_->pending_bytes : 0; }
   // Makes the busy state if there is none; false if it cannot be allocated.
   bool make_busy_locked() noexcept;
   // The same for a request about to be queued: if there is no memory for
@@ -952,24 +1032,15 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   void disarm_stall_timer_locked() noexcept;
   void on_stall_timer(std::uint64_t generation);
 
-  const void* io_executor_ = nullptr;
-  mutable small_mutex mutex_;
-  // What only a busy writer needs: made when the first request is queued,
-  // given back (to a per-thread spare, see release_busy_locked) when the
-  // writer has nothing queued, nothing in flight and no close running. A
-  // writer that failed or closed keeps no more than an idle one.
-  busy_state* busy_ = nullptr;
-  std::size_t pending_bytes_ = 0;
-  std::size_t pending_writes_ = 0;
-  std::size_t low_ = default_low_watermark;
-  std::size_t high_ = default_high_watermark;
-  std::size_t max_buffers_ = default_max_buffers;
-  std::size_t max_bytes_ = default_max_bytes;
-  std::uint32_t segment_ = 0;
-  std::uint32_t urgent_segment_ = 0;
+  // Ordered for size: the small fields first fill the tail of
+  // service_member (its flag leaves seven bytes), then the words.
   bool segment_has_pump_ = false;
   bool urgent_segment_has_pump_ = false;
   bool gathering_ = true;
+  mutable small_mutex mutex_;
+  mutable std::atomic<std::uint32_t> refs_{1};  // writer_ref
+  std::uint32_t segment_ = 0;
+  std::uint32_t urgent_segment_ = 0;
   bool writable_ = true;
   bool closed_ = false;   // the writer object is gone
   bool closing_ = false;  // async_close was called and has not completed
@@ -981,7 +1052,26 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   bool urgent_pending_ = false;
   bool lending_ = false;        // the urgent queue runs
   bool lender_queued_ = false;  // a lender waits in the writer's queue
+  bool write_in_flight_ = false;
   held_state held_state_ = held_state::none;
+
+ protected:
+  // An early pump's turn and its first write_some's completion, arrived so
+  // far (writer_state::start_early_write). Here for the layout's sake.
+  std::atomic<unsigned char> early_meetings_{0};
+
+ private:
+  // The gather limits, at most 2^32 - 1 each (set_gather_limits clamps:
+  // no write_some takes more).
+  std::uint32_t max_buffers_ = default_max_buffers;
+  std::uint32_t max_bytes_ = default_max_bytes;
+  // What only a busy writer needs: made when the first request is queued,
+  // given back (to a per-thread spare, see release_busy_locked) when the
+  // writer has nothing queued, nothing in flight and no close running. A
+  // writer that failed or closed keeps no more than an idle one.
+  busy_state* busy_ = nullptr;
+  std::size_t low_ = default_low_watermark;
+  std::size_t high_ = default_high_watermark;
   held_completion* held_ = nullptr;
   error_code error_;
   error_code close_result_;
@@ -989,7 +1079,6 @@ class writer_core : public service_member, public std::enable_shared_from_this<w
   // The stall deadline, made by the first set_stall_timeout with one: an
   // idle writer without a deadline carries no timer.
   std::unique_ptr<stall_state> stall_;
-  bool write_in_flight_ = false;
 
   // stats(): counted under mutex_, where the state they count changes.
   std::uint64_t messages_written_ = 0;

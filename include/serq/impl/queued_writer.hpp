@@ -223,12 +223,11 @@ class request_work<Handler, Executor, true> {
   template <class Node, class... Args>
   void deliver_request(Node* node, Handler& h, const writer_core& core, completion_mode mode,
                        Args... args) {
-    const Executor& io_ex = core.io_executor<Executor>();
+    const Executor io_ex = core.io_executor<Executor>();  // the core may go with the upcall
     const handler_executor ex = net::get_associated_executor(h, io_ex);
     const std::optional<guard> held = take(h);
     if (held) {
-      const Executor io_copy = io_ex;  // the core may go with the handler's upcall
-      free_then_deliver_via(node, h, io_copy, ex, mode, nothing_then{}, args...);
+      free_then_deliver_via(node, h, io_ex, ex, mode, nothing_then{}, args...);
     } else {
       free_then_deliver_after(node, h, ex, mode, nothing_then{}, args...);
     }
@@ -258,7 +257,7 @@ class handler_node final : public writer_node, private request_work<Handler, Exe
 
  public:
   template <class B, class H>
-  handler_node(kind k, B&& b, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
+  handler_node(kind k, B&& b, H&& h, const Executor& ex, writer_ref<writer_core> core)
       : writer_node(&table, k, 0), buffers_(std::forward<B>(b)), handler_(std::forward<H>(h)) {
     std::size_t size = 0;
     auto add = [&size](net::const_buffer b) noexcept {
@@ -269,7 +268,7 @@ class handler_node final : public writer_node, private request_work<Handler, Exe
     set_size(size);
     work::start(handler_, ex);
     try {
-      attach_canceller(net::get_associated_cancellation_slot(handler_), core);
+      attach_canceller(net::get_associated_cancellation_slot(handler_), std::move(core));
     } catch (...) {
       work::release(handler_);  // not held by a node that never was
       throw;
@@ -453,13 +452,13 @@ class close_node final : public close_request<State>, private request_work<Handl
 
  public:
   template <class C, class H>
-  close_node(C&& c, H&& h, const Executor& ex, const std::shared_ptr<writer_core>& core)
+  close_node(C&& c, H&& h, const Executor& ex, writer_ref<writer_core> core)
       : close_request<State>(&table, &do_launch),
         closer_(std::forward<C>(c)),
         handler_(std::forward<H>(h)) {
     work::start(handler_, ex);
     try {
-      this->attach_canceller(net::get_associated_cancellation_slot(handler_), core);
+      this->attach_canceller(net::get_associated_cancellation_slot(handler_), std::move(core));
     } catch (...) {
       work::release(handler_);  // not held by a node that never was
       throw;
@@ -540,7 +539,7 @@ class held_box final : public held_completion {
 template <class Box, class State>
 class held_handler {
  public:
-  held_handler(Box* b, std::shared_ptr<State> s) noexcept : box_(b), state_(std::move(s)) {}
+  held_handler(Box* b, writer_ref<State> s) noexcept : box_(b), state_(std::move(s)) {}
   held_handler(held_handler&& o) noexcept
       : box_(std::exchange(o.box_, nullptr)), state_(std::move(o.state_)) {}
   held_handler& operator=(held_handler&&) = delete;
@@ -553,7 +552,7 @@ class held_handler {
   void operator()(Args&&... args) {
     Box* b = std::exchange(box_, nullptr);
     b->set_result(std::forward<Args>(args)...);
-    const std::shared_ptr<State> s = std::move(state_);
+    const writer_ref<State> s = std::move(state_);
     s->hold(b);
   }
 
@@ -561,7 +560,7 @@ class held_handler {
 
  private:
   Box* box_;
-  std::shared_ptr<State> state_;
+  writer_ref<State> state_;
 };
 
 // The handler a composed operation on the writer's stream is launched with:
@@ -573,12 +572,12 @@ template <class Handler, class State>
 class keeping_handler {
  public:
   template <class H>
-  keeping_handler(H&& h, std::shared_ptr<State> s)
+  keeping_handler(H&& h, writer_ref<State> s)
       : handler_(std::forward<H>(h)), state_(std::move(s)) {}
 
   template <class... Args>
   void operator()(Args&&... args) {
-    const std::shared_ptr<State> keep = std::move(state_);  // let go after the upcall
+    const writer_ref<State> keep = std::move(state_);  // let go after the upcall
     std::move(handler_)(std::forward<Args>(args)...);
   }
 
@@ -586,7 +585,7 @@ class keeping_handler {
 
  private:
   Handler handler_;
-  std::shared_ptr<State> state_;
+  writer_ref<State> state_;
 };
 
 // What ends a lend of the stream to the urgent queue.
@@ -615,24 +614,23 @@ class writer_state final : public writer_core {
   // Constructs (or, for a reference, binds) the stream from args.
   template <class... Args>
   explicit writer_state(std::in_place_t, Args&&... args)
-      : stream_(make_storage(std::forward<Args>(args)...)), executor_(stream_->get_executor()) {
-    set_io_executor(executor_);
-  }
+      : stream_(make_storage(std::forward<Args>(args)...)), executor_(stream_->get_executor()) {}
 
   // The state a moved-from writer is left with: no stream, failed.
   explicit writer_state(const executor_type& ex) : executor_(ex) {
-    set_io_executor(executor_);
     fail(net::error::bad_descriptor);
   }
 
-  const executor_type& get_executor() const noexcept { return executor_; }
+  executor_type get_executor() const noexcept { return executor_.get(); }
 
   bool has_stream() const noexcept { return static_cast<bool>(stream_); }
+
+  const void* io_executor_storage() const noexcept override { return &executor_; }
 
   net::any_io_executor tracked_executor() const noexcept override {
     if constexpr (std::is_convertible_v<executor_type, net::any_io_executor>) {
       try {
-        return net::prefer(net::any_io_executor(executor_),
+        return net::prefer(net::any_io_executor(executor_.get()),
                            net::execution::outstanding_work.tracked);
       } catch (...) {
         return {};  // a target too big for the small buffer, and no memory
@@ -648,29 +646,29 @@ class writer_state final : public writer_core {
   // core's lock (from its callbacks); elsewhere only once the lock has shown
   // that urgent items were queued.
   queue_type& urgent_queue() {
-    if (!urgent_queue_) {
-      urgent_queue_ = std::make_unique<queue_type>(executor_, "serq.queued_writer.urgent");
-      urgent_queue_->stop();
+    if (!urgent_) {
+      urgent_ = std::make_unique<urgent_lane>(executor_.get());
+      urgent_->queue.stop();
     }
-    return *urgent_queue_;
+    return urgent_->queue;
   }
 
   // The writer object is going away: urgent entries that have not started
   // are aborted, as the writer queue's are by its destructor.
   void abort_urgent() {
-    if (urgent_queue_)
-      urgent_queue_->cancel();
+    if (urgent_)
+      urgent_->queue.cancel();
   }
 
   // The writer owning the stream is gone. Closes the stream's bottom layer so
   // that a write_some in flight returns now; the stream itself goes when the
   // last reference to this state (that write's handler) does. The close runs
   // on the stream's executor, as every other use of the stream does.
-  static void close_owned_stream(std::shared_ptr<writer_state> self) {
+  static void close_owned_stream(writer_ref<writer_state> self) {
     if constexpr (owns_stream) {
       if (!self->has_stream() || self.use_count() == 1)
         return;  // nothing in flight: the stream is destroyed (and closed) with self
-      const executor_type ex = self->executor_;
+      const executor_type ex = self->executor_.get();
       net::dispatch(ex, [self = std::move(self)] { close_lowest_layer(self->stream()); });
     }
   }
@@ -678,7 +676,7 @@ class writer_state final : public writer_core {
   // A pump's turn has come (async_acquire's handler, on the writer's queue
   // or the urgent one).
   struct pump_start {
-    std::shared_ptr<writer_state> self;
+    writer_ref<writer_state> self;
     pump_id id;
 
     void operator()(const error_code& ec, turn t) {
@@ -702,8 +700,7 @@ class writer_state final : public writer_core {
   // second carries the pump on.
   void reset_early() noexcept { early_meetings_.store(0, std::memory_order_relaxed); }
 
-  void start_early_write(std::shared_ptr<writer_state> self, const buffer_window& window,
-                         pump_id id) {
+  void start_early_write(writer_ref<writer_state> self, const buffer_window& window, pump_id id) {
     stream_->async_write_some(
         window, net::bind_cancellation_slot(write_slot(), write_done(std::move(self), id)));
   }
@@ -718,7 +715,7 @@ class writer_state final : public writer_core {
   // A lender's turn of the writer's queue has come: it lends the stream to
   // the urgent queue if urgent items wait there.
   struct lender_start {
-    std::shared_ptr<writer_state> self;
+    writer_ref<writer_state> self;
 
     void operator()(const error_code& ec, turn t) {
       if (ec) {
@@ -735,13 +732,13 @@ class writer_state final : public writer_core {
   // The urgent queue has passed a lend's barrier: another barrier while it
   // holds entries, else the lend is over.
   struct lend_resume {
-    std::shared_ptr<writer_state> self;
+    writer_ref<writer_state> self;
     lend_kind kind;
     pump_id id;
 
     void operator()(const error_code&) {
       writer_state& s = *self;
-      queue_type& u = *s.urgent_queue_;
+      queue_type& u = s.urgent_->queue;
       if (s.keep_lending([&] { return u.size(); }, [&] { u.stop(); })) {
         u.async_wait(std::move(*this));
         return;
@@ -762,7 +759,7 @@ class writer_state final : public writer_core {
 
   // Starts a lend: the urgent queue runs, and a barrier behind what it holds
   // resumes the lender. Called under the core's lock.
-  void begin_lending(const std::shared_ptr<writer_state>& self, lend_kind kind, pump_id id) {
+  void begin_lending(const writer_ref<writer_state>& self, lend_kind kind, pump_id id) {
     queue_type& u = urgent_queue();
     u.start();
     u.async_wait(lend_resume{self, kind, id});
@@ -776,7 +773,7 @@ class writer_state final : public writer_core {
   template <class Signature, class Launcher, bool MayDefer>
   struct guarded {
     Launcher launcher;
-    std::shared_ptr<writer_state> state;
+    writer_ref<writer_state> state;
 
     template <class Handler>
     void operator()(Handler&& handler) {
@@ -810,7 +807,7 @@ class writer_state final : public writer_core {
   // queue's: it is still inside that operation's launch, so the urgent
   // queue takes over its cancellation slot safely. Called under the lock.
   template <class Signature, class Launcher, class Handler>
-  void defer_op(const std::shared_ptr<writer_state>& self, Launcher&& launcher, Handler&& handler) {
+  void defer_op(const writer_ref<writer_state>& self, Launcher&& launcher, Handler&& handler) {
     using box_type = held_box<std::decay_t<Handler>, Signature>;
     box_type* box = allocate_node<box_type>(handler, std::forward<Handler>(handler));
     urgent_queue().template async_enqueue<Signature>(
@@ -824,8 +821,7 @@ class writer_state final : public writer_core {
   // stream's async_write_some throws.
   class write_done {
    public:
-    write_done(std::shared_ptr<writer_state> s, pump_id id) noexcept
-        : self_(std::move(s)), id_(id) {}
+    write_done(writer_ref<writer_state> s, pump_id id) noexcept : self_(std::move(s)), id_(id) {}
     write_done(write_done&&) noexcept = default;
     write_done& operator=(write_done&&) = delete;
     ~write_done() {
@@ -836,14 +832,14 @@ class writer_state final : public writer_core {
     }
 
     void operator()(const error_code& ec, std::size_t n) {
-      std::shared_ptr<writer_state> self = std::move(self_);
+      writer_ref<writer_state> self = std::move(self_);
       if (self->defer_in_emit(deferred_completion::kind::write, id_, ec, n))
         return;  // inside the writer's emit: resumed once it let go of its lock
       node_list done;
       self->on_written(ec, n, done);
       if (id_.early) {
         const pump_id next{id_.l, id_.segment, false};
-        complete_then(std::move(self), done, [next](std::shared_ptr<writer_state> s) {
+        complete_then(std::move(self), done, [next](writer_ref<writer_state> s) {
           if (s->early_meet())
             advance(std::move(s), next);  // the turn is in: this is its pump now
         });
@@ -853,7 +849,7 @@ class writer_state final : public writer_core {
     }
 
    private:
-    std::shared_ptr<writer_state> self_;
+    writer_ref<writer_state> self_;
     pump_id id_;
   };
 
@@ -863,8 +859,7 @@ class writer_state final : public writer_core {
   // throws (launch_close).
   class close_done {
    public:
-    close_done(std::shared_ptr<writer_state> s, pump_id id) noexcept
-        : self_(std::move(s)), id_(id) {}
+    close_done(writer_ref<writer_state> s, pump_id id) noexcept : self_(std::move(s)), id_(id) {}
     close_done(close_done&&) noexcept = default;
     close_done& operator=(close_done&&) = delete;
     ~close_done() {
@@ -874,14 +869,14 @@ class writer_state final : public writer_core {
     }
 
     using executor_type = typename writer_state::executor_type;
-    executor_type get_executor() const noexcept { return self_->executor_; }
+    executor_type get_executor() const noexcept { return self_->executor_.get(); }
 
     using cancellation_slot_type = net::cancellation_slot;
     cancellation_slot_type get_cancellation_slot() const noexcept { return self_->close_slot(); }
 
     template <class... Ts>
     void operator()(const error_code& ec, Ts&&...) {
-      std::shared_ptr<writer_state> self = std::move(self_);
+      writer_ref<writer_state> self = std::move(self_);
       if (self->defer_in_emit(deferred_completion::kind::close, id_, ec, 0))
         return;  // inside the writer's emit: resumed once it let go of its lock
       self->note_completed_in_start();
@@ -891,7 +886,7 @@ class writer_state final : public writer_core {
     }
 
    private:
-    std::shared_ptr<writer_state> self_;
+    writer_ref<writer_state> self_;
     pump_id id_;
   };
 
@@ -903,26 +898,24 @@ class writer_state final : public writer_core {
   }
 
   void complete_then_resume(node_list& done, const deferred_completion& d) override {
-    complete_then(shared_self(), done, [d](std::shared_ptr<writer_state> s) {
+    complete_then(shared_self(), done, [d](writer_ref<writer_state> s) {
       if (d)
         s->resume_deferred(d);
     });
   }
 
   void resume_later(const deferred_completion& d) override {
-    const executor_type ex = executor_;
+    const executor_type ex = executor_.get();
     net::post(ex, [self = shared_self(), d] { self->resume_deferred(d); });
   }
 
-  std::shared_ptr<writer_state> shared_self() {
-    return std::static_pointer_cast<writer_state>(shared_from_this());
-  }
+  writer_ref<writer_state> shared_self() { return writer_ref<writer_state>::share(this); }
 
-  static void step(std::shared_ptr<writer_state> self, pump_id id, node_list done) {
+  static void step(writer_ref<writer_state> self, pump_id id, node_list done) {
     // Complete first: the callers resumed here queue their next messages
     // before the next window is cut, so it gathers them too.
     complete_then(std::move(self), done,
-                  [id](std::shared_ptr<writer_state> s) { advance(std::move(s), id); });
+                  [id](writer_ref<writer_state> s) { advance(std::move(s), id); });
   }
 
  private:
@@ -936,17 +929,18 @@ class writer_state final : public writer_core {
       return storage(&static_cast<next_layer_type&>(args)...);
   }
 
-  turn& turn_of(lane l) noexcept { return l == lane::urgent ? urgent_turn_ : turn_; }
+  // An urgent pump exists only once the urgent lane does (urgent_queue()).
+  turn& turn_of(lane l) noexcept { return l == lane::urgent ? urgent_->held : turn_; }
 
   struct no_next {
-    void operator()(const std::shared_ptr<writer_state>&) const noexcept {}
+    void operator()(const writer_ref<writer_state>&) const noexcept {}
   };
 
   // The pump `id` goes on: a write_some, a lend, a close, or the end of its
   // segment.
-  static void advance(std::shared_ptr<writer_state> self, pump_id id) {
+  static void advance(writer_ref<writer_state> self, pump_id id) {
     writer_state& s = *self;
-    const std::shared_ptr<writer_state> keep = self;
+    const writer_ref<writer_state> keep = self;
     node_list done;
     writer_node* closing = nullptr;
     const step_action a = s.next_step(
@@ -967,8 +961,8 @@ class writer_state final : public writer_core {
         break;
       case step_action::close:
         // What finished before the close completes before it starts.
-        complete_then(keep, done, [closing, id](std::shared_ptr<writer_state> st) {
-          const std::shared_ptr<writer_state> state = st;
+        complete_then(keep, done, [closing, id](writer_ref<writer_state> st) {
+          const writer_ref<writer_state> state = st;
           close_done finished(std::move(st), id);
           if (state->gone()) {
             // A handler completed above destroyed the writer: the close is
@@ -998,13 +992,13 @@ class writer_state final : public writer_core {
   // stall the writer: the rest complete, and next runs, from a continuation
   // posted before the exception leaves.
   template <class Next>
-  static void complete_then(std::shared_ptr<writer_state> self, node_list& done, Next next) {
+  static void complete_then(writer_ref<writer_state> self, node_list& done, Next next) {
     try {
       done.complete_all(*self, completion_mode::dispatch);
     } catch (...) {
       // Not through stream_: the handler that threw may have destroyed the
       // writer, and the stream with it.
-      const executor_type ex = self->executor_;
+      const executor_type ex = self->executor_.get();
       net::post(ex,
                 [self = std::move(self), next = std::move(next), rest = std::move(done)]() mutable {
                   complete_then(std::move(self), rest, std::move(next));
@@ -1015,13 +1009,17 @@ class writer_state final : public writer_core {
   }
 
   storage stream_{};
-  const executor_type executor_;
-  turn turn_;         // the writer queue's, held by its active pump or lender
-  turn urgent_turn_;  // the urgent queue's, held by its active pump
-  std::unique_ptr<queue_type> urgent_queue_;  // made on the first urgent request
-  // An early pump's turn and its first write_some's completion, arrived so
-  // far (start_early_write).
-  std::atomic<unsigned char> early_meetings_{0};
+  // The stream's executor (an any_io_executor on an io_context in 16 bytes).
+  const stored_executor<executor_type> executor_;
+  turn turn_;  // the writer queue's, held by its active pump or lender
+  // The urgent lane: its queue, and the turn of it its active pump holds.
+  // Made on the first urgent request.
+  struct urgent_lane {
+    explicit urgent_lane(const executor_type& ex) : queue(ex, "serq.queued_writer.urgent") {}
+    turn held;
+    queue_type queue;
+  };
+  std::unique_ptr<urgent_lane> urgent_;
 };
 
 }  // namespace detail
@@ -1034,7 +1032,7 @@ template <
                            (std::is_same_v<std::decay_t<Args>, queued_writer<Stream>> || ...)),
                      int>>
 queued_writer<Stream>::queued_writer(Args&&... args)
-    : state_(std::make_shared<state_type>(std::in_place, std::forward<Args>(args)...)),
+    : state_(detail::make_writer_ref<state_type>(std::in_place, std::forward<Args>(args)...)),
       queue_(state_->stream().get_executor(), "serq.queued_writer") {
   if (!detail::queue_service(queue_.get_executor()).add(*state_)) {
     detail::node_list none;
@@ -1048,7 +1046,7 @@ queued_writer<Stream>::queued_writer(Args&&... args)
 // change hands, throwing nothing.
 template <class Stream>
 queued_writer<Stream>::queued_writer(queued_writer&& other)
-    : state_(std::make_shared<state_type>(other.queue_.get_executor())),
+    : state_(detail::make_writer_ref<state_type>(other.queue_.get_executor())),
       queue_(std::move(other.queue_)) {
   state_.swap(other.state_);
 }
@@ -1056,7 +1054,8 @@ queued_writer<Stream>::queued_writer(queued_writer&& other)
 template <class Stream>
 queued_writer<Stream>& queued_writer<Stream>::operator=(queued_writer&& other) {
   if (this != &other) {
-    std::shared_ptr<state_type> fresh = std::make_shared<state_type>(other.queue_.get_executor());
+    detail::writer_ref<state_type> fresh =
+        detail::make_writer_ref<state_type>(other.queue_.get_executor());
     basic_serialized_queue<executor_type> taken(std::move(other.queue_));
     close_state();  // throws nothing
     state_ = std::exchange(other.state_, std::move(fresh));
