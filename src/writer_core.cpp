@@ -109,13 +109,14 @@ std::size_t window_builder::append(net::const_buffer b) noexcept {
   if (full() || b.size() == 0)
     return 0;
   if (count_ == capacity_) {
-    net::const_buffer* bigger = storage_.grow(data_, count_, max_buffers_);
+    net::const_buffer* bigger =
+        storage_.grow(data_, count_, window_storage::next_size(capacity_, max_buffers_));
     if (!bigger) {
       stuck_ = true;  // out of memory: this window is as long as it gets
       return 0;
     }
     data_ = bigger;
-    capacity_ = max_buffers_;
+    capacity_ = storage_.heap_size();
   }
   const std::size_t take = std::min(b.size(), max_bytes_ - bytes_);
   data_[count_++] = net::const_buffer(b.data(), take);

@@ -622,7 +622,9 @@ class queued_writer {
   /// next `write_some` on.
   /**
    * A limit above 2^32 - 1 counts as 2^32 - 1 (no system call writes more
-   * at once).
+   * at once). A high limit costs what the windows use: the array of buffers
+   * a window is cut into takes the limit's size only up to 64 buffers, and
+   * beyond that starts at 64 and doubles as windows need more.
    *
    * @throws std::invalid_argument if either is 0.
    */

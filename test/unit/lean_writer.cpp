@@ -25,7 +25,9 @@
 #include <array>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -327,17 +329,38 @@ BOOST_AUTO_TEST_CASE(a_gathered_window_has_heap_storage_only_while_the_writer_is
   BOOST_TEST(core->window_heap_bytes() == 0u);
 }
 
+// A limit set high "to have none" costs what the windows use: the array
+// starts at 64 buffers and doubles, instead of taking the limit's size at
+// once (2^32 - 1 buffers, 64 GiB: the allocation failed and every window
+// stopped at the four inline buffers).
+BOOST_AUTO_TEST_CASE(a_huge_gather_limit_grows_the_array_as_windows_need_it) {
+  auto core = d::make_writer_ref<d::writer_core>();
+  core->set_gather_limits(std::numeric_limits<std::size_t>::max(),
+                          std::numeric_limits<std::size_t>::max());
+  std::vector<completion> results;
+  add_messages(*core, 100, results);
+  BOOST_TEST(cut_window(*core) == 100u);
+  BOOST_TEST(core->window_heap_bytes() == 128 * sizeof(net::const_buffer));
+  written(*core, 100);
+  BOOST_TEST(results.size() == 100u);
+  BOOST_TEST(core->window_heap_bytes() == 0u);
+}
+
 // The limits are kept in 32 bits: a larger one counts as the largest, never
 // as what is left of it (2^32 + 1 would be a one-byte window).
+// (Where size_t has 32 bits, no limit is larger.)
 BOOST_AUTO_TEST_CASE(a_gather_limit_above_32_bits_counts_as_the_largest) {
+  constexpr std::uint64_t two_to_32 = std::uint64_t{1} << 32;
+  if constexpr (sizeof(std::size_t) < sizeof(std::uint64_t))
+    return;
   auto core = d::make_writer_ref<d::writer_core>();
-  core->set_gather_limits(8, (std::size_t{1} << 32) + 1);
+  core->set_gather_limits(8, static_cast<std::size_t>(two_to_32 + 1));
   std::vector<completion> results;
   add_messages(*core, 8, results);
   BOOST_TEST(cut_window(*core) == 8u);
   written(*core, 8);
   BOOST_TEST(results.size() == 8u);
-  core->set_gather_limits((std::size_t{1} << 32) + 2, 3);
+  core->set_gather_limits(static_cast<std::size_t>(two_to_32 + 2), 3);
   add_messages(*core, 8, results);
   BOOST_TEST(cut_window(*core) == 3u);  // max_bytes
   written(*core, 3);

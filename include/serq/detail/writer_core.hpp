@@ -115,12 +115,26 @@ class buffer_window {
 };
 
 // Where windows are cut: a few buffers inside the writer (a window of one
-// message, the common case when nothing waits), and an array of the gather
-// limit's size made when a window needs more, kept while the writer is busy
-// and freed when it has nothing left to write (writer_core::release_window).
+// message, the common case when nothing waits), and an array made when a
+// window needs more, kept while the writer is busy and freed when it has
+// nothing left to write (writer_core::release_window). The array has the
+// gather limit's size when that is at most direct_size buffers (the default
+// limit); under a larger limit it starts at direct_size and doubles as
+// windows need more, so a limit set high "to have none" costs only what the
+// windows use.
 class window_storage {
  public:
   static constexpr std::size_t inline_size = 4;
+  static constexpr std::size_t direct_size = 64;
+
+  // The array size a window of `capacity` buffers grows to under a limit of
+  // max_buffers (> capacity).
+  static std::size_t next_size(std::size_t capacity, std::size_t max_buffers) noexcept {
+    if (max_buffers <= direct_size)
+      return max_buffers;
+    const std::size_t doubled = capacity < direct_size ? direct_size : 2 * capacity;
+    return doubled < max_buffers ? doubled : max_buffers;
+  }
 
   net::const_buffer* initial(std::size_t& capacity) noexcept;
   // Storage for up to `size` buffers holding the first `count` of `data`;
@@ -129,6 +143,7 @@ class window_storage {
                           std::size_t size) noexcept;
   void release() noexcept;
   std::size_t heap_bytes() const noexcept { return heap_size_ * sizeof(net::const_buffer); }
+  std::size_t heap_size() const noexcept { return heap_size_; }
 
  private:
   net::const_buffer inline_[inline_size];
