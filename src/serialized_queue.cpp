@@ -769,8 +769,9 @@ void serialized_queue_service::remove(detail::service_member& m) noexcept {
 }
 
 void serialized_queue_service::shutdown() {
-  // Pin every member (each stays alive while it shuts down: a queue core
-  // until its unpin(), a writer until the loop ends), and call out with no
+  // Pin every member (each stays alive while it shuts down, until its
+  // unpin(): queue cores and writers both count their own references, so
+  // pin() returns an empty owner for either), and call out with no
   // lock held: destroying handlers runs user code, which may destroy queues
   // and writers (unregistering them) or create new ones.
   struct pinned {
