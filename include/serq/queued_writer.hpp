@@ -624,7 +624,9 @@ class queued_writer {
    * A limit above 2^32 - 1 counts as 2^32 - 1 (no system call writes more
    * at once). A high limit costs what the windows use: the array of buffers
    * a window is cut into takes the limit's size only up to 64 buffers, and
-   * beyond that starts at 64 and doubles as windows need more.
+   * beyond that starts at 64 and doubles as windows need more. Each thread
+   * keeps the largest array given back on it for the next busy writer,
+   * until the thread ends.
    *
    * @throws std::invalid_argument if either is 0.
    */

@@ -117,11 +117,12 @@ class buffer_window {
 // Where windows are cut: a few buffers inside the writer (a window of one
 // message, the common case when nothing waits), and an array made when a
 // window needs more, kept while the writer is busy and freed when it has
-// nothing left to write (writer_core::release_window). The array has the
+// nothing left to write (writer_core::release_window). A new array has the
 // gather limit's size when that is at most direct_size buffers (the default
 // limit); under a larger limit it starts at direct_size and doubles as
 // windows need more, so a limit set high "to have none" costs only what the
-// windows use.
+// windows use. (An array kept from an earlier limit, or the thread's spare,
+// may be larger, and is used as it is.)
 class window_storage {
  public:
   static constexpr std::size_t inline_size = 4;
