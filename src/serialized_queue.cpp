@@ -770,15 +770,10 @@ void serialized_queue_service::remove(detail::service_member& m) noexcept {
 
 void serialized_queue_service::shutdown() {
   // Pin every member (each stays alive while it shuts down, until its
-  // unpin(): queue cores and writers both count their own references, so
-  // pin() returns an empty owner for either), and call out with no
-  // lock held: destroying handlers runs user code, which may destroy queues
-  // and writers (unregistering them) or create new ones.
-  struct pinned {
-    detail::service_member* member;
-    std::shared_ptr<void> owner;  // empty: the member holds a reference of its own
-  };
-  std::vector<pinned> members;
+  // unpin()), and call out with no lock held: destroying handlers runs user
+  // code, which may destroy queues and writers (unregistering them) or
+  // create new ones.
+  std::vector<detail::service_member*> members;
   {
     std::lock_guard lock(mutex_);
     std::size_t n = 0;
@@ -786,13 +781,14 @@ void serialized_queue_service::shutdown() {
       ++n;
     members.reserve(n);  // may throw, before anything is pinned or refused
     shut_down_ = true;
-    for (detail::service_member* m = first_; m; m = m->svc_next_)
-      members.push_back({m, m->pin()});
+    for (detail::service_member* m = first_; m; m = m->svc_next_) {
+      m->pin();
+      members.push_back(m);
+    }
   }
-  for (auto& p : members) {
-    p.member->shutdown();
-    if (!p.owner)
-      p.member->unpin();  // may destroy it
+  for (detail::service_member* m : members) {
+    m->shutdown();
+    m->unpin();  // may destroy it
   }
 }
 

@@ -555,7 +555,7 @@ void writer_core::finish_node_locked(writer_node* n, writer_node::outcome o, nod
 }
 
 void writer_core::release_window_locked() noexcept {
-  if (busy_ && pending_bytes_locked() == 0 && !write_in_flight_)
+  if (busy_ && busy_->pending_bytes == 0 && !write_in_flight_)
     busy_->storage.release();
   release_busy_locked();
 }

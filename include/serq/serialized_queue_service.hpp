@@ -28,11 +28,11 @@ class service_member {
   // Destroys every pending handler without invoking it, and refuses new work.
   virtual void shutdown() noexcept = 0;
 
-  // Keeps this member alive while the service shuts it down (called under
-  // the service's lock): either an owning pointer to it, or an empty one and
-  // a reference of its own, given back by unpin() (which may destroy it).
-  virtual std::shared_ptr<void> pin() noexcept = 0;
-  virtual void unpin() noexcept {}
+  // Keeps this member alive while the service shuts it down: pin() (called
+  // under the service's lock) takes a reference of its own, unpin() gives it
+  // back (which may destroy the member).
+  virtual void pin() noexcept = 0;
+  virtual void unpin() noexcept = 0;
 
   // The context's default trace hook is (or was) installed: a queue keeps
   // the slot to consult it from then on. Called under the service's lock.

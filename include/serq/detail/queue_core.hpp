@@ -335,10 +335,7 @@ class queue_core : public service_member {
   // without invoking them; later additions are aborted (posted into the
   // dying context, which destroys them).
   void shutdown() noexcept override;
-  std::shared_ptr<void> pin() noexcept override {
-    core_add_ref(this);
-    return nullptr;
-  }
+  void pin() noexcept override { core_add_ref(this); }
   void unpin() noexcept override { core_release(this); }
 
  protected:

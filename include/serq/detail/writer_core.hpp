@@ -758,10 +758,7 @@ class writer_core : public service_member {
   void close(node_list& done, net::any_io_executor& work);
   void shutdown() noexcept override;
   // Pinned by a reference of its own (see writer_ref).
-  std::shared_ptr<void> pin() noexcept override {
-    add_ref();
-    return nullptr;
-  }
+  void pin() noexcept override { add_ref(); }
   void unpin() noexcept override { drop_ref(); }
 
   // The reference count (writer_ref). The last drop_ref deletes the core.
