@@ -586,6 +586,24 @@ void queue_core::trace_done_slow(error_code result) noexcept {
   call_hook(trace_point::detach, info);
 }
 
+bool queue_core::quiet() const noexcept {
+  std::lock_guard lock(mutex_);
+  return !busy_ && waiting_.empty() && aborts_posting_ == 0 && !work_held_;
+}
+
+bool queue_core::recycle() noexcept {
+  std::lock_guard lock(mutex_);
+  if (refs_.load(std::memory_order_acquire) != 1 || busy_ || !waiting_.empty() ||
+      aborts_posting_ != 0 || work_held_ || orphan_held_ || !running_ ||
+      closed_.load(std::memory_order_relaxed) || extras() || !plain_io())
+    return false;
+  completed_ = aborted_ = 0;
+  peak_depth_ = 0;
+  active_triggered_ = false;
+  active_kind_ = unknown_kind;
+  return true;
+}
+
 void queue_core::release_turn() noexcept {
   trace_done(error_code());
   finish();
@@ -741,6 +759,8 @@ bool serialized_queue_service::add(detail::service_member& m) {
   std::lock_guard lock(mutex_);
   if (shut_down_)
     return false;
+  if (default_hook_used_)
+    m.use_default_hook(default_hook_);  // a writer's queue is traced as every queue is
   link_locked(m);
   return true;
 }

@@ -43,6 +43,7 @@ namespace {
 // hold at thread exit and closes them: a block given back later is freed.
 struct thread_spares {
   writer_core::busy_state* busy = nullptr;
+  queue_core* queue = nullptr;  // one reference, recycled (queue_core::recycle)
   net::const_buffer* window = nullptr;
   std::size_t window_size = 0;
   bool closed = false;  // the reaper ran
@@ -56,6 +57,8 @@ struct spare_reaper {
   ~spare_reaper() {
     delete spares.busy;
     delete[] spares.window;
+    if (spares.queue)
+      core_release(spares.queue);
     spares = thread_spares{};
     spares.closed = true;
   }
@@ -282,9 +285,57 @@ void writer_core::release_busy_locked() noexcept {
     delete b;
 }
 
+void writer_core::keep_spare_queue(core_ref q) noexcept {
+  if (!spares.queue && q->recycle() && may_keep_spare())
+    spares.queue = q.detach();
+}
+
+core_ref writer_core::take_spare_queue() noexcept {
+  return core_ref::adopt(std::exchange(spares.queue, nullptr));
+}
+
+void writer_core::queue_quiet() noexcept {
+  core_ref q;
+  {
+    std::lock_guard lock(mutex_);
+    if (queue_ && queue_->quiet())
+      q = std::move(queue_);
+  }
+  if (q)
+    keep_spare_queue(std::move(q));
+}
+
+void writer_core::close_queue() {
+  core_ref q;
+  {
+    std::lock_guard lock(mutex_);
+    q = queue_;
+  }
+  if (q)
+    q->close();
+}
+
+const void* writer_core::queue_address() const noexcept {
+  std::lock_guard lock(mutex_);
+  return queue_.get();
+}
+
+void writer_core::use_default_hook(const std::shared_ptr<hook_slot>& slot) {
+  core_ref q;
+  {
+    std::lock_guard lock(mutex_);
+    queue_hooked_ = true;
+    q = queue_;
+  }
+  if (q)
+    q->use_default_hook(slot);
+}
+
 writer_core::writer_core() = default;
 
 writer_core::~writer_core() {
+  if (queue_turn_held_)
+    queue_->release_turn();
   delete busy_;
   if (held_)
     held_->destroy();
@@ -883,6 +934,7 @@ void writer_core::shutdown() noexcept {
   node_list doomed;
   held_completion* held = nullptr;
   writer_node* closing = nullptr;
+  core_ref queue;
   {
     std::lock_guard lock(mutex_);
     closed_ = true;
@@ -899,12 +951,17 @@ void writer_core::shutdown() noexcept {
       }
     }
     held = std::exchange(held_, nullptr);
+    queue = queue_;
   }
   // Destroyed outside the lock: handlers' destructors run user code.
   if (closing)
     closing->destroy();
   if (held)
     held->destroy();
+  // The writer's queue is not the service's: its entries (pumps, lenders,
+  // composed operations) are destroyed here, as a queue's are at shutdown.
+  if (queue)
+    queue->shutdown();
   // doomed's destructor destroys the rest.
 }
 

@@ -20,7 +20,8 @@ SERQ_NAMESPACE_BEGIN
 namespace detail {
 template <class Stream>
 class writer_state;
-}
+struct writer_access;
+}  // namespace detail
 
 /// Counters of a queued_writer, from `queued_writer::stats()`.
 /**
@@ -292,7 +293,7 @@ class queued_writer {
   ~queued_writer();
 
   /// Returns the stream's executor.
-  executor_type get_executor() const noexcept { return queue_.get_executor(); }
+  executor_type get_executor() const noexcept { return state_->get_executor(); }
 
   /// Returns the wrapped stream. Not on a moved-from writer, which has none.
   next_layer_type& next_layer() noexcept { return state_->stream(); }
@@ -692,8 +693,11 @@ class queued_writer {
 
   void close_state();
 
-  detail::writer_ref<state_type> state_;  // holds the stream
-  basic_serialized_queue<executor_type> queue_;
+  friend struct detail::writer_access;
+
+  // Holds the stream and, while the writer uses it, the core of the
+  // writer's queue.
+  detail::writer_ref<state_type> state_;
 };
 
 SERQ_NAMESPACE_END

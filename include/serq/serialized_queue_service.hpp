@@ -82,12 +82,19 @@ class serialized_queue_service final : public net::execution_context::service {
   void destroy(detail::core_ref core);
 
   /// Registers an object whose pending handlers must be destroyed at
-  /// shutdown. Returns false (and registers nothing) once the context has
+  /// shutdown, handing it the context's default trace hook if one was
+  /// installed. Returns false (and registers nothing) once the context has
   /// shut down.
   bool add(detail::service_member& m);
 
   /// Unregisters m; does nothing if it is not registered.
   void remove(detail::service_member& m) noexcept;
+
+  /// The slot of the context's default trace hook, for the queues serq's
+  /// writers make for themselves once the hook was handed to them.
+  const std::shared_ptr<detail::hook_slot>& default_hook_slot() const noexcept {
+    return default_hook_;
+  }
 
  private:
   friend void set_default_trace_hook(net::execution_context& ctx, trace_hook hook);

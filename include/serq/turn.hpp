@@ -19,6 +19,7 @@ class queue_core;
 class entry_base;
 template <class Handler, class QueueExecutor, bool HandsOutTurn>
 class turn_entry;
+struct turn_access;
 
 // The handler of an async_untrigger, with its type erased: the turn does not
 // know its queue's executor type, the entry that waits for the new turn
@@ -186,6 +187,7 @@ class turn {
  private:
   template <class Handler, class QueueExecutor, bool HandsOutTurn>
   friend class detail::turn_entry;
+  friend struct detail::turn_access;
   struct initiate_untrigger;
 
   turn(detail::core_ref core, detail::untrigger_factory untrigger) noexcept
@@ -194,6 +196,18 @@ class turn {
   detail::core_ref core_;
   detail::untrigger_factory untrigger_ = nullptr;
 };
+
+namespace detail {
+// For a holder that keeps its queue's core itself (a writer and its own
+// queue): it takes the turn over, and ends it with the core's
+// release_turn(), as turn::release() would.
+struct turn_access {
+  static void take_over(turn& t) noexcept {
+    t.core_.reset();
+    t.untrigger_ = nullptr;
+  }
+};
+}  // namespace detail
 
 SERQ_NAMESPACE_END
 

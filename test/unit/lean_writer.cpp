@@ -671,6 +671,108 @@ BOOST_AUTO_TEST_CASE(a_window_that_cannot_get_its_gather_array_writes_four_buffe
   BOOST_TEST(calls_normal <= 2u);  // gathered
 }
 
+// The writer's queue (its pumps, lenders and composed operations) has a
+// core only while the writer uses it: an idle writer keeps its shared state
+// alone, fresh and after each kind of request.
+BOOST_AUTO_TEST_CASE(a_writer_holds_its_queue_core_only_while_it_uses_it) {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  test_stream peer(ioc);
+  serq::queued_writer<test_stream> writer(ioc);
+  writer.next_layer().connect(peer);
+  BOOST_TEST(!d::writer_access::queue(writer));  // fresh
+  int ok = 0;
+  auto count = [&ok](error_code ec, auto&&...) {
+    if (!ec)
+      ++ok;
+  };
+  auto settle = [&] {
+    ioc.restart();
+    ioc.run();
+    return d::writer_access::queue(writer);
+  };
+
+  writer.async_send(std::string("ab"), tr.wrap(count));
+  BOOST_TEST(d::writer_access::queue(writer));  // its pump waits for its turn
+  BOOST_TEST(!settle());
+
+  // A composed operation, completing on the writer's executor.
+  writer.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        net::post(ioc.get_executor(),
+                  [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+      },
+      tr.wrap(count));
+  BOOST_TEST(d::writer_access::queue(writer));
+  BOOST_TEST(!settle());
+
+  // A flush, and an urgent write (whose lender waits in the writer's queue).
+  writer.async_send(std::string("cd"), tr.wrap(count));
+  writer.async_flush(tr.wrap(count));
+  BOOST_TEST(!settle());
+  writer.async_send(serq::urgent, std::string("ef"), tr.wrap(count));
+  BOOST_TEST(!settle());
+
+  // Two writes, the second queued while the first is in flight.
+  writer.async_send(std::string("gh"), tr.wrap(count));
+  ioc.restart();
+  ioc.run_one();
+  writer.async_send(std::string("ij"), tr.wrap(count));
+  BOOST_TEST(!settle());
+  BOOST_TEST(ok == 7);
+  BOOST_TEST(peer.str() == "abcdefghij");
+
+  // A close: the writer is done, and holds no queue.
+  int close_runs = 0;
+  writer.async_close(serq_test::close_test_stream{&writer.next_layer(), &close_runs},
+                     tr.wrap(count));
+  BOOST_TEST(!settle());
+  BOOST_TEST(close_runs == 1);
+  BOOST_TEST(ok == 8);
+}
+
+// A writer that goes idle gives its queue's core to its thread, where the
+// next writer on the same io_context that needs one takes it (a writer that
+// goes idle after every message allocates none); a writer on another
+// io_context cannot use it and makes its own.
+BOOST_AUTO_TEST_CASE(a_queue_core_given_back_serves_the_next_writer_on_the_thread) {
+  const void* first = nullptr;
+  const void* second = nullptr;
+  const void* other = nullptr;
+  std::string received, received_other;
+  std::thread([&] {  // a thread of its own: its spare is known
+    net::io_context ioc, ioc2;
+    test_stream peer(ioc), peer2(ioc2);
+    serq::queued_writer<test_stream> a(ioc), b(ioc), c(ioc2);
+    a.next_layer().connect(peer);
+    b.next_layer().connect(peer);
+    c.next_layer().connect(peer2);
+    a.async_send(std::string("a"), [](error_code, std::size_t) {});
+    first = d::writer_access::queue(a);
+    ioc.run();  // a's core becomes the thread's spare
+    // Had it been freed instead, this block of its size would take its
+    // memory, and b's core could not have its address.
+    const std::unique_ptr<char[]> same_size(
+        new char[sizeof(d::basic_queue_core<net::any_io_executor>)]);
+    b.async_send(std::string("b"), [](error_code, std::size_t) {});
+    second = d::writer_access::queue(b);
+    c.async_send(std::string("c"), [](error_code, std::size_t) {});
+    other = d::writer_access::queue(c);  // made while b holds the spare
+    ioc.restart();
+    ioc.run();
+    ioc2.run();
+    received = peer.str();
+    received_other = peer2.str();
+  })
+      .join();
+  BOOST_TEST(first != nullptr);
+  BOOST_TEST(second == first);
+  BOOST_TEST(other != nullptr);
+  BOOST_TEST(other != first);
+  BOOST_TEST(received == "ab");
+  BOOST_TEST(received_other == "c");
+}
+
 BOOST_AUTO_TEST_CASE(a_writer_used_while_its_thread_ends_leaves_no_block_behind) {
   // A thread_local made before the thread's first writer is destroyed after
   // the blocks this thread kept were freed: a writer it uses then must
@@ -691,7 +793,7 @@ BOOST_AUTO_TEST_CASE(a_writer_used_while_its_thread_ends_leaves_no_block_behind)
   std::string early, late;
   std::thread([&] {
     thread_local late_user user;
-    // Now this thread keeps a busy state and a gather array.
+    // Now this thread keeps a busy state, a gather array and a queue core.
     early = send_ten(ok_early);
     user.ok = &ok_late;
     user.received = &late;

@@ -428,6 +428,56 @@ BOOST_AUTO_TEST_CASE(a_default_hook_installed_later_serves_queues_made_before_it
   BOOST_TEST(rec.points(4) == full, boost::test_tools::per_element());
 }
 
+// A writer keeps its queue's core only while it uses it. A default hook
+// installed while it holds one serves that core, and the cores it makes
+// later, after giving that one back, as well.
+BOOST_AUTO_TEST_CASE(a_default_hook_serves_a_writers_queue_made_before_and_after_it) {
+  serq_test::test_stream stream(ioc.get_executor());
+  serq::queued_writer<serq_test::test_stream&> writer(stream);
+  const auto op = completes_with(ioc.get_executor(), {});
+  writer.async_enqueue<void(error_code)>(op, [](error_code) {});  // before the hook: untraced
+  const void* core = serq::detail::writer_access::queue(writer);
+  BOOST_TEST_REQUIRE(core != nullptr);
+  serq::set_default_trace_hook(ioc, rec.hook());
+  writer.async_enqueue<void(error_code)>(op, [](error_code) {});  // tag 1, same core
+  BOOST_TEST(serq::detail::writer_access::queue(writer) == core);
+  drain();
+  BOOST_TEST(!serq::detail::writer_access::queue(writer));  // idle: given back
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  BOOST_TEST(rec.last(1, tp::detach).queue_name == "serq.queued_writer");
+  writer.async_enqueue<void(error_code)>(op, [](error_code) {});  // tag 2, a core made now
+  drain();
+  BOOST_TEST(rec.points(2) == full, boost::test_tools::per_element());
+  serq::set_default_trace_hook(ioc, {});
+  const std::size_t before = rec.records.size();
+  writer.async_enqueue<void(error_code)>(op, [](error_code) {});
+  drain();
+  BOOST_TEST(rec.records.size() == before);
+}
+
+// A writer whose pump holds its queue's turn when the context shuts down (a
+// write_some in flight, its handler destroyed unrun) releases that turn
+// when its state goes, as a turn object does: the pump's entry is detached,
+// and its queue's core freed (ASan's leak checker sees it otherwise).
+BOOST_AUTO_TEST_CASE(a_writers_turn_held_at_shutdown_is_released_when_the_writer_goes) {
+  shutdown_context ctx;
+  serq::set_default_trace_hook(ctx, rec.hook());
+  net::local::stream_protocol::socket a(ctx), b(ctx);
+  net::local::connect_pair(a, b);  // b never reads: the write stays in flight
+  const std::string big(8 << 20, 'x');
+  error_code written{net::error::would_block};
+  {
+    serq::queued_writer<net::local::stream_protocol::socket&> writer(a);
+    writer.async_write(net::buffer(big), [&](error_code ec, std::size_t) { written = ec; });
+    ctx.poll();
+    BOOST_TEST(rec.points(1) == (std::vector<trace_point>{tp::attach, tp::before_trigger}),
+               boost::test_tools::per_element());
+  }                // the writer object goes: its pump runs on
+  ctx.shutdown();  // the write's handler is destroyed unrun, and the writer's state with it
+  BOOST_TEST(rec.points(1) == full, boost::test_tools::per_element());
+  BOOST_TEST(written == net::error::would_block);  // destroyed, never called
+}
+
 // ---- untrigger -------------------------------------------------------------
 
 BOOST_AUTO_TEST_CASE(untrigger_gives_the_turn_back_and_start_grants_it_again_first) {

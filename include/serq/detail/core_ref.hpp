@@ -44,6 +44,15 @@ class core_ref {
       core_release(c_);
   }
 
+  // Takes over a reference the caller holds (see detach).
+  static core_ref adopt(queue_core* c) noexcept {
+    core_ref r;
+    r.c_ = c;
+    return r;
+  }
+  // Gives the reference up without releasing it: the caller holds it now.
+  queue_core* detach() noexcept { return std::exchange(c_, nullptr); }
+
   void reset() noexcept { core_ref().swap(*this); }
   void swap(core_ref& o) noexcept { std::swap(c_, o.c_); }
 

@@ -338,6 +338,21 @@ class queue_core : public service_member {
   void pin() noexcept override { core_add_ref(this); }
   void unpin() noexcept override { core_release(this); }
 
+  // ---- a writer's own queue, kept only while the writer uses it ----
+  // Nothing waits, nothing is active and no abort is being posted: once its
+  // owner (who alone adds entries, under a lock of its own) has seen this,
+  // nothing runs in the core any more.
+  bool quiet() const noexcept;
+  // Readies a quiet core held by one reference only, which nothing observes
+  // (no extras) and which was never closed, to serve another owner as new:
+  // its counters start again. False (nothing changed) for any other.
+  bool recycle() noexcept;
+  // Identifies the derived core's executor type (see basic_queue_core).
+  virtual const void* executor_tag() const noexcept = 0;
+  // Whether the core keeps a plain io_context executor, which a spare core
+  // may hold after its context is gone: nothing else is recycled.
+  virtual bool plain_io() const noexcept = 0;
+
  protected:
   explicit queue_core(std::string_view name);
   ~queue_core() override;
@@ -447,6 +462,14 @@ class basic_queue_core final : public queue_core {
  public:
   basic_queue_core(const Executor& ex, std::string_view name) : queue_core(name), executor_(ex) {}
 
+  static const void* tag() noexcept { return &tag_; }
+  const void* executor_tag() const noexcept override { return tag(); }
+  bool plain_io() const noexcept override {
+    return std::is_same_v<Executor, net::io_context::executor_type>;
+  }
+  // Whether a recycled core can serve a queue on ex.
+  bool serves(const Executor& ex) const noexcept { return executor_ == ex; }
+
   const Executor& executor() const noexcept { return executor_; }
   // Only the any_io_executor core has one (see below).
   const net::io_context::executor_type* io_target() const noexcept { return nullptr; }
@@ -474,6 +497,7 @@ class basic_queue_core final : public queue_core {
     }
   }
 
+  static constexpr char tag_ = 0;
   const Executor executor_;
   work_counter<Executor> work_;
 };
@@ -507,6 +531,16 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
     io_.~io_executor();
   }
 
+  static const void* tag() noexcept { return &tag_; }
+  const void* executor_tag() const noexcept override { return tag(); }
+  bool plain_io() const noexcept override { return !other(); }
+  // Whether a recycled core can serve a queue on ex: only one that keeps
+  // the same io_context executor.
+  bool serves(const net::any_io_executor& ex) const noexcept {
+    const io_executor* target = ex.target<io_executor>();
+    return !other() && target && *target == io_;
+  }
+
   // The queue's executor: a copy, made from the io_context executor kept.
   net::any_io_executor executor() const noexcept {
     if (!other())
@@ -529,6 +563,8 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
   }
 
  private:
+  static constexpr char tag_ = 0;
+
   struct other_target {
     explicit other_target(const net::any_io_executor& ex) : executor(ex) {}
     const net::any_io_executor executor;

@@ -16,9 +16,12 @@
 #include <serq/config.hpp>
 #include <serq/detail/back_linked_list.hpp>
 #include <serq/detail/completion_mode.hpp>
+#include <serq/detail/core_ref.hpp>
+#include <serq/detail/queue_core.hpp>
 #include <serq/detail/small_mutex.hpp>
 #include <serq/detail/work.hpp>
 #include <serq/serialized_queue_service.hpp>
+#include <serq/turn.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -27,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 
@@ -757,6 +761,51 @@ class writer_core : public service_member {
   // and a running close are completed by their operations' results.
   void close(node_list& done, net::any_io_executor& work);
   void shutdown() noexcept override;
+  // The context's default trace hook serves the writer's queue too: the
+  // one it holds now, and every one it makes later.
+  void use_default_hook(const std::shared_ptr<hook_slot>& slot) override;
+
+  // ---- the writer's queue (pumps, lenders, composed operations) ----
+  // Its core exists only while the writer uses it: made (or taken from this
+  // thread's spare) when something is queued in it, and given back when the
+  // queue is quiet again (queue_quiet). Everything is queued under the
+  // lock, so while the writer's lock is held the core can neither appear
+  // nor go behind the caller's back; and while the writer holds the queue's
+  // turn (its pump or lender is the active entry) the core is busy, so it
+  // stays, and queue_ may be read without the lock.
+  //
+  // The core, made if there is none. Under the lock.
+  queue_core& queue_locked() {
+    if (!queue_)
+      queue_ = make_queue();
+    return *queue_;
+  }
+  // Whether the queue holds nothing waiting. Under the lock.
+  bool queue_empty_locked() const noexcept { return !queue_ || queue_->size() == 0; }
+  // The writer took the turn of its own queue (t): the core it keeps stands
+  // for it from now on, and release_queue_turn() ends it.
+  void hold_queue_turn(turn& t) noexcept {
+    turn_access::take_over(t);
+    queue_turn_held_ = true;
+  }
+  // Ends the turn of the writer's own queue (held by this thread's pump or
+  // lender), then gives the queue's core back if it went quiet.
+  void release_queue_turn() noexcept {
+    queue_turn_held_ = false;
+    queue_->release_turn();
+    queue_quiet();
+  }
+  // Something the writer's queue ran has finished (a turn released, a
+  // composed operation completed): if the queue is quiet, its core goes to
+  // this thread's spare (or is freed) until the writer needs one again.
+  void queue_quiet() noexcept;
+  // The writer object is going away: the queue's waiting entries are
+  // aborted, and an active one is not launched any more (queue_core::close).
+  void close_queue();
+  // The queue core the writer holds now, null if none (tests: it goes when
+  // idle, and a spare serves the next writer).
+  const void* queue_address() const noexcept;
+
   // Pinned by a reference of its own (see writer_ref).
   void pin() noexcept override { add_ref(); }
   void unpin() noexcept override { drop_ref(); }
@@ -844,6 +893,21 @@ class writer_core : public service_member {
   // handler nodes of this writer read it back as (io_executor). A virtual
   // function rather than a pointer kept in every writer.
   virtual const void* io_executor_storage() const noexcept { return nullptr; }
+  // A core for the writer's queue: this thread's spare if it fits the
+  // writer's executor, else a new one (writer_state). The base class has
+  // no executor: it makes none (a bare core in tests never queues).
+  virtual core_ref make_queue() { throw std::logic_error("serq: writer_core has no queue"); }
+  // A quiet core of some writer's queue, given back: kept as this thread's
+  // spare when it can be recycled and the thread has none, else released.
+  static void keep_spare_queue(core_ref q) noexcept;
+  // This thread's spare queue core, if it has one (its one reference passes
+  // to the caller, who puts it back with keep_spare_queue if it does not fit).
+  static core_ref take_spare_queue() noexcept;
+  // Whether use_default_hook reached this writer. Under the lock.
+  bool queue_hooked_locked() const noexcept { return queue_hooked_; }
+  // The writer queue's core (null while the writer does not use it). Under
+  // the lock, or while the writer holds its turn.
+  const core_ref& queue_ref() const noexcept { return queue_; }
 
  private:
   friend class node_canceller;
@@ -1100,6 +1164,17 @@ class writer_core : public service_member {
   std::size_t peak_pending_bytes_ = 0;
   clock::duration time_above_high_{};
   clock::time_point above_high_since_{};  // while !writable_
+
+  // The writer's queue's core, while the writer uses it (see queue_locked).
+  core_ref queue_;
+  // The context's default hook was handed to this writer: a core made
+  // from now on uses it too. Under the lock.
+  bool queue_hooked_ = false;
+  // The writer's pump or lender holds its queue's turn. Written and read by
+  // the holder only (and by the destructor, which releases a turn still
+  // held, as a turn object does when its holder goes: handlers destroyed
+  // unrun at the context's shutdown).
+  bool queue_turn_held_ = false;
 };
 
 }  // namespace detail

@@ -579,6 +579,9 @@ class keeping_handler {
   void operator()(Args&&... args) {
     const writer_ref<State> keep = std::move(state_);  // let go after the upcall
     std::move(handler_)(std::forward<Args>(args)...);
+    // The operation's entry has finished: it may have been the writer
+    // queue's last.
+    keep->queue_quiet();
   }
 
   const Handler& handler() const noexcept { return handler_; }
@@ -642,6 +645,45 @@ class writer_state final : public writer_core {
   next_layer_type& stream() noexcept { return *stream_; }
   const next_layer_type& stream() const noexcept { return *stream_; }
 
+  // A core for the writer's queue (writer_core::queue_locked): this
+  // thread's spare if it keeps the writer's executor, else a new one. Under
+  // the lock.
+  core_ref make_queue() override {
+    using core_type = basic_queue_core<executor_type>;
+    const executor_type ex = executor_.get();
+    core_ref q = take_spare_queue();
+    if (q && (q->executor_tag() != core_type::tag() || !static_cast<core_type&>(*q).serves(ex))) {
+      keep_spare_queue(std::move(q));  // another executor's: it stays this thread's spare
+      q = nullptr;
+    }
+    if (!q)
+      q = core_ref(new core_type(ex, "serq.queued_writer"));
+    if (queue_hooked_locked())
+      q->use_default_hook(queue_service(ex).default_hook_slot());
+    return q;
+  }
+
+  // Queues an acquire of the writer queue's turn, whose handler is h (a
+  // pump_start or lender_start). Under the lock.
+  template <class Handler>
+  void acquire_locked(Handler&& h) {
+    queue_core& q = queue_locked();
+    using entry = turn_entry<std::decay_t<Handler>, executor_type, true>;
+    submit(q, allocate_node<entry>(h, queue_ref(), std::forward<Handler>(h)), false);
+  }
+
+  // Queues a composed operation in the writer's queue, as the queue's
+  // async_enqueue would with the handler given. Under the lock.
+  template <class Signature, class Launcher, class Handler>
+  void enqueue_locked(Launcher&& launcher, Handler&& h) {
+    queue_core& q = queue_locked();
+    using entry = op_entry<std::decay_t<Launcher>, std::decay_t<Handler>, executor_type, Signature>;
+    submit(q,
+           allocate_node<entry>(h, queue_ref(), std::forward<Launcher>(launcher),
+                                std::forward<Handler>(h)),
+           false);
+  }
+
   // The urgent lane's queue, created stopped on first use. Called under the
   // core's lock (from its callbacks); elsewhere only once the lock has shown
   // that urgent items were queued.
@@ -688,7 +730,7 @@ class writer_state final : public writer_core {
           step(std::move(self), pump_id{id.l, id.segment, false}, node_list());
         return;
       }
-      self->turn_of(id.l) = std::move(t);
+      self->hold_turn(id.l, t);
       if (id.early && !self->early_meet())
         return;  // the early write_some is in flight: its completion goes on
       step(std::move(self), pump_id{id.l, id.segment, false}, node_list());
@@ -710,7 +752,7 @@ class writer_state final : public writer_core {
   }
 
   // Hands the writer queue's turn on (held by the pump this thread stands in for).
-  void release_turn() noexcept { turn_.release(); }
+  void release_turn() noexcept { release_queue_turn(); }
 
   // A lender's turn of the writer's queue has come: it lends the stream to
   // the urgent queue if urgent items wait there.
@@ -723,9 +765,9 @@ class writer_state final : public writer_core {
         return;
       }
       writer_state& s = *self;
-      s.turn_ = std::move(t);
+      s.hold_queue_turn(t);
       if (!s.lender_turn([&] { s.begin_lending(self, lend_kind::lender, pump_id{}); }))
-        s.turn_.release();
+        s.release_queue_turn();
     }
   };
 
@@ -748,10 +790,11 @@ class writer_state final : public writer_core {
           step(std::move(self), id, node_list());
           break;
         case lend_kind::lender:
-          s.turn_.release();
+          s.release_queue_turn();
           break;
         case lend_kind::held:
           s.release_held();
+          s.queue_quiet();  // the deferred operation's entry may have been the last
           break;
       }
     }
@@ -930,7 +973,20 @@ class writer_state final : public writer_core {
   }
 
   // An urgent pump exists only once the urgent lane does (urgent_queue()).
-  turn& turn_of(lane l) noexcept { return l == lane::urgent ? urgent_->held : turn_; }
+  // A pump of lane l took its queue's turn (t).
+  void hold_turn(lane l, turn& t) noexcept {
+    if (l == lane::urgent)
+      urgent_->held = std::move(t);
+    else
+      hold_queue_turn(t);
+  }
+  // The pump of lane l ends its queue's turn.
+  void release_turn_of(lane l) noexcept {
+    if (l == lane::urgent)
+      urgent_->held.release();
+    else
+      release_queue_turn();
+  }
 
   struct no_next {
     void operator()(const writer_ref<writer_state>&) const noexcept {}
@@ -956,7 +1012,7 @@ class writer_state final : public writer_core {
         complete_then(keep, done, no_next());
         break;
       case step_action::drained:
-        s.turn_of(id.l).release();
+        s.release_turn_of(id.l);
         complete_then(keep, done, no_next());
         break;
       case step_action::close:
@@ -1011,7 +1067,6 @@ class writer_state final : public writer_core {
   storage stream_{};
   // The stream's executor (an any_io_executor on an io_context in 16 bytes).
   const stored_executor<executor_type> executor_;
-  turn turn_;  // the writer queue's, held by its active pump or lender
   // The urgent lane: its queue, and the turn of it its active pump holds.
   // Made on the first urgent request.
   struct urgent_lane {
@@ -1020,6 +1075,15 @@ class writer_state final : public writer_core {
     queue_type queue;
   };
   std::unique_ptr<urgent_lane> urgent_;
+};
+
+// What tests may see of a writer's internals.
+struct writer_access {
+  // The core of the writer's queue, null while the writer holds none.
+  template <class Stream>
+  static const void* queue(const queued_writer<Stream>& w) noexcept {
+    return w.state_->queue_address();
+  }
 };
 
 }  // namespace detail
@@ -1032,22 +1096,20 @@ template <
                            (std::is_same_v<std::decay_t<Args>, queued_writer<Stream>> || ...)),
                      int>>
 queued_writer<Stream>::queued_writer(Args&&... args)
-    : state_(detail::make_writer_ref<state_type>(std::in_place, std::forward<Args>(args)...)),
-      queue_(state_->stream().get_executor(), "serq.queued_writer") {
-  if (!detail::queue_service(queue_.get_executor()).add(*state_)) {
+    : state_(detail::make_writer_ref<state_type>(std::in_place, std::forward<Args>(args)...)) {
+  if (!detail::queue_service(state_->get_executor()).add(*state_)) {
     detail::node_list none;
     net::any_io_executor no_work;  // nothing is queued yet: nothing to post
     state_->close(none, no_work);
   }
 }
 
-// What can throw (the moved-from writer's new state, its queue's new core)
-// comes first: if it does, both writers are as they were. Then the states
-// change hands, throwing nothing.
+// What can throw (the moved-from writer's new state) comes first: if it
+// does, both writers are as they were. Then the states change hands (with
+// the writer's queue), throwing nothing.
 template <class Stream>
 queued_writer<Stream>::queued_writer(queued_writer&& other)
-    : state_(detail::make_writer_ref<state_type>(other.queue_.get_executor())),
-      queue_(std::move(other.queue_)) {
+    : state_(detail::make_writer_ref<state_type>(other.get_executor())) {
   state_.swap(other.state_);
 }
 
@@ -1055,13 +1117,9 @@ template <class Stream>
 queued_writer<Stream>& queued_writer<Stream>::operator=(queued_writer&& other) {
   if (this != &other) {
     detail::writer_ref<state_type> fresh =
-        detail::make_writer_ref<state_type>(other.queue_.get_executor());
-    basic_serialized_queue<executor_type> taken(std::move(other.queue_));
-    close_state();  // throws nothing
+        detail::make_writer_ref<state_type>(other.get_executor());
+    close_state();  // throws nothing; aborts the waiting pumps of this writer's queue
     state_ = std::exchange(other.state_, std::move(fresh));
-    queue_.swap_state(taken);
-    // taken, now this writer's old queue, goes: its waiting pumps (of the
-    // closed state) are aborted.
   }
   return *this;
 }
@@ -1074,7 +1132,7 @@ queued_writer<Stream>::~queued_writer() {
 template <class Stream>
 void queued_writer<Stream>::close_state() {
   net::any_io_executor work;  // declared first: released after the aborts are posted
-  detail::queue_service(queue_.get_executor()).remove(*state_);
+  detail::queue_service(state_->get_executor()).remove(*state_);
   detail::node_list done;
   state_->close(done, work);
   // Runs in the destructor: an abort whose completion cannot be posted
@@ -1092,6 +1150,13 @@ void queued_writer<Stream>::close_state() {
       // That one is gone (destroyed unrun); the rest go on.
     }
   }
+  // Last, as the queue's destructor did when the writer kept one: the
+  // waiting pumps, lenders and composed operations are aborted (the
+  // aborted messages completed above).
+  try {
+    state_->close_queue();
+  } catch (...) {
+  }
   try {
     state_type::close_owned_stream(std::move(state_));  // state_ is reassigned or gone next
   } catch (...) {
@@ -1102,7 +1167,7 @@ void queued_writer<Stream>::close_state() {
 
 template <class Stream>
 void queued_writer<Stream>::start_lender() {
-  queue_.async_acquire(typename state_type::lender_start{state_});
+  state_->acquire_locked(typename state_type::lender_start{state_});
 }
 
 template <class Stream>
@@ -1126,11 +1191,11 @@ void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
           const executor_type ex = get_executor();
           return detail::running_in(ex) && detail::may_launch_here(ex);
         },
-        [this] { return queue_.size() == 0; },
+        [this] { return state_->queue_empty_locked(); },
         [this](detail::pump_id id) {
           if (id.early)
             state_->reset_early();  // before the turn can arrive, on any thread
-          queue_.async_acquire(typename state_type::pump_start{state_, id});
+          state_->acquire_locked(typename state_type::pump_start{state_, id});
         },
         [this](const detail::buffer_window& window, detail::pump_id id) {
           state_->start_early_write(state_, window, id);
@@ -1152,7 +1217,7 @@ struct queued_writer<Stream>::initiate_write {
   bool urgent;
 
   using executor_type = typename queued_writer::executor_type;
-  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+  executor_type get_executor() const noexcept { return self->get_executor(); }
 
   template <class Handler, class Buffers>
   void operator()(Handler&& handler, Buffers&& buffers) const {
@@ -1171,7 +1236,7 @@ struct queued_writer<Stream>::initiate_signal {
   detail::writer_node::kind kind;  // flush or waiter
 
   using executor_type = typename queued_writer::executor_type;
-  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+  executor_type get_executor() const noexcept { return self->get_executor(); }
 
   template <class Handler>
   void operator()(Handler&& handler) const {
@@ -1194,7 +1259,7 @@ struct queued_writer<Stream>::initiate_read_some {
   queued_writer* self;
 
   using executor_type = typename queued_writer::executor_type;
-  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+  executor_type get_executor() const noexcept { return self->get_executor(); }
 
   template <class Handler, class MutableBufferSequence>
   void operator()(Handler&& handler, const MutableBufferSequence& buffers) const {
@@ -1212,7 +1277,7 @@ struct queued_writer<Stream>::initiate_close {
   queued_writer* self;
 
   using executor_type = typename queued_writer::executor_type;
-  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+  executor_type get_executor() const noexcept { return self->get_executor(); }
 
   template <class Handler, class Closer>
   void operator()(Handler&& handler, Closer&& closer) const {
@@ -1223,7 +1288,7 @@ struct queued_writer<Stream>::initiate_close {
                                                               get_executor(), self->state_);
     detail::node_list rejected;
     self->state_->add_close(n, rejected, [this](std::uint32_t segment) {
-      self->queue_.async_acquire(
+      self->state_->acquire_locked(
           typename state_type::pump_start{self->state_, {detail::lane::normal, segment}});
     });
     rejected.complete_all(*self->state_, detail::completion_mode::immediate);
@@ -1236,7 +1301,7 @@ struct queued_writer<Stream>::initiate_enqueue {
   queued_writer* self;
 
   using executor_type = typename queued_writer::executor_type;
-  executor_type get_executor() const noexcept { return self->queue_.get_executor(); }
+  executor_type get_executor() const noexcept { return self->get_executor(); }
 
   template <class Handler, class Launcher>
   void operator()(Handler&& handler, Launcher&& launcher) const {
@@ -1253,7 +1318,7 @@ struct queued_writer<Stream>::initiate_enqueue {
           [&] { self->start_lender(); });
     } else {
       ec = self->state_->add_operation([&] {
-        self->queue_.template async_enqueue<Signature>(
+        self->state_->template enqueue_locked<Signature>(
             typename state_type::template guarded<Signature, launcher_type, true>{
                 std::forward<Launcher>(launcher), self->state_},
             std::forward<Handler>(handler));
