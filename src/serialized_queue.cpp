@@ -586,21 +586,19 @@ void queue_core::trace_done_slow(error_code result) noexcept {
   call_hook(trace_point::detach, info);
 }
 
-bool queue_core::quiet() const noexcept {
+bool queue_core::quiet(bool& recycled) noexcept {
   std::lock_guard lock(mutex_);
-  return !busy_ && waiting_.empty() && aborts_posting_ == 0 && !work_held_;
-}
-
-bool queue_core::recycle() noexcept {
-  std::lock_guard lock(mutex_);
-  if (refs_.load(std::memory_order_acquire) != 1 || busy_ || !waiting_.empty() ||
-      aborts_posting_ != 0 || work_held_ || orphan_held_ || !running_ ||
-      closed_.load(std::memory_order_relaxed) || extras() || !plain_io())
+  recycled = false;
+  if (busy_ || !waiting_.empty() || aborts_posting_ != 0 || work_held_)
     return false;
-  completed_ = aborted_ = 0;
-  peak_depth_ = 0;
-  active_triggered_ = false;
-  active_kind_ = unknown_kind;
+  if (refs_.load(std::memory_order_acquire) == 1 && !orphan_held_ && running_ &&
+      !closed_.load(std::memory_order_relaxed) && !extras() && plain_io()) {
+    completed_ = aborted_ = 0;
+    peak_depth_ = 0;
+    active_triggered_ = false;
+    active_kind_ = unknown_kind;
+    recycled = true;
+  }
   return true;
 }
 

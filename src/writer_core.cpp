@@ -286,7 +286,7 @@ void writer_core::release_busy_locked() noexcept {
 }
 
 void writer_core::keep_spare_queue(core_ref q) noexcept {
-  if (!spares.queue && q->recycle() && may_keep_spare())
+  if (!spares.queue && may_keep_spare())
     spares.queue = q.detach();
 }
 
@@ -296,13 +296,17 @@ core_ref writer_core::take_spare_queue() noexcept {
 
 void writer_core::queue_quiet() noexcept {
   core_ref q;
+  bool recycled = false;
   {
     std::lock_guard lock(mutex_);
-    if (queue_ && queue_->quiet())
+    if (queue_ && queue_->quiet(recycled)) {
       q = std::move(queue_);
+      queue_has_hook_ = false;
+    }
   }
-  if (q)
+  if (recycled)
     keep_spare_queue(std::move(q));
+  // else q, if any, is released
 }
 
 void writer_core::close_queue() {
@@ -320,15 +324,12 @@ const void* writer_core::queue_address() const noexcept {
   return queue_.get();
 }
 
-void writer_core::use_default_hook(const std::shared_ptr<hook_slot>& slot) {
-  core_ref q;
-  {
-    std::lock_guard lock(mutex_);
-    queue_hooked_ = true;
-    q = queue_;
-  }
-  if (q)
-    q->use_default_hook(slot);
+void writer_core::use_default_hook(const std::shared_ptr<hook_slot>&) {
+  // Called under the service's lock: taking the writer's here could
+  // deadlock against a writer that makes its urgent queue (registered with
+  // the service) under its own. The writer's queue gets the hook from
+  // queue_locked(), when the writer next queues something.
+  queue_hooked_.store(true, std::memory_order_release);
 }
 
 writer_core::writer_core() = default;

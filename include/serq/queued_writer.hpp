@@ -182,7 +182,13 @@ inline constexpr urgent_t urgent{};
  * the process exits). A request that
  * finds no memory for the block completes with `net::error::no_memory` and
  * the writer goes on; a window that finds none for the array writes the four
- * buffers it holds inline. An idle writer holds neither, nor
+ * buffers it holds inline. The writer's own queue (which orders its writes
+ * with composed operations) holds its state the same way: made, or taken
+ * from the thread's spare, when something is queued in it, and given back
+ * once nothing waits or runs in it (after a composed operation that was
+ * cancelled, refused, or completed inside its launch or on another
+ * executor, when the writer's next write has drained). An idle writer holds
+ * none of these, nor
  * a stall timer before `set_stall_timeout`, nor an urgent queue before the
  * first urgent request. A request whose pump (or, urgent, its lender)
  * cannot be queued in the writer's queue (allocating or posting it throws)

@@ -750,14 +750,15 @@ BOOST_AUTO_TEST_CASE(a_queue_core_given_back_serves_the_next_writer_on_the_threa
     a.async_send(std::string("a"), [](error_code, std::size_t) {});
     first = d::writer_access::queue(a);
     ioc.run();  // a's core becomes the thread's spare
-    // Had it been freed instead, this block of its size would take its
-    // memory, and b's core could not have its address.
+    // c, on another io_context, cannot use it: it makes its own.
+    c.async_send(std::string("c"), [](error_code, std::size_t) {});
+    other = d::writer_access::queue(c);
+    // Had a's core been freed instead, this block of its size would take
+    // its memory, and b's core could not have its address.
     const std::unique_ptr<char[]> same_size(
         new char[sizeof(d::basic_queue_core<net::any_io_executor>)]);
     b.async_send(std::string("b"), [](error_code, std::size_t) {});
     second = d::writer_access::queue(b);
-    c.async_send(std::string("c"), [](error_code, std::size_t) {});
-    other = d::writer_access::queue(c);  // made while b holds the spare
     ioc.restart();
     ioc.run();
     ioc2.run();

@@ -478,6 +478,30 @@ BOOST_AUTO_TEST_CASE(a_writers_turn_held_at_shutdown_is_released_when_the_writer
   BOOST_TEST(written == net::error::would_block);  // destroyed, never called
 }
 
+// A writer destroyed right after a message it started writing in the call
+// (an early write: the caller runs the stream's executor, the writer is
+// idle): its pump's acquire is aborted before the turn comes, and the pump
+// that ends when the write returns has no turn to release. The acquire is
+// reported over once, aborted.
+BOOST_AUTO_TEST_CASE(a_writer_gone_before_its_early_pumps_turn_reports_the_acquire_once) {
+  serq::set_default_trace_hook(ioc, rec.hook());
+  serq_test::test_stream peer(ioc);
+  std::optional<serq::queued_writer<serq_test::test_stream>> writer(std::in_place, ioc);
+  writer->next_layer().connect(peer);
+  net::post(ioc, [&] {
+    writer->async_write(net::buffer("abc", 3), [](error_code, std::size_t) {});
+    writer.reset();
+  });
+  drain();
+  int detached = 0;
+  for (const auto& r : rec.records)
+    if (r.tag == 1 && r.point == tp::detach)
+      ++detached;
+  BOOST_TEST(detached == 1);
+  BOOST_TEST(rec.last(1, tp::detach).queue_name == "serq.queued_writer");
+  BOOST_TEST(rec.last(1, tp::detach).result == net::error::operation_aborted);
+}
+
 // ---- untrigger -------------------------------------------------------------
 
 BOOST_AUTO_TEST_CASE(untrigger_gives_the_turn_back_and_start_grants_it_again_first) {

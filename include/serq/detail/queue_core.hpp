@@ -339,14 +339,13 @@ class queue_core : public service_member {
   void unpin() noexcept override { core_release(this); }
 
   // ---- a writer's own queue, kept only while the writer uses it ----
-  // Nothing waits, nothing is active and no abort is being posted: once its
-  // owner (who alone adds entries, under a lock of its own) has seen this,
-  // nothing runs in the core any more.
-  bool quiet() const noexcept;
-  // Readies a quiet core held by one reference only, which nothing observes
-  // (no extras) and which was never closed, to serve another owner as new:
-  // its counters start again. False (nothing changed) for any other.
-  bool recycle() noexcept;
+  // Whether nothing waits, nothing is active and no abort is being posted:
+  // once its owner (who alone adds entries, under a lock of its own) has
+  // seen this, nothing runs in the core any more. A quiet core held by one
+  // reference only, which nothing observes (no extras), which was never
+  // closed and keeps a plain io_context executor is also readied to serve
+  // another owner as new (its counters start again): `recycled` says so.
+  bool quiet(bool& recycled) noexcept;
   // Identifies the derived core's executor type (see basic_queue_core).
   virtual const void* executor_tag() const noexcept = 0;
   // Whether the core keeps a plain io_context executor, which a spare core
@@ -468,7 +467,7 @@ class basic_queue_core final : public queue_core {
     return std::is_same_v<Executor, net::io_context::executor_type>;
   }
   // Whether a recycled core can serve a queue on ex.
-  bool serves(const Executor& ex) const noexcept { return executor_ == ex; }
+  bool serves(const stored_executor<Executor>& ex) const noexcept { return executor_ == ex.get(); }
 
   const Executor& executor() const noexcept { return executor_; }
   // Only the any_io_executor core has one (see below).
@@ -536,8 +535,8 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
   bool plain_io() const noexcept override { return !other(); }
   // Whether a recycled core can serve a queue on ex: only one that keeps
   // the same io_context executor.
-  bool serves(const net::any_io_executor& ex) const noexcept {
-    const io_executor* target = ex.target<io_executor>();
+  bool serves(const stored_executor<net::any_io_executor>& ex) const noexcept {
+    const io_executor* target = ex.io_target();
     return !other() && target && *target == io_;
   }
 

@@ -117,6 +117,13 @@ class stored_executor {
  public:
   explicit stored_executor(const Executor& ex) : ex_(ex) {}
   const Executor& get() const noexcept { return ex_; }
+  // The plain io_context executor kept, if that is what it is.
+  const net::io_context::executor_type* io_target() const noexcept {
+    if constexpr (std::is_same_v<Executor, net::io_context::executor_type>)
+      return &ex_;
+    else
+      return nullptr;
+  }
 
  private:
   Executor ex_;
@@ -147,6 +154,8 @@ class stored_executor<net::any_io_executor> {
   net::any_io_executor get() const noexcept {
     return is_other_ ? *other_ : net::any_io_executor(io_);
   }
+  // The io_context executor the any_io_executor wraps; null for any other.
+  const io_executor* io_target() const noexcept { return is_other_ ? nullptr : &io_; }
 
  private:
   union {

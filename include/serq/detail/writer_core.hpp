@@ -761,8 +761,9 @@ class writer_core : public service_member {
   // and a running close are completed by their operations' results.
   void close(node_list& done, net::any_io_executor& work);
   void shutdown() noexcept override;
-  // The context's default trace hook serves the writer's queue too: the
-  // one it holds now, and every one it makes later.
+  // The context's default trace hook serves the writer's queue too: every
+  // core it makes from now on, and the one it holds now from the next time
+  // the writer queues something in it.
   void use_default_hook(const std::shared_ptr<hook_slot>& slot) override;
 
   // ---- the writer's queue (pumps, lenders, composed operations) ----
@@ -776,8 +777,14 @@ class writer_core : public service_member {
   //
   // The core, made if there is none. Under the lock.
   queue_core& queue_locked() {
-    if (!queue_)
+    if (!queue_) {
       queue_ = make_queue();
+      queue_has_hook_ = false;
+    }
+    if (!queue_has_hook_ && queue_hooked_.load(std::memory_order_acquire)) {
+      use_default_hook_locked();
+      queue_has_hook_ = true;
+    }
     return *queue_;
   }
   // Whether the queue holds nothing waiting. Under the lock.
@@ -791,8 +798,10 @@ class writer_core : public service_member {
   // Ends the turn of the writer's own queue (held by this thread's pump or
   // lender), then gives the queue's core back if it went quiet.
   void release_queue_turn() noexcept {
-    queue_turn_held_ = false;
-    queue_->release_turn();
+    // Not held: an early pump whose acquire was aborted (the writer went)
+    // before its turn came; the abort ended that entry.
+    if (std::exchange(queue_turn_held_, false))
+      queue_->release_turn();
     queue_quiet();
   }
   // Something the writer's queue ran has finished (a turn released, a
@@ -897,14 +906,15 @@ class writer_core : public service_member {
   // writer's executor, else a new one (writer_state). The base class has
   // no executor: it makes none (a bare core in tests never queues).
   virtual core_ref make_queue() { throw std::logic_error("serq: writer_core has no queue"); }
-  // A quiet core of some writer's queue, given back: kept as this thread's
-  // spare when it can be recycled and the thread has none, else released.
+  // A recycled core of some writer's queue (queue_core::quiet), given back:
+  // kept as this thread's spare if the thread has none, else released.
   static void keep_spare_queue(core_ref q) noexcept;
   // This thread's spare queue core, if it has one (its one reference passes
   // to the caller, who puts it back with keep_spare_queue if it does not fit).
   static core_ref take_spare_queue() noexcept;
-  // Whether use_default_hook reached this writer. Under the lock.
-  bool queue_hooked_locked() const noexcept { return queue_hooked_; }
+  // Hands the context's default hook to the core held now (virtual: the
+  // base class has no executor to find the service by). Under the lock.
+  virtual void use_default_hook_locked() {}
   // The writer queue's core (null while the writer does not use it). Under
   // the lock, or while the writer holds its turn.
   const core_ref& queue_ref() const noexcept { return queue_; }
@@ -1045,7 +1055,7 @@ class writer_core : public service_member {
     return false;
   }
   // Queues the pump of the segment that n, just added, begins:
-  // start_pump() calls the queue's async_acquire. If that throws (it could
+  // start_pump() queues the pump (acquire_locked). If that throws (it could
   // not allocate its entry, or post the pump's trigger), n leaves again and
   // is refused with no_memory into `rejected`, as when the writer cannot
   // make its busy state; the writer is as before n came, and the exception
@@ -1168,8 +1178,13 @@ class writer_core : public service_member {
   // The writer's queue's core, while the writer uses it (see queue_locked).
   core_ref queue_;
   // The context's default hook was handed to this writer: a core made
-  // from now on uses it too. Under the lock.
-  bool queue_hooked_ = false;
+  // from now on uses it too, and the core held then gets it when the writer
+  // next queues something in it. An atomic written without the writer's
+  // lock: use_default_hook runs under the service's lock, which a writer
+  // takes under its own (making its urgent queue).
+  std::atomic<bool> queue_hooked_{false};
+  // The core held now has the default hook. Under the lock.
+  bool queue_has_hook_ = false;
   // The writer's pump or lender holds its queue's turn. Written and read by
   // the holder only (and by the destructor, which releases a turn still
   // held, as a turn object does when its holder goes: handlers destroyed

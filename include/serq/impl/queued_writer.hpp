@@ -645,22 +645,24 @@ class writer_state final : public writer_core {
   next_layer_type& stream() noexcept { return *stream_; }
   const next_layer_type& stream() const noexcept { return *stream_; }
 
-  // A core for the writer's queue (writer_core::queue_locked): this
-  // thread's spare if it keeps the writer's executor, else a new one. Under
-  // the lock.
+  // A core for the writer's queue (writer_core::queue_locked, which also
+  // hands it the default hook): this thread's spare if it keeps the
+  // writer's executor, else a new one. Under the lock.
   core_ref make_queue() override {
     using core_type = basic_queue_core<executor_type>;
-    const executor_type ex = executor_.get();
     core_ref q = take_spare_queue();
-    if (q && (q->executor_tag() != core_type::tag() || !static_cast<core_type&>(*q).serves(ex))) {
+    if (q &&
+        (q->executor_tag() != core_type::tag() || !static_cast<core_type&>(*q).serves(executor_))) {
       keep_spare_queue(std::move(q));  // another executor's: it stays this thread's spare
       q = nullptr;
     }
     if (!q)
-      q = core_ref(new core_type(ex, "serq.queued_writer"));
-    if (queue_hooked_locked())
-      q->use_default_hook(queue_service(ex).default_hook_slot());
+      q = core_ref(new core_type(executor_.get(), "serq.queued_writer"));
     return q;
+  }
+
+  void use_default_hook_locked() override {
+    queue_ref()->use_default_hook(queue_service(executor_.get()).default_hook_slot());
   }
 
   // Queues an acquire of the writer queue's turn, whose handler is h (a
@@ -696,7 +698,7 @@ class writer_state final : public writer_core {
   }
 
   // The writer object is going away: urgent entries that have not started
-  // are aborted, as the writer queue's are by its destructor.
+  // are aborted, as the writer queue's are by close_queue().
   void abort_urgent() {
     if (urgent_)
       urgent_->queue.cancel();
