@@ -932,10 +932,22 @@ void writer_core::close(node_list& done, net::any_io_executor& work) {
 }
 
 void writer_core::shutdown() noexcept {
+  core_ref queue;
+  {
+    std::lock_guard lock(mutex_);
+    queue = queue_;
+  }
+  shutdown_requests();
+  // The writer's queue is not the service's: its entries (pumps, lenders,
+  // composed operations) are destroyed here, as a queue's are at shutdown.
+  if (queue)
+    queue->shutdown();
+}
+
+void writer_core::shutdown_requests() noexcept {
   node_list doomed;
   held_completion* held = nullptr;
   writer_node* closing = nullptr;
-  core_ref queue;
   {
     std::lock_guard lock(mutex_);
     closed_ = true;
@@ -952,17 +964,12 @@ void writer_core::shutdown() noexcept {
       }
     }
     held = std::exchange(held_, nullptr);
-    queue = queue_;
   }
   // Destroyed outside the lock: handlers' destructors run user code.
   if (closing)
     closing->destroy();
   if (held)
     held->destroy();
-  // The writer's queue is not the service's: its entries (pumps, lenders,
-  // composed operations) are destroyed here, as a queue's are at shutdown.
-  if (queue)
-    queue->shutdown();
   // doomed's destructor destroys the rest.
 }
 

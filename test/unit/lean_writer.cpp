@@ -774,6 +774,59 @@ BOOST_AUTO_TEST_CASE(a_queue_core_given_back_serves_the_next_writer_on_the_threa
   BOOST_TEST(received_other == "c");
 }
 
+namespace {
+// A stream whose async_write_some keeps its handler until drop() destroys it
+// unrun (not at the context's shutdown).
+struct dropping_stream {
+  using executor_type = net::any_io_executor;
+  explicit dropping_stream(net::io_context& ioc) : ex(ioc.get_executor()) {}
+  executor_type get_executor() const { return ex; }
+  template <class Buffers, class Token>
+  auto async_write_some(const Buffers&, Token&& token) {
+    return net::async_initiate<Token, void(error_code, std::size_t)>(
+        [this](auto handler) { held = std::make_shared<decltype(handler)>(std::move(handler)); },
+        token);
+  }
+  void drop() { held.reset(); }
+  executor_type ex;
+  std::shared_ptr<void> held;
+};
+}  // namespace
+
+// A write's handler dropped unrun outside the context's shutdown fails the
+// writer's requests as shutdown would, but the composed operation waiting in
+// the writer's queue is not destroyed: it completes (aborted) when the
+// writer goes, as every queued operation of a destroyed writer does.
+BOOST_AUTO_TEST_CASE(a_dropped_write_leaves_the_composed_operation_behind_it_to_complete) {
+  net::io_context ioc;
+  dropping_stream stream(ioc);
+  std::optional<serq::queued_writer<dropping_stream&>> writer(std::in_place, stream);
+  int op_calls = 0;
+  error_code op_ec;
+  bool launched = false;
+  writer->async_write(net::buffer("abc", 3), [](error_code, std::size_t) {});
+  writer->async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        launched = true;
+        std::move(handler)(error_code());
+      },
+      [&](error_code ec) {
+        ++op_calls;
+        op_ec = ec;
+      });
+  ioc.poll();
+  BOOST_TEST_REQUIRE(stream.held != nullptr);  // the write is in flight
+  stream.drop();
+  ioc.poll();
+  BOOST_TEST(op_calls == 0);  // still behind the write's pump
+  writer.reset();
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(op_calls == 1);
+  BOOST_TEST(op_ec == net::error::operation_aborted);
+  BOOST_TEST(!launched);
+}
+
 BOOST_AUTO_TEST_CASE(a_writer_used_while_its_thread_ends_leaves_no_block_behind) {
   // A thread_local made before the thread's first writer is destroyed after
   // the blocks this thread kept were freed: a writer it uses then must

@@ -760,7 +760,12 @@ class writer_core : public service_member {
   // The writer object is going away: queued requests abort; started writes
   // and a running close are completed by their operations' results.
   void close(node_list& done, net::any_io_executor& work);
+  // The context shuts down: shutdown_requests(), and the writer's queue's
+  // waiting entries are destroyed (queue_core::shutdown).
   void shutdown() noexcept override;
+  // The writer's requests are destroyed unrun, and it takes no more: a
+  // handler of its stream operation was dropped without being called.
+  void shutdown_requests() noexcept;
   // The context's default trace hook serves the writer's queue too: every
   // core it makes from now on, and the one it holds now from the next time
   // the writer queues something in it.
@@ -859,7 +864,7 @@ class writer_core : public service_member {
   // (and notes it) if this thread is inside the stream's async_write_some
   // for it: the call threw or dropped it, and start_write_locked (or
   // launch_close) handles that. Otherwise the context is shutting
-  // down: the caller must shutdown().
+  // down: the caller must shutdown_requests().
   bool note_dropped_in_start() const noexcept;
   // The due close's completion handler runs: if inside launch_close's
   // launch on this thread, notes it there.

@@ -873,7 +873,7 @@ class writer_state final : public writer_core {
       // Dropped by the async_write_some that was to run it (it threw): the
       // writer, whose lock is held, handles that (start_write_locked).
       if (self_ && !self_->note_dropped_in_start())
-        self_->shutdown();
+        self_->shutdown_requests();
     }
 
     void operator()(const error_code& ec, std::size_t n) {
@@ -910,7 +910,7 @@ class writer_state final : public writer_core {
     ~close_done() {
       // Dropped by the closing operation's launch: launch_close handles it.
       if (self_ && !self_->note_dropped_in_start())
-        self_->shutdown();
+        self_->shutdown_requests();
     }
 
     using executor_type = typename writer_state::executor_type;
