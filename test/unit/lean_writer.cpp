@@ -163,6 +163,16 @@ std::string send_ten(int& ok, std::uint64_t* write_calls = nullptr) {
   return peer.str();
 }
 
+// A writer owning a test_stream connected to peer, and a tracker that checks
+// every handler ran once.
+struct connected_writer {
+  serq_test::handler_tracker tr;
+  net::io_context ioc;
+  test_stream peer{ioc};
+  serq::queued_writer<test_stream> writer{ioc};
+  connected_writer() { writer.next_layer().connect(peer); }
+};
+
 }  // namespace
 
 void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
@@ -208,13 +218,8 @@ BOOST_AUTO_TEST_CASE(a_pending_message_with_a_one_pointer_callback_fits_an_80_by
   BOOST_TEST(sizeof(owned) <= 72u);
 }
 
-BOOST_AUTO_TEST_CASE(a_message_longer_than_2_to_the_48_bytes_is_refused_and_the_writer_goes_on) {
-  serq_test::handler_tracker tr;
-  net::io_context ioc;
-  test_stream peer(ioc);
-  serq::queued_writer<test_stream> writer(ioc);
-  writer.next_layer().connect(peer);
-
+BOOST_FIXTURE_TEST_CASE(a_message_longer_than_2_to_the_48_bytes_is_refused_and_the_writer_goes_on,
+                        connected_writer) {
   // Never read: the message is refused before its bytes are looked at.
   static const char byte = 'x';
   const std::array<net::const_buffer, 3> huge = {net::const_buffer(&byte, std::size_t{1} << 47),
@@ -674,12 +679,7 @@ BOOST_AUTO_TEST_CASE(a_window_that_cannot_get_its_gather_array_writes_four_buffe
 // The writer's queue (its pumps, lenders and composed operations) has a
 // core only while the writer uses it: an idle writer keeps its shared state
 // alone, fresh and after each kind of request.
-BOOST_AUTO_TEST_CASE(a_writer_holds_its_queue_core_only_while_it_uses_it) {
-  serq_test::handler_tracker tr;
-  net::io_context ioc;
-  test_stream peer(ioc);
-  serq::queued_writer<test_stream> writer(ioc);
-  writer.next_layer().connect(peer);
+BOOST_FIXTURE_TEST_CASE(a_writer_holds_its_queue_core_only_while_it_uses_it, connected_writer) {
   BOOST_TEST(!d::writer_access::queue(writer));  // fresh
   int ok = 0;
   auto count = [&ok](error_code ec, auto&&...) {
