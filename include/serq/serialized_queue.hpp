@@ -377,19 +377,9 @@ class basic_serialized_queue {
   queue_stats stats() const noexcept;
 
  private:
-  template <class>
-  friend class queued_writer;
   struct initiate_enqueue;
   template <bool HandsOutTurn>
   struct initiate_turn_entry;
-
-  // Exchanges two queues' state, throwing nothing (queued_writer's move
-  // assignment).
-  void swap_state(basic_serialized_queue& other) noexcept {
-    std::swap(executor_, other.executor_);
-    std::swap(service_, other.service_);
-    core_.swap(other.core_);
-  }
 
   executor_type executor_;
   serialized_queue_service* service_;

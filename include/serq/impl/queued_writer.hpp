@@ -669,21 +669,19 @@ class writer_state final : public writer_core {
   // pump_start or lender_start). Under the lock.
   template <class Handler>
   void acquire_locked(Handler&& h) {
-    queue_core& q = queue_locked();
-    using entry = turn_entry<std::decay_t<Handler>, executor_type, true>;
-    submit(q, allocate_node<entry>(h, queue_ref(), std::forward<Handler>(h)), false);
+    queue_locked();
+    submit_new_entry<turn_entry<std::decay_t<Handler>, executor_type, true>>(
+        queue_ref(), false, std::forward<Handler>(h));
   }
 
   // Queues a composed operation in the writer's queue, as the queue's
   // async_enqueue would with the handler given. Under the lock.
   template <class Signature, class Launcher, class Handler>
   void enqueue_locked(Launcher&& launcher, Handler&& h) {
-    queue_core& q = queue_locked();
+    queue_locked();
     using entry = op_entry<std::decay_t<Launcher>, std::decay_t<Handler>, executor_type, Signature>;
-    submit(q,
-           allocate_node<entry>(h, queue_ref(), std::forward<Launcher>(launcher),
-                                std::forward<Handler>(h)),
-           false);
+    submit_new_entry<entry>(queue_ref(), false, std::forward<Handler>(h),
+                            std::forward<Launcher>(launcher));
   }
 
   // The urgent lane's queue, created stopped on first use. Called under the

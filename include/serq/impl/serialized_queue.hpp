@@ -23,6 +23,17 @@ serialized_queue_service& queue_service(const Executor& ex) {
   }
 }
 
+// Allocates an entry of type Entry for handler (from its associated
+// allocator), made from the core, args and the handler, and submits it:
+// what every initiation of a queue's entry does (the writer's own queue
+// included).
+template <class Entry, class Handler, class... Args>
+void submit_new_entry(const core_ref& core, bool allow_inline, Handler&& handler, Args&&... args) {
+  entry_base* e = allocate_node<Entry>(handler, core, std::forward<Args>(args)...,
+                                       std::forward<Handler>(handler));
+  submit(*core, e, allow_inline);
+}
+
 }  // namespace detail
 
 template <class Executor>
@@ -119,9 +130,9 @@ struct basic_serialized_queue<Executor>::initiate_enqueue {
   void operator()(Handler&& handler, Launcher&& launcher, Signature*) const {
     using entry =
         detail::op_entry<std::decay_t<Launcher>, std::decay_t<Handler>, Executor, Signature>;
-    detail::entry_base* e = detail::allocate_node<entry>(
-        handler, self->core_, std::forward<Launcher>(launcher), std::forward<Handler>(handler));
-    detail::submit(*self->core_, e, allow_inline && detail::may_launch_here(self->executor_));
+    detail::submit_new_entry<entry>(
+        self->core_, allow_inline && detail::may_launch_here(self->executor_),
+        std::forward<Handler>(handler), std::forward<Launcher>(launcher));
   }
 };
 
@@ -136,9 +147,7 @@ struct basic_serialized_queue<Executor>::initiate_turn_entry {
   template <class Handler>
   void operator()(Handler&& handler) const {
     using entry = detail::turn_entry<std::decay_t<Handler>, Executor, HandsOutTurn>;
-    detail::entry_base* e =
-        detail::allocate_node<entry>(handler, self->core_, std::forward<Handler>(handler));
-    detail::submit(*self->core_, e, false);
+    detail::submit_new_entry<entry>(self->core_, false, std::forward<Handler>(handler));
   }
 };
 
