@@ -299,7 +299,12 @@ void writer_core::queue_quiet() noexcept {
   bool recycled = false;
   {
     std::lock_guard lock(mutex_);
-    if (queue_ && queue_->quiet(recycled)) {
+    // A core on any executor but a plain io_context one stays with its
+    // writer: it could serve no other writer (a strand compares equal only
+    // to itself), and may not outlive its context in a thread's spare (a
+    // strand's state locks its service when it goes). Keeping it costs the
+    // idle writer the core's bytes, and saves an allocation per busy period.
+    if (queue_ && queue_->plain_io() && queue_->quiet(recycled)) {
       q = std::move(queue_);
       queue_has_hook_ = false;
     }

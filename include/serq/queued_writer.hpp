@@ -187,8 +187,12 @@ inline constexpr urgent_t urgent{};
  * from the thread's spare, when something is queued in it, and given back
  * once nothing waits or runs in it (after a composed operation that was
  * cancelled, refused, or completed inside its launch or on another
- * executor, when the writer's next write has drained). An idle writer holds
- * none of these, nor
+ * executor, when the writer's next write has drained). That holds for a
+ * stream on a plain `io_context` executor; on any other (a strand, or an
+ * `any_io_executor` wrapping one) the writer keeps its queue's state while
+ * idle, since no other writer could take it over: about 128 bytes, and a
+ * block for the executor, instead of an allocation every time the writer
+ * goes from idle to busy. An idle writer holds none of the rest, nor
  * a stall timer before `set_stall_timeout`, nor an urgent queue before the
  * first urgent request. A request whose pump (or, urgent, its lender)
  * cannot be queued in the writer's queue (allocating or posting it throws)

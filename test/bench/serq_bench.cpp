@@ -631,7 +631,12 @@ constexpr std::size_t producers = 64;
 // A connected socket pair whose far end a reader thread drains until `expect` bytes arrived.
 class wire {
  public:
-  explicit wire(std::size_t expect) : tx_(ioc_), rx_(ioc_) {
+  // on_strand: the sending socket's executor is a strand of the context (as a beast::tcp_stream
+  // on a strand has), not the context's own.
+  explicit wire(std::size_t expect, bool on_strand = false)
+      : tx_(on_strand ? net::any_io_executor(net::make_strand(ioc_))
+                      : net::any_io_executor(ioc_.get_executor())),
+        rx_(ioc_) {
     net::local::connect_pair(tx_, rx_);
     reader_ = std::thread([fd = rx_.native_handle(), expect] {
       std::vector<char> buf(256 * 1024);
@@ -800,23 +805,82 @@ alloc_result awaitable_allocations(std::size_t n, std::size_t coros) {
   return r;
 }
 
+// How the next writer message is queued once one completes.
+enum class writer_pace {
+  from_handler,  // from the completion handler: one pump carries them all
+  idle_between,  // from a function the handler posts: the writer goes idle between messages
+  idle_between_on_strand  // the same, the socket's executor a strand (not the context's own)
+};
+
 // Writer messages with a callback token: `window` messages in flight, each completion writing
 // the next, until n; counts after half were done.
-alloc_result writer_allocations(std::size_t n, std::size_t window, bool serq_writer) {
+alloc_result writer_allocations(std::size_t n, std::size_t window, bool serq_writer,
+                                writer_pace pace = writer_pace::from_handler) {
   std::vector<char> msg(64, 'x');
-  wire conn(n * msg.size());
+  wire conn(n * msg.size(), pace == writer_pace::idle_between_on_strand);
+  auto count = [&](auto& w) {
+    auto write = [&](auto h) { w.async_write(net::buffer(msg), std::move(h)); };
+    if (pace == writer_pace::from_handler)
+      return count_window(conn.ioc(), n, n / 2, window, write);
+    return count_window(conn.ioc(), n, n / 2, window, [&](auto h) {
+      net::post(conn.ioc(), [&write, h = std::move(h)]() mutable { write(std::move(h)); });
+    });
+  };
   alloc_result r;
   if (serq_writer) {
     serq::queued_writer<stream_socket&> w(conn.tx());
-    r = count_window(conn.ioc(), n, n / 2, window,
-                     [&](auto h) { w.async_write(net::buffer(msg), std::move(h)); });
+    r = count(w);
   } else {
     hand_writer<stream_socket> w(conn.tx());
-    r = count_window(conn.ioc(), n, n / 2, window,
-                     [&](auto h) { w.async_write(net::buffer(msg), std::move(h)); });
+    r = count(w);
   }
   conn.wait_drained();
   return r;
+}
+
+// Case 5: allocations per operation in a steady state, every variant, printed as they are
+// counted. Deterministic, so one run each.
+std::vector<alloc_result> steady_allocations(std::size_t na) {
+  std::vector<alloc_result> allocs;
+  auto add_alloc = [&](std::string id, std::string label, alloc_result r) {
+    r.id = std::move(id);
+    r.label = std::move(label);
+    allocs.push_back(std::move(r));
+  };
+  add_alloc("5q1", "queue op, callback, serq default, 1 in flight",
+            queue_allocations(queue_kind::serq_default, na, 1));
+  add_alloc("5q64", "queue op, callback, serq default, 64 in flight",
+            queue_allocations(queue_kind::serq_default, na, 64));
+  add_alloc("5qi1", "queue op, callback, serq trigger_inline, 1 in flight",
+            queue_allocations(queue_kind::serq_inline, na, 1));
+  add_alloc("5h1", "queue op, callback, hand-rolled queue, 1 in flight",
+            queue_allocations(queue_kind::hand, na, 1));
+  add_alloc("5h64", "queue op, callback, hand-rolled queue, 64 in flight",
+            queue_allocations(queue_kind::hand, na, 64));
+  add_alloc("5b64", "queue op, callback, bare post, 64 in flight",
+            queue_allocations(queue_kind::bare, na, 64));
+  add_alloc("5a1", "queue op, use_awaitable, serq, 1 coroutine", awaitable_allocations(na, 1));
+  add_alloc("5a8", "queue op, use_awaitable, serq, 8 coroutines", awaitable_allocations(na, 8));
+  add_alloc("5w1", "writer message, async_write callback, serq, 1 in flight",
+            writer_allocations(na, 1, true));
+  add_alloc("5w64", "writer message, async_write callback, serq, 64 in flight",
+            writer_allocations(na, 64, true));
+  add_alloc("5wi1", "writer message, callback, serq, idle between messages",
+            writer_allocations(na, 1, true, writer_pace::idle_between));
+  add_alloc("5ws1", "writer message, callback, serq on a strand, idle between messages",
+            writer_allocations(na, 1, true, writer_pace::idle_between_on_strand));
+  add_alloc("5hw64", "writer message, callback, hand-rolled writer, 64 in flight",
+            writer_allocations(na, 64, false));
+  add_alloc("5hwi1", "writer message, callback, hand-rolled writer, idle between messages",
+            writer_allocations(na, 1, false, writer_pace::idle_between));
+  add_alloc("5hws1", "writer message, callback, hand-rolled, on a strand, idle between",
+            writer_allocations(na, 1, false, writer_pace::idle_between_on_strand));
+
+  std::printf("\n5  heap allocations per operation, steady state (second half of %zu ops)\n", na);
+  for (const auto& a : allocs)
+    std::printf("  %-62s %8s  (%zu in %zu)\n", a.label.c_str(), fmt(a.per_op, 3).c_str(),
+                a.allocations, a.ops);
+  return allocs;
 }
 
 // ---- cases 6a, 6b: cost per operation against queue depth
@@ -1597,7 +1661,7 @@ options parse(int argc, char** argv) {
           "  --json FILE  also write the results as JSON\n"
           "  --only ID[:VARIANT]  run one case (1a 1b 2 3 4a 4b 4c 6a 6b 9), or one variant of it\n"
           "               (6a: \"serq D=1024\"), and skip allocations and targets: for profiling\n"
-          "               (valgrind, perf); --only 7 or --only 8 prints one memory table\n");
+          "               (valgrind, perf); --only 5, 7 or 8 prints that table alone\n");
       std::exit(0);
     } else {
       throw std::invalid_argument("unknown argument " + a);
@@ -1664,6 +1728,10 @@ int run(const options& o) {
       "8  heap bytes per idle object besides the object and its "
       "stream, " +
       std::to_string(idle_objects) + " objects";
+  if (o.only_case == "5") {
+    steady_allocations(scaled(20000, 512));
+    return 0;
+  }
   if (o.only_case == "7" || o.only_case == "8") {
     const bool pending = o.only_case == "7";
     print_memory(stdout, pending ? pending_title : idle_title,
@@ -1708,38 +1776,7 @@ int run(const options& o) {
   }
 
   // Allocations: deterministic, so one run each.
-  const std::size_t na = scaled(20000, 512);
-  std::vector<alloc_result> allocs;
-  auto add_alloc = [&](std::string id, std::string label, alloc_result r) {
-    r.id = std::move(id);
-    r.label = std::move(label);
-    allocs.push_back(std::move(r));
-  };
-  add_alloc("5q1", "queue op, callback, serq default, 1 in flight",
-            queue_allocations(queue_kind::serq_default, na, 1));
-  add_alloc("5q64", "queue op, callback, serq default, 64 in flight",
-            queue_allocations(queue_kind::serq_default, na, 64));
-  add_alloc("5qi1", "queue op, callback, serq trigger_inline, 1 in flight",
-            queue_allocations(queue_kind::serq_inline, na, 1));
-  add_alloc("5h1", "queue op, callback, hand-rolled queue, 1 in flight",
-            queue_allocations(queue_kind::hand, na, 1));
-  add_alloc("5h64", "queue op, callback, hand-rolled queue, 64 in flight",
-            queue_allocations(queue_kind::hand, na, 64));
-  add_alloc("5b64", "queue op, callback, bare post, 64 in flight",
-            queue_allocations(queue_kind::bare, na, 64));
-  add_alloc("5a1", "queue op, use_awaitable, serq, 1 coroutine", awaitable_allocations(na, 1));
-  add_alloc("5a8", "queue op, use_awaitable, serq, 8 coroutines", awaitable_allocations(na, 8));
-  add_alloc("5w1", "writer message, async_write callback, serq, 1 in flight",
-            writer_allocations(na, 1, true));
-  add_alloc("5w64", "writer message, async_write callback, serq, 64 in flight",
-            writer_allocations(na, 64, true));
-  add_alloc("5hw64", "writer message, callback, hand-rolled writer, 64 in flight",
-            writer_allocations(na, 64, false));
-
-  std::printf("\n5  heap allocations per operation, steady state (second half of %zu ops)\n", na);
-  for (const auto& a : allocs)
-    std::printf("  %-62s %8s  (%zu in %zu)\n", a.label.c_str(), fmt(a.per_op, 3).c_str(),
-                a.allocations, a.ops);
+  const std::vector<alloc_result> allocs = steady_allocations(scaled(20000, 512));
 
   // Memory: deterministic up to the allocator's rounding, so one run each.
   std::vector<memory_result> memory = pending_memory(pending_items);
@@ -1796,6 +1833,11 @@ int run(const options& o) {
       {"5: allocations per writer message, callback (1 in flight)", alloc("5w1"), 0.0, false});
   targets.push_back(
       {"5: allocations per writer message, callback (64 in flight)", alloc("5w64"), 0.0, false});
+  targets.push_back({"5: allocations per writer message, callback, idle between messages",
+                     alloc("5wi1"), 0.0, false});
+  targets.push_back(
+      {"5: allocations per writer message, callback, on a strand, idle between messages",
+       alloc("5ws1"), 0.0, false});
   for (const auto& t : depth_tables) {
     const std::string name = t.id + " (" + t.token + ")";
     targets.push_back({name + ": serq D=" + std::to_string(t.rows.back().depth) +

@@ -774,6 +774,34 @@ BOOST_AUTO_TEST_CASE(a_queue_core_given_back_serves_the_next_writer_on_the_threa
   BOOST_TEST(received_other == "c");
 }
 
+// A writer whose executor is not a plain io_context one (a strand, here in
+// an any_io_executor as beast::tcp_stream keeps it) keeps its queue's core
+// while idle: no other writer could use it, so giving it back would cost an
+// allocation every time the writer goes from idle to busy.
+BOOST_AUTO_TEST_CASE(a_writer_on_a_strand_keeps_its_queue_core_between_busy_periods) {
+  net::io_context ioc;
+  test_stream peer(ioc);
+  serq::queued_writer<test_stream> writer(net::any_io_executor(net::make_strand(ioc)));
+  writer.next_layer().connect(peer);
+  int ok = 0;
+  auto count = [&ok](error_code ec, std::size_t) {
+    if (!ec)
+      ++ok;
+  };
+  writer.async_send(std::string("a"), count);
+  const void* core = d::writer_access::queue(writer);
+  BOOST_TEST_REQUIRE(core != nullptr);
+  ioc.run();
+  BOOST_TEST(d::writer_access::queue(writer) == core);  // idle: kept
+  writer.async_send(std::string("b"), count);
+  BOOST_TEST(d::writer_access::queue(writer) == core);  // busy again: the same one
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(d::writer_access::queue(writer) == core);
+  BOOST_TEST(ok == 2);
+  BOOST_TEST(peer.str() == "ab");
+}
+
 namespace {
 // A stream whose async_write_some keeps its handler until drop() destroys it
 // unrun (not at the context's shutdown).
