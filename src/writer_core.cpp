@@ -46,9 +46,20 @@ struct thread_spares {
   queue_core* queue = nullptr;  // one reference, recycled (queue_core::recycle)
   net::const_buffer* window = nullptr;
   std::size_t window_size = 0;
+  // The writer's own operations' blocks (own_block), each from the
+  // recycling allocator for `size` bytes.
+  struct block_slot {
+    void* block = nullptr;
+    std::size_t size = 0;
+  } own[own_block_kinds];
   bool closed = false;  // the reaper ran
 };
 thread_local thread_spares spares;
+
+net::detail::recycling_allocator<unsigned char, net::detail::thread_info_base::default_tag>
+recycling_blocks() noexcept {
+  return {};
+}
 
 struct spare_reaper {
   spare_reaper() = default;
@@ -59,6 +70,9 @@ struct spare_reaper {
     delete[] spares.window;
     if (spares.queue)
       core_release(spares.queue);
+    for (auto& slot : spares.own)
+      if (slot.block)
+        recycling_blocks().deallocate(static_cast<unsigned char*>(slot.block), slot.size);
     spares = thread_spares{};
     spares.closed = true;
   }
@@ -73,6 +87,25 @@ bool may_keep_spare() noexcept {
 }
 
 }  // namespace
+
+void* allocate_own_block(own_block kind, std::size_t size) {
+  auto& slot = spares.own[static_cast<std::size_t>(kind)];
+  // The very size only: the recycling allocator reads a block's size back
+  // from the size it was asked for.
+  if (slot.block && slot.size == size)
+    return std::exchange(slot.block, nullptr);
+  return recycling_blocks().allocate(size);
+}
+
+void deallocate_own_block(own_block kind, void* p, std::size_t size) noexcept {
+  auto& slot = spares.own[static_cast<std::size_t>(kind)];
+  if (!slot.block && may_keep_spare()) {
+    slot.block = p;
+    slot.size = size;
+    return;
+  }
+  recycling_blocks().deallocate(static_cast<unsigned char*>(p), size);
+}
 
 net::const_buffer* window_storage::grow(const net::const_buffer* data, std::size_t count,
                                         std::size_t size) noexcept {

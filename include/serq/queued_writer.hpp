@@ -192,7 +192,11 @@ inline constexpr urgent_t urgent{};
  * `any_io_executor` wrapping one) the writer keeps its queue's state while
  * idle, since no other writer could take it over: about 128 bytes, and a
  * block for the executor, instead of an allocation every time the writer
- * goes from idle to busy. An idle writer holds none of the rest, nor
+ * goes from idle to busy. The writer's own operations (a pump's entry in
+ * its queue, the stream's write operation) take their blocks from a slot of
+ * one block per thread for each kind, else from the recycling allocator,
+ * so that a writer that goes idle between messages leaves that allocator's
+ * blocks to its handlers. An idle writer holds none of the rest, nor
  * a stall timer before `set_stall_timeout`, nor an urgent queue before the
  * first urgent request. A request whose pump (or, urgent, its lender)
  * cannot be queued in the writer's queue (allocating or posting it throws)

@@ -808,7 +808,9 @@ alloc_result awaitable_allocations(std::size_t n, std::size_t coros) {
 // How the next writer message is queued once one completes.
 enum class writer_pace {
   from_handler,  // from the completion handler: one pump carries them all
-  idle_between,  // from a function the handler posts: the writer goes idle between messages
+  // from a function the handler posts to the socket's executor: the writer goes idle between
+  // messages (a server answering each request as it is read)
+  idle_between,
   idle_between_on_strand  // the same, the socket's executor a strand (not the context's own)
 };
 
@@ -823,7 +825,8 @@ alloc_result writer_allocations(std::size_t n, std::size_t window, bool serq_wri
     if (pace == writer_pace::from_handler)
       return count_window(conn.ioc(), n, n / 2, window, write);
     return count_window(conn.ioc(), n, n / 2, window, [&](auto h) {
-      net::post(conn.ioc(), [&write, h = std::move(h)]() mutable { write(std::move(h)); });
+      net::post(conn.tx().get_executor(),
+                [&write, h = std::move(h)]() mutable { write(std::move(h)); });
     });
   };
   alloc_result r;

@@ -802,6 +802,76 @@ BOOST_AUTO_TEST_CASE(a_writer_on_a_strand_keeps_its_queue_core_between_busy_peri
   BOOST_TEST(peer.str() == "ab");
 }
 
+// The writer's own operations take their blocks from a slot of the thread
+// kept for each kind: a block given back serves the next request of its very
+// size and kind (the recycling allocator caches only when the thread runs an
+// io_context; these slots always do), any other from the recycling
+// allocator; what a slot holds goes when the thread ends (ASan's leak check).
+BOOST_AUTO_TEST_CASE(an_own_block_given_back_serves_the_next_of_its_kind_and_size_on_the_thread) {
+  bool reused = false, other_size = false, other_kind = false, kept = false;
+  std::thread([&] {
+    void* op = d::allocate_own_block(d::own_block::stream_op, 200);
+    d::deallocate_own_block(d::own_block::stream_op, op, 200);
+    void* again = d::allocate_own_block(d::own_block::stream_op, 200);
+    reused = again == op;
+    d::deallocate_own_block(d::own_block::stream_op, again, 200);
+    void* smaller = d::allocate_own_block(d::own_block::stream_op, 100);
+    other_size = smaller != op;
+    void* entry = d::allocate_own_block(d::own_block::pump_entry, 200);
+    other_kind = entry != op;
+    void* last = d::allocate_own_block(d::own_block::stream_op, 200);
+    kept = last == op;  // the slot kept it through the others
+    // Given back while the slot is full: to the recycling allocator.
+    d::deallocate_own_block(d::own_block::stream_op, last, 200);
+    d::deallocate_own_block(d::own_block::stream_op, smaller, 100);
+    d::deallocate_own_block(d::own_block::pump_entry, entry, 200);
+  }).join();
+  BOOST_TEST(reused);
+  BOOST_TEST(other_size);
+  BOOST_TEST(other_kind);
+  BOOST_TEST(kept);
+}
+
+namespace {
+// A stream that notes whether its write operation's handler allocates from
+// the writer's own slot for stream operations.
+struct allocator_probe_stream {
+  using executor_type = net::any_io_executor;
+  explicit allocator_probe_stream(net::io_context& ioc) : ex(ioc.get_executor()) {}
+  executor_type get_executor() const { return ex; }
+  template <class Buffers, class Token>
+  auto async_write_some(const Buffers& buffers, Token&& token) {
+    return net::async_initiate<Token, void(error_code, std::size_t)>(
+        [this](auto handler, std::size_t n) {
+          own_blocks = std::is_same_v<net::associated_allocator_t<decltype(handler)>,
+                                      d::own_block_allocator<void, d::own_block::stream_op>>;
+          net::post(ex, [h = std::move(handler), n]() mutable { std::move(h)(error_code(), n); });
+        },
+        token, net::buffer_size(buffers));
+  }
+  executor_type ex;
+  bool own_blocks = false;
+};
+}  // namespace
+
+// A writer's write_some and the pump's entry in its queue take their blocks
+// from those slots: a writer that goes idle between messages leaves the
+// recycling allocator's two blocks to its user's handler and message (bench
+// case 5: no allocation a message, where it took three).
+BOOST_AUTO_TEST_CASE(a_writers_own_operations_allocate_from_its_threads_own_slots) {
+  net::io_context ioc;
+  allocator_probe_stream stream(ioc);
+  serq::queued_writer<allocator_probe_stream&> writer(stream);
+  std::size_t written = 0;
+  writer.async_write(net::buffer("abc", 3), [&](error_code, std::size_t n) { written = n; });
+  ioc.run();
+  BOOST_TEST(written == 3u);
+  BOOST_TEST(stream.own_blocks);
+  using pump_start = d::writer_state<allocator_probe_stream&>::pump_start;
+  BOOST_TEST((std::is_same_v<net::associated_allocator_t<pump_start>,
+                             d::own_block_allocator<void, d::own_block::pump_entry>>));
+}
+
 namespace {
 // A stream whose async_write_some keeps its handler until drop() destroys it
 // unrun (not at the context's shutdown).

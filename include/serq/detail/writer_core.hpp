@@ -40,6 +40,61 @@ namespace detail {
 class writer_core;
 class node_canceller;
 
+// Blocks of the writer's own operations: a pump's entry in the writer's
+// queue, and the stream operation of a write_some (the allocator its
+// handler is associated with). Each kind has a slot of one block per
+// thread, used when it holds a block of the very size asked; else the block
+// comes from (and goes back to) Asio's recycling allocator, as every
+// handler's does. A writer that goes idle between messages then leaves the
+// recycling allocator's few blocks to its user's handlers and messages (it
+// took three allocations a message when the four blocks shared them). What
+// a slot holds is freed when its thread ends.
+enum class own_block : unsigned char { pump_entry = 0, stream_op = 1 };
+inline constexpr std::size_t own_block_kinds = 2;
+
+void* allocate_own_block(own_block kind, std::size_t size);
+void deallocate_own_block(own_block kind, void* p, std::size_t size) noexcept;
+
+template <class T, own_block Kind>
+class own_block_allocator {
+ public:
+  using value_type = T;
+  template <class U>
+  struct rebind {
+    using other = own_block_allocator<U, Kind>;
+  };
+
+  own_block_allocator() noexcept = default;
+  template <class U>
+  own_block_allocator(const own_block_allocator<U, Kind>&) noexcept {}
+
+  T* allocate(std::size_t n) {
+    if constexpr (alignof(T) > alignof(std::max_align_t))
+      return recycling().allocate(n);
+    else
+      return static_cast<T*>(allocate_own_block(Kind, n * sizeof(T)));
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    if constexpr (alignof(T) > alignof(std::max_align_t))
+      recycling().deallocate(p, n);
+    else
+      deallocate_own_block(Kind, p, n * sizeof(T));
+  }
+
+  friend bool operator==(const own_block_allocator&, const own_block_allocator&) noexcept {
+    return true;
+  }
+  friend bool operator!=(const own_block_allocator&, const own_block_allocator&) noexcept {
+    return false;
+  }
+
+ private:
+  static net::detail::recycling_allocator<T, net::detail::thread_info_base::default_tag>
+  recycling() noexcept {
+    return {};
+  }
+};
+
 // A counted reference to a writer's shared state. writer_core counts its
 // own references (four bytes beside its lock) instead of being held by
 // shared_ptr: no control block and no enable_shared_from_this in every

@@ -721,6 +721,9 @@ class writer_state final : public writer_core {
     writer_ref<writer_state> self;
     pump_id id;
 
+    using allocator_type = own_block_allocator<void, own_block::pump_entry>;
+    allocator_type get_allocator() const noexcept { return {}; }
+
     void operator()(const error_code& ec, turn t) {
       if (ec) {
         // The writer is gone: its messages were aborted. An early write may
@@ -867,6 +870,9 @@ class writer_state final : public writer_core {
     write_done(writer_ref<writer_state> s, pump_id id) noexcept : self_(std::move(s)), id_(id) {}
     write_done(write_done&&) noexcept = default;
     write_done& operator=(write_done&&) = delete;
+
+    using allocator_type = own_block_allocator<void, own_block::stream_op>;
+    allocator_type get_allocator() const noexcept { return {}; }
     ~write_done() {
       // Dropped by the async_write_some that was to run it (it threw): the
       // writer, whose lock is held, handles that (start_write_locked).
