@@ -99,7 +99,11 @@ void* allocate_own_block(own_block kind, std::size_t size) {
 
 void deallocate_own_block(own_block kind, void* p, std::size_t size) noexcept {
   auto& slot = spares.own[static_cast<std::size_t>(kind)];
-  if (!slot.block && may_keep_spare()) {
+  // The slot keeps the last size given back: a block of another size (an
+  // earlier writer's, of another stream type) goes to make room.
+  if ((!slot.block || slot.size != size) && may_keep_spare()) {
+    if (slot.block)
+      recycling_blocks().deallocate(static_cast<unsigned char*>(slot.block), slot.size);
     slot.block = p;
     slot.size = size;
     return;

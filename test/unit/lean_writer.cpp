@@ -26,6 +26,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -806,9 +807,10 @@ BOOST_AUTO_TEST_CASE(a_writer_on_a_strand_keeps_its_queue_core_between_busy_peri
 // kept for each kind: a block given back serves the next request of its very
 // size and kind (the recycling allocator caches only when the thread runs an
 // io_context; these slots always do), any other from the recycling
-// allocator; what a slot holds goes when the thread ends (ASan's leak check).
+// allocator; the slot keeps the last size given back; what a slot holds goes
+// when the thread ends (ASan's leak check).
 BOOST_AUTO_TEST_CASE(an_own_block_given_back_serves_the_next_of_its_kind_and_size_on_the_thread) {
-  bool reused = false, other_size = false, other_kind = false, kept = false;
+  bool reused = false, other_size = false, other_kind = false, kept = false, replaced = false;
   std::thread([&] {
     void* op = d::allocate_own_block(d::own_block::stream_op, 200);
     d::deallocate_own_block(d::own_block::stream_op, op, 200);
@@ -821,15 +823,25 @@ BOOST_AUTO_TEST_CASE(an_own_block_given_back_serves_the_next_of_its_kind_and_siz
     other_kind = entry != op;
     void* last = d::allocate_own_block(d::own_block::stream_op, 200);
     kept = last == op;  // the slot kept it through the others
-    // Given back while the slot is full: to the recycling allocator.
     d::deallocate_own_block(d::own_block::stream_op, last, 200);
+    // A block of another size takes the slot: the last size given back is
+    // the one the thread's writers use now.
     d::deallocate_own_block(d::own_block::stream_op, smaller, 100);
+    // Had it been freed instead, malloc would hand its memory to the first
+    // block of its size asked for (the recycling allocator's block for 100
+    // bytes is 112): this one.
+    void* same_size = std::malloc(112);
+    void* newest = d::allocate_own_block(d::own_block::stream_op, 100);
+    std::free(same_size);
+    replaced = newest == smaller;
+    d::deallocate_own_block(d::own_block::stream_op, newest, 100);
     d::deallocate_own_block(d::own_block::pump_entry, entry, 200);
   }).join();
   BOOST_TEST(reused);
   BOOST_TEST(other_size);
   BOOST_TEST(other_kind);
   BOOST_TEST(kept);
+  BOOST_TEST(replaced);
 }
 
 namespace {
