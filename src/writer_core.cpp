@@ -323,8 +323,12 @@ void writer_core::release_busy_locked() noexcept {
 }
 
 void writer_core::keep_spare_queue(core_ref q) noexcept {
-  if (!spares.queue && may_keep_spare())
-    spares.queue = q.detach();
+  if (!may_keep_spare())
+    return;  // q is released
+  // The last core given back serves the writers this thread runs now: a
+  // spare of another executor (an earlier writer's, perhaps of a context
+  // that is gone) makes room, and is released.
+  core_ref old = core_ref::adopt(std::exchange(spares.queue, q.detach()));
 }
 
 core_ref writer_core::take_spare_queue() noexcept {

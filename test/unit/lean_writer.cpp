@@ -735,11 +735,13 @@ BOOST_FIXTURE_TEST_CASE(a_writer_holds_its_queue_core_only_while_it_uses_it, con
 // A writer that goes idle gives its queue's core to its thread, where the
 // next writer on the same io_context that needs one takes it (a writer that
 // goes idle after every message allocates none); a writer on another
-// io_context cannot use it and makes its own.
+// io_context cannot use it and makes its own, whose core, given back last,
+// takes the spare's place.
 BOOST_AUTO_TEST_CASE(a_queue_core_given_back_serves_the_next_writer_on_the_thread) {
   const void* first = nullptr;
   const void* second = nullptr;
   const void* other = nullptr;
+  const void* latest = nullptr;
   std::string received, received_other;
   std::thread([&] {  // a thread of its own: its spare is known
     net::io_context ioc, ioc2;
@@ -761,7 +763,17 @@ BOOST_AUTO_TEST_CASE(a_queue_core_given_back_serves_the_next_writer_on_the_threa
     b.async_send(std::string("b"), [](error_code, std::size_t) {});
     second = d::writer_access::queue(b);
     ioc.restart();
-    ioc.run();
+    ioc.run();   // b's core (a's) becomes the spare again
+    ioc2.run();  // then c's takes its place: the last given back
+    // So a writer on ioc2 takes c's core; had c's been freed instead, this
+    // block would take its memory.
+    const std::unique_ptr<char[]> same_size2(
+        new char[sizeof(d::basic_queue_core<net::any_io_executor>)]);
+    serq::queued_writer<test_stream> e(ioc2);
+    e.next_layer().connect(peer2);
+    e.async_send(std::string("e"), [](error_code, std::size_t) {});
+    latest = d::writer_access::queue(e);
+    ioc2.restart();
     ioc2.run();
     received = peer.str();
     received_other = peer2.str();
@@ -771,8 +783,9 @@ BOOST_AUTO_TEST_CASE(a_queue_core_given_back_serves_the_next_writer_on_the_threa
   BOOST_TEST(second == first);
   BOOST_TEST(other != nullptr);
   BOOST_TEST(other != first);
+  BOOST_TEST(latest == other);
   BOOST_TEST(received == "ab");
-  BOOST_TEST(received_other == "c");
+  BOOST_TEST(received_other == "ce");
 }
 
 // A writer whose executor is not a plain io_context one (a strand, here in

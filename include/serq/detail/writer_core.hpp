@@ -967,7 +967,7 @@ class writer_core : public service_member {
   // no executor: it makes none (a bare core in tests never queues).
   virtual core_ref make_queue() { throw std::logic_error("serq: writer_core has no queue"); }
   // A recycled core of some writer's queue (queue_core::quiet), given back:
-  // kept as this thread's spare if the thread has none, else released.
+  // kept as this thread's spare, in place of the one it kept before.
   static void keep_spare_queue(core_ref q) noexcept;
   // This thread's spare queue core, if it has one (its one reference passes
   // to the caller, who puts it back with keep_spare_queue if it does not fit).
