@@ -709,8 +709,9 @@ class queued_writer {
 
   friend struct detail::writer_access;
 
-  // Holds the stream and, while the writer uses it, the core of the
-  // writer's queue.
+  // Holds the stream and, while the writer uses it (on a strand or any
+  // other executor but a plain io_context one, from its first use on), the
+  // core of the writer's queue.
   detail::writer_ref<state_type> state_;
 };
 

@@ -119,6 +119,15 @@ struct memory_result {
   bool derived = false;     // a difference of two other rows, not a measurement of its own
 };
 
+// Appends r to rows under id and label (the rows of cases 5, 7 and 8); returns it.
+template <class Result>
+const Result& add_labelled(std::vector<Result>& rows, std::string id, std::string label, Result r) {
+  r.id = std::move(id);
+  r.label = std::move(label);
+  rows.push_back(std::move(r));
+  return rows.back();
+}
+
 // A target from the issue: either a speed ratio (peer time / serq time, higher is better) or an
 // allocation count per operation (lower is better).
 struct target {

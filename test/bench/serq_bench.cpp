@@ -846,9 +846,7 @@ alloc_result writer_allocations(std::size_t n, std::size_t window, bool serq_wri
 std::vector<alloc_result> steady_allocations(std::size_t na) {
   std::vector<alloc_result> allocs;
   auto add_alloc = [&](std::string id, std::string label, alloc_result r) {
-    r.id = std::move(id);
-    r.label = std::move(label);
-    allocs.push_back(std::move(r));
+    add_labelled(allocs, std::move(id), std::move(label), std::move(r));
   };
   add_alloc("5q1", "queue op, callback, serq default, 1 in flight",
             queue_allocations(queue_kind::serq_default, na, 1));
@@ -1530,10 +1528,7 @@ std::vector<memory_result> pending_memory(std::size_t n) {
   live_byte_tracking tracking;
   std::vector<memory_result> out;
   auto add = [&](std::string id, std::string label, memory_result m) -> const memory_result& {
-    m.id = std::move(id);
-    m.label = std::move(label);
-    out.push_back(std::move(m));
-    return out.back();
+    return add_labelled(out, std::move(id), std::move(label), std::move(m));
   };
   using serq_writer = serq::queued_writer<stream_socket&>;
   using peer_writer = hand_writer<stream_socket>;
@@ -1584,9 +1579,7 @@ std::vector<memory_result> idle_memory(std::size_t n) {
   live_byte_tracking tracking;
   std::vector<memory_result> out;
   auto add = [&](std::string id, std::string label, memory_result m) {
-    m.id = std::move(id);
-    m.label = std::move(label);
-    out.push_back(std::move(m));
+    add_labelled(out, std::move(id), std::move(label), std::move(m));
   };
   add("8q.fresh", "idle serialized_queue, freshly constructed",
       least_of_two([&] { return idle_queues(n, false); }));

@@ -26,7 +26,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -840,12 +839,13 @@ BOOST_AUTO_TEST_CASE(an_own_block_given_back_serves_the_next_of_its_kind_and_siz
     // A block of another size takes the slot: the last size given back is
     // the one the thread's writers use now.
     d::deallocate_own_block(d::own_block::stream_op, smaller, 100);
-    // Had it been freed instead, malloc would hand its memory to the first
-    // block of its size asked for (the recycling allocator's block for 100
-    // bytes is 112): this one.
-    void* same_size = std::malloc(112);
+    // Had it been freed instead, its memory would go to the first block of
+    // its size asked for the same way: this one.
+    net::detail::recycling_allocator<unsigned char, net::detail::thread_info_base::default_tag>
+        recycling;
+    unsigned char* same_size = recycling.allocate(100);
     void* newest = d::allocate_own_block(d::own_block::stream_op, 100);
-    std::free(same_size);
+    recycling.deallocate(same_size, 100);
     replaced = newest == smaller;
     d::deallocate_own_block(d::own_block::stream_op, newest, 100);
     d::deallocate_own_block(d::own_block::pump_entry, entry, 200);

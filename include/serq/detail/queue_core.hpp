@@ -338,7 +338,8 @@ class queue_core : public service_member {
   void pin() noexcept override { core_add_ref(this); }
   void unpin() noexcept override { core_release(this); }
 
-  // ---- a writer's own queue, kept only while the writer uses it ----
+  // ---- a writer's own queue, kept only while the writer uses it (on a
+  // plain io_context executor; see writer_core::queue_quiet) ----
   // Whether nothing waits, nothing is active and no abort is being posted:
   // once its owner (who alone adds entries, under a lock of its own) has
   // seen this, nothing runs in the core any more. A quiet core held by one

@@ -41,14 +41,17 @@ class writer_core;
 class node_canceller;
 
 // Blocks of the writer's own operations: a pump's entry in the writer's
-// queue, and the stream operation of a write_some (the allocator its
-// handler is associated with). Each kind has a slot of one block per
-// thread, used when it holds a block of the very size asked; else the block
-// comes from (and goes back to) Asio's recycling allocator, as every
-// handler's does. A writer that goes idle between messages then leaves the
-// recycling allocator's few blocks to its user's handlers and messages (it
-// took three allocations a message when the four blocks shared them). What
-// a slot holds is freed when its thread ends.
+// queue (and what the queue posts for it), and the stream operation of a
+// write_some (the allocator its handler is associated with). Each kind has
+// a slot of one block per thread: an allocation takes its block when it is
+// of the very size asked, else one from Asio's recycling allocator, as
+// every handler's is; a block given back takes the slot when it is empty
+// or holds another size (which goes back to the recycling allocator: the
+// last size given back is the one the thread's writers use now), else goes
+// back to the recycling allocator. A writer that goes idle between messages
+// then leaves the recycling allocator's few blocks to its user's handlers
+// and messages (it took three allocations a message when the four blocks
+// shared them). What a slot holds is freed when its thread ends.
 enum class own_block : unsigned char { pump_entry = 0, stream_op = 1 };
 inline constexpr std::size_t own_block_kinds = 2;
 
@@ -68,23 +71,28 @@ class own_block_allocator {
   template <class U>
   own_block_allocator(const own_block_allocator<U, Kind>&) noexcept {}
 
+  // A slot's block has the alignment of operator new (Asio's recycling
+  // allocator aligns no block less); a T that needs more bypasses the slot.
   T* allocate(std::size_t n) {
-    if constexpr (alignof(T) > alignof(std::max_align_t))
+    if constexpr (alignof(T) > __STDCPP_DEFAULT_NEW_ALIGNMENT__)
       return recycling().allocate(n);
     else
       return static_cast<T*>(allocate_own_block(Kind, n * sizeof(T)));
   }
   void deallocate(T* p, std::size_t n) noexcept {
-    if constexpr (alignof(T) > alignof(std::max_align_t))
+    if constexpr (alignof(T) > __STDCPP_DEFAULT_NEW_ALIGNMENT__)
       recycling().deallocate(p, n);
     else
       deallocate_own_block(Kind, p, n * sizeof(T));
   }
 
-  friend bool operator==(const own_block_allocator&, const own_block_allocator&) noexcept {
+  // Every one of a Kind uses the same slots: all compare equal, rebound or not.
+  template <class U>
+  friend bool operator==(const own_block_allocator&, const own_block_allocator<U, Kind>&) noexcept {
     return true;
   }
-  friend bool operator!=(const own_block_allocator&, const own_block_allocator&) noexcept {
+  template <class U>
+  friend bool operator!=(const own_block_allocator&, const own_block_allocator<U, Kind>&) noexcept {
     return false;
   }
 
@@ -829,7 +837,8 @@ class writer_core : public service_member {
   // ---- the writer's queue (pumps, lenders, composed operations) ----
   // Its core exists only while the writer uses it: made (or taken from this
   // thread's spare) when something is queued in it, and given back when the
-  // queue is quiet again (queue_quiet). Everything is queued under the
+  // queue is quiet again (queue_quiet); on any executor but a plain
+  // io_context one, kept until the writer goes instead. Everything is queued under the
   // lock, so while the writer's lock is held the core can neither appear
   // nor go behind the caller's back; and while the writer holds the queue's
   // turn (its pump or lender is the active entry) the core is busy, so it
@@ -856,7 +865,8 @@ class writer_core : public service_member {
     queue_turn_held_ = true;
   }
   // Ends the turn of the writer's own queue (held by this thread's pump or
-  // lender), then gives the queue's core back if it went quiet.
+  // lender), then gives the queue's core back if it went quiet (see
+  // queue_quiet).
   void release_queue_turn() noexcept {
     // Not held: an early pump whose acquire was aborted (the writer went)
     // before its turn came; the abort ended that entry.
@@ -866,7 +876,9 @@ class writer_core : public service_member {
   }
   // Something the writer's queue ran has finished (a turn released, a
   // composed operation completed): if the queue is quiet, its core goes to
-  // this thread's spare (or is freed) until the writer needs one again.
+  // this thread's spare (or is freed) until the writer needs one again. A
+  // core on any executor but a plain io_context one stays: no other writer
+  // could take it over.
   void queue_quiet() noexcept;
   // The writer object is going away: the queue's waiting entries are
   // aborted, and an active one is not launched any more (queue_core::close).
@@ -1235,7 +1247,8 @@ class writer_core : public service_member {
   clock::duration time_above_high_{};
   clock::time_point above_high_since_{};  // while !writable_
 
-  // The writer's queue's core, while the writer uses it (see queue_locked).
+  // The writer's queue's core, while the writer uses it (see queue_locked;
+  // on any executor but a plain io_context one, from its first use on).
   core_ref queue_;
   // The context's default hook was handed to this writer: a core made
   // from now on uses it too, and the core held then gets it when the writer
