@@ -602,6 +602,23 @@ bool queue_core::quiet(bool& recycled) noexcept {
   return true;
 }
 
+bool queue_core::take_idle_turn() noexcept {
+  std::lock_guard lock(mutex_);
+  if (!running_ || busy_ || !waiting_.empty() || closed_.load(std::memory_order_relaxed) ||
+      extras())
+    return false;
+  // As add() then turn_granted() leave a turn nothing waits behind: busy,
+  // held, no outstanding work (a held turn only orders work), and the
+  // active entry's trace state that of an untraced entry already triggered.
+  busy_ = true;
+  turn_held_ = true;
+  active_triggered_ = true;
+  active_kind_ = unknown_kind;
+  if (peak_depth_ == 0)
+    peak_depth_ = 1;
+  return true;
+}
+
 void queue_core::release_turn() noexcept {
   trace_done(error_code());
   finish();

@@ -32,6 +32,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace d = serq::detail;
@@ -898,23 +899,96 @@ BOOST_AUTO_TEST_CASE(a_writers_own_operations_allocate_from_its_threads_own_slot
 }
 
 namespace {
-// A stream whose async_write_some keeps its handler until drop() destroys it
-// unrun (not at the context's shutdown).
-struct dropping_stream {
+// A stream whose async_write_some keeps its handler until finish(n) posts it
+// to the stream's executor with n bytes written, or drop() destroys it unrun
+// (not at the context's shutdown).
+struct holding_stream {
   using executor_type = net::any_io_executor;
-  explicit dropping_stream(net::io_context& ioc) : ex(ioc.get_executor()) {}
+  explicit holding_stream(net::io_context& ioc) : ex(ioc.get_executor()) {}
   executor_type get_executor() const { return ex; }
   template <class Buffers, class Token>
   auto async_write_some(const Buffers&, Token&& token) {
     return net::async_initiate<Token, void(error_code, std::size_t)>(
-        [this](auto handler) { held = std::make_shared<decltype(handler)>(std::move(handler)); },
+        [this](auto handler) {
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          held = h;
+          finisher = [this, h](std::size_t n) {
+            net::post(ex, [h, n] { std::move (*h)(error_code(), n); });
+          };
+        },
         token);
   }
-  void drop() { held.reset(); }
+  void finish(std::size_t n) {
+    held.reset();
+    std::exchange(finisher, nullptr)(n);
+  }
+  void drop() {
+    held.reset();
+    finisher = nullptr;
+  }
   executor_type ex;
   std::shared_ptr<void> held;
+  std::function<void(std::size_t)> finisher;
 };
 }  // namespace
+
+// An idle writer called on its executor takes its queue's turn at once: the
+// message's first write_some starts inside async_write, and nothing is posted
+// for the pump's turn (one post a message; on a strand, one strand operation
+// and its allocations). A composed operation queued behind still waits for
+// the pump, and runs after it.
+BOOST_AUTO_TEST_CASE(an_idle_writer_called_on_its_executor_posts_nothing_for_its_turn) {
+  net::io_context ioc;
+  holding_stream stream(ioc);
+  serq::queued_writer<holding_stream&> writer(stream);
+  std::size_t written = 0;
+  net::post(ioc, [&] {
+    writer.async_write(net::buffer("abc", 3), [&](error_code, std::size_t n) { written = n; });
+  });
+  BOOST_TEST(ioc.run_one() == 1u);  // the call above
+  BOOST_TEST_REQUIRE(stream.held);  // its write_some started inside it
+  BOOST_TEST(ioc.poll() == 0u);     // and nothing was posted
+  bool launched = false;
+  writer.async_enqueue<void(error_code)>(
+      [&](auto handler) {
+        launched = true;
+        std::move(handler)(error_code());
+      },
+      [](error_code) {});
+  ioc.restart();
+  ioc.poll();
+  BOOST_TEST(!launched);  // behind the pump, whose write is in flight
+  stream.finish(3);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(written == 3u);
+  BOOST_TEST(launched);
+}
+
+// A writer whose queue is observed (here by the context's default trace
+// hook) queues its pump's acquire as before, so the hook sees it.
+BOOST_AUTO_TEST_CASE(an_observed_writer_queues_its_pumps_acquire_for_the_hook) {
+  net::io_context ioc;
+  int acquires = 0;
+  serq::set_default_trace_hook(ioc, [&](serq::trace_point p, serq::entry_info& info) {
+    if (p == serq::trace_point::attach && info.kind == serq::entry_kind::acquire)
+      ++acquires;
+  });
+  holding_stream stream(ioc);
+  serq::queued_writer<holding_stream&> writer(stream);
+  std::size_t written = 0;
+  net::post(ioc, [&] {
+    writer.async_write(net::buffer("abc", 3), [&](error_code, std::size_t n) { written = n; });
+  });
+  BOOST_TEST(ioc.run_one() == 1u);
+  BOOST_TEST_REQUIRE(stream.held);  // the early write started all the same
+  BOOST_TEST(acquires == 1);
+  BOOST_TEST(ioc.poll() == 1u);  // the pump's turn
+  stream.finish(3);
+  ioc.restart();
+  ioc.run();
+  BOOST_TEST(written == 3u);
+}
 
 // A write's handler dropped unrun outside the context's shutdown fails the
 // writer's requests as shutdown would, but the composed operation waiting in
@@ -922,8 +996,8 @@ struct dropping_stream {
 // writer goes, as every queued operation of a destroyed writer does.
 BOOST_AUTO_TEST_CASE(a_dropped_write_leaves_the_composed_operation_behind_it_to_complete) {
   net::io_context ioc;
-  dropping_stream stream(ioc);
-  std::optional<serq::queued_writer<dropping_stream&>> writer(std::in_place, stream);
+  holding_stream stream(ioc);
+  std::optional<serq::queued_writer<holding_stream&>> writer(std::in_place, stream);
   int op_calls = 0;
   error_code op_ec;
   bool launched = false;

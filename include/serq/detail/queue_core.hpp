@@ -325,6 +325,13 @@ class queue_core : public service_member {
   }
   // A turn handed out is released (after_complete, detach), then finish().
   void release_turn() noexcept;
+  // A writer's own queue: when the queue is running, idle and unobserved (no
+  // extras, so no trace point or wait time is owed), its turn is taken here
+  // and now, as an acquire's would be once granted, and held until
+  // release_turn(). Returns false, leaving the queue as it was, otherwise.
+  // The caller queues an acquire then. Saves the acquire's entry and its
+  // trigger's post.
+  bool take_idle_turn() noexcept;
 
   // The IO object is gone: abort waiting entries; the active one runs on if
   // launched (one not launched yet is aborted at its launch: closed()), and

@@ -527,12 +527,14 @@ class writer_core : public service_member {
   // has no pump, no write_some is in flight, queue_idle() says the writer's
   // queue holds nothing, no urgent item or terminal cancellation is under
   // way) and the caller may use the stream now (write_now()), the message
-  // does not wait for its pump's turn: start_pump(id) queues the pump as
-  // usual, marked early, and its first window is cut and handed to
-  // start_write(window, id) at once, under the lock. Otherwise
-  // start_pump(id) with a plain id, as add() does. The queue cannot start
-  // anything else meanwhile: everything reaches it under this lock, and the
-  // early pump is its active entry from now on.
+  // does not wait for its pump's turn: start_pump(id) starts the pump,
+  // marked early (it takes the idle queue's turn at once when nothing
+  // observes the queue, take_idle_queue_turn(), else it queues an acquire as
+  // usual), and its first window is cut and handed to start_write(window,
+  // id) at once, under the lock. Otherwise start_pump(id) with a plain id, as
+  // add() does. The queue cannot start anything else meanwhile: everything
+  // reaches it under this lock, and the early pump holds its turn, or is its
+  // active entry, from now on.
   //
   // Why: a pump's turn is posted. Behind that post every caller resumed in
   // the same loop turn (say, by a batch of replies) queues its message, so
@@ -863,6 +865,15 @@ class writer_core : public service_member {
   void hold_queue_turn(turn& t) noexcept {
     turn_access::take_over(t);
     queue_turn_held_ = true;
+  }
+  // Takes the turn of the writer's own queue at once, when nothing waits or
+  // runs there and nothing observes it (queue_core::take_idle_turn): no
+  // acquire is queued, and no trigger posted. Under the lock.
+  bool take_idle_queue_turn() {
+    if (!queue_locked().take_idle_turn())
+      return false;
+    queue_turn_held_ = true;
+    return true;
   }
   // Ends the turn of the writer's own queue (held by this thread's pump or
   // lender), then gives the queue's core back if it went quiet (see

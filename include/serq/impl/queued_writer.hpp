@@ -744,6 +744,9 @@ class writer_state final : public writer_core {
   // started, with the pump's turn on its way: whichever of the two ends
   // second carries the pump on.
   void reset_early() noexcept { early_meetings_.store(0, std::memory_order_relaxed); }
+  // The early pump took its turn at once (take_idle_queue_turn): the turn's
+  // half of the rendezvous is in, and the write's completion carries on.
+  void early_turn_in() noexcept { early_meetings_.store(1, std::memory_order_relaxed); }
 
   void start_early_write(writer_ref<writer_state> self, const buffer_window& window, pump_id id) {
     stream_->async_write_some(
@@ -1199,8 +1202,16 @@ void queued_writer<Stream>::add_node(detail::writer_node* n, bool urgent) {
         },
         [this] { return state_->queue_empty_locked(); },
         [this](detail::pump_id id) {
-          if (id.early)
+          if (id.early) {
+            // The writer's queue is idle (queue_idle() above) and this thread
+            // runs its executor: unless the queue is observed, the pump's
+            // turn is taken now, with no entry and no post.
+            if (state_->take_idle_queue_turn()) {
+              state_->early_turn_in();
+              return;
+            }
             state_->reset_early();  // before the turn can arrive, on any thread
+          }
           state_->acquire_locked(typename state_type::pump_start{state_, id});
         },
         [this](const detail::buffer_window& window, detail::pump_id id) {
