@@ -108,12 +108,15 @@ struct throwing_fixture {
   // Turns of the writer's own queue that ended (its pumps' turns).
   int turns_released = 0;
 
-  explicit throwing_fixture(std::size_t throw_at) {
-    serq::set_default_trace_hook(ioc, [this](serq::trace_point p, serq::entry_info& e) {
-      if (p == serq::trace_point::detach && e.kind == serq::entry_kind::acquire &&
-          e.queue_name == "serq.queued_writer")
-        ++turns_released;
-    });
+  // observed: a default trace hook counts the turns; without it, an early
+  // pump takes its turn inside the call, with no acquire entry.
+  explicit throwing_fixture(std::size_t throw_at, bool observed = true) {
+    if (observed)
+      serq::set_default_trace_hook(ioc, [this](serq::trace_point p, serq::entry_info& e) {
+        if (p == serq::trace_point::detach && e.kind == serq::entry_kind::acquire &&
+            e.queue_name == "serq.queued_writer")
+          ++turns_released;
+      });
     writer.emplace(ioc.get_executor());
     writer->next_layer().connect(peer);
     writer->next_layer().throw_at = throw_at;
@@ -274,7 +277,7 @@ BOOST_AUTO_TEST_CASE(destroying_the_writer_with_an_early_write_in_flight_complet
   f.on_executor([&] {
     f.send("in flight", a);
     f.send("queued", b);
-    f.writer.reset();  // its pump's turn has not even arrived
+    f.writer.reset();  // its pump holds the writer queue's turn, taken in the first call
   });
   BOOST_TEST(a.calls == 1);
   BOOST_TEST(b.calls == 1);
@@ -391,6 +394,25 @@ BOOST_AUTO_TEST_CASE(an_early_write_some_that_throws_fails_its_message_and_hands
   BOOST_TEST(b.ec == net::error::connection_reset);
   // The turn came after the failure, found nothing to write, and went on.
   BOOST_TEST(f.turns_released == 1);
+  BOOST_TEST(f.peer.str().empty());
+}
+
+// Unobserved, the early pump takes its turn inside the call: a write_some
+// that throws there fails its message, and the call itself hands the turn on
+// (the writer's queue goes quiet, its core given back).
+BOOST_AUTO_TEST_CASE(an_early_write_some_that_throws_with_the_turn_taken_in_the_call_hands_it_on) {
+  throwing_fixture f(1, false);
+  f.writer->next_layer().thrower = [] { throw serq::system_error(net::error::connection_reset); };
+  result a, b;
+  f.on_executor([&] {
+    f.send("first;", a);
+    BOOST_TEST(serq::detail::writer_access::queue(*f.writer) == nullptr);
+    f.send("second;", b);
+  });
+  BOOST_TEST(a.calls == 1);
+  BOOST_TEST(a.ec == net::error::connection_reset);
+  BOOST_TEST(b.ec == net::error::connection_reset);
+  BOOST_TEST(f.ioc.stopped());
   BOOST_TEST(f.peer.str().empty());
 }
 

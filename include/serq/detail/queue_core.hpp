@@ -330,7 +330,8 @@ class queue_core : public service_member {
   // and now, as an acquire's would be once granted, and held until
   // release_turn(). Returns false, leaving the queue as it was, otherwise.
   // The caller queues an acquire then. Saves the acquire's entry and its
-  // trigger's post.
+  // trigger's post. A core once observed keeps its extras: so do the cores
+  // of a context that had a default hook, even after it was removed.
   bool take_idle_turn() noexcept;
 
   // The IO object is gone: abort waiting entries; the active one runs on if

@@ -257,8 +257,10 @@ enum class lane : unsigned char { normal, urgent };
 
 // Names a pump: its lane and the segment of that lane it writes. An early
 // pump's first write_some was started by the call that found the writer idle
-// (writer_core::add_write), before the pump held its turn: the turn's arrival
-// and that write's completion meet, and the later of the two goes on.
+// (writer_core::add_write), usually before the pump held its turn: the turn's
+// arrival and that write's completion meet, and the later of the two goes on.
+// When the call took the idle queue's turn itself (take_idle_queue_turn), the
+// turn's half of that meeting is in before the write starts.
 struct pump_id {
   lane l = lane::normal;
   std::uint32_t segment = 0;
@@ -1272,7 +1274,9 @@ class writer_core : public service_member {
   // The writer's pump or lender holds its queue's turn. Written and read by
   // the holder only (and by the destructor, which releases a turn still
   // held, as a turn object does when its holder goes: handlers destroyed
-  // unrun at the context's shutdown).
+  // unrun at the context's shutdown). A turn taken in the call that found
+  // the queue idle (take_idle_queue_turn) is written there, under the lock,
+  // before the write whose completion carries the pump on is started.
   bool queue_turn_held_ = false;
 };
 
