@@ -330,7 +330,8 @@ alloc_result count_window(net::io_context& ioc, std::size_t n, std::size_t warm,
 // --------------------------------------------------------
 
 // serq_fat: serq default with an operation that holds an any_io_executor by value (case 6a only).
-enum class queue_kind { serq_default, serq_inline, serq_fat, hand, bare };
+// serq_strand, hand_strand: the queue on a strand of the io_context (case 5 only).
+enum class queue_kind { serq_default, serq_inline, serq_fat, serq_strand, hand, hand_strand, bare };
 
 // Each returns the seconds of n one-step operations with `window` in flight (or, with count, the
 // steady-state allocations).
@@ -357,8 +358,18 @@ auto with_queue(queue_kind kind, Body&& body) {
         q.async_enqueue<void(error_code)>(serq::trigger_inline, lean_step_op{&ex}, std::move(h));
       });
     }
+    case queue_kind::serq_strand: {
+      serq::serialized_queue q(net::make_strand(ioc));
+      return body(ioc, [&q, &ex](auto h) {
+        q.async_enqueue<void(error_code)>(lean_step_op{&ex}, std::move(h));
+      });
+    }
     case queue_kind::hand: {
       hand_queue<std::function<void(error_code)>> q(ex);
+      return body(ioc, [&q](auto h) { q.async_enqueue(std::move(h)); });
+    }
+    case queue_kind::hand_strand: {
+      hand_queue<std::function<void(error_code)>> q(net::make_strand(ioc));
       return body(ioc, [&q](auto h) { q.async_enqueue(std::move(h)); });
     }
     case queue_kind::bare:
@@ -858,6 +869,10 @@ std::vector<alloc_result> steady_allocations(std::size_t na) {
             queue_allocations(queue_kind::hand, na, 1));
   add_alloc("5h64", "queue op, callback, hand-rolled queue, 64 in flight",
             queue_allocations(queue_kind::hand, na, 64));
+  add_alloc("5qs1", "queue op, callback, serq on a strand, 1 in flight",
+            queue_allocations(queue_kind::serq_strand, na, 1));
+  add_alloc("5hs1", "queue op, callback, hand-rolled queue on a strand, 1 in flight",
+            queue_allocations(queue_kind::hand_strand, na, 1));
   add_alloc("5b64", "queue op, callback, bare post, 64 in flight",
             queue_allocations(queue_kind::bare, na, 64));
   add_alloc("5a1", "queue op, use_awaitable, serq, 1 coroutine", awaitable_allocations(na, 1));
@@ -868,18 +883,18 @@ std::vector<alloc_result> steady_allocations(std::size_t na) {
             writer_allocations(na, 64, true));
   add_alloc("5wi1", "writer message, callback, serq, idle between messages",
             writer_allocations(na, 1, true, writer_pace::idle_between));
-  add_alloc("5ws1", "writer message, callback, serq on a strand, idle between messages",
+  add_alloc("5ws1", "writer message, callback, serq on a strand, idle between",
             writer_allocations(na, 1, true, writer_pace::idle_between_on_strand));
   add_alloc("5hw64", "writer message, callback, hand-rolled writer, 64 in flight",
             writer_allocations(na, 64, false));
   add_alloc("5hwi1", "writer message, callback, hand-rolled writer, idle between messages",
             writer_allocations(na, 1, false, writer_pace::idle_between));
-  add_alloc("5hws1", "writer message, callback, hand-rolled, on a strand, idle between",
+  add_alloc("5hws1", "writer message, callback, hand-rolled writer on a strand, idle between",
             writer_allocations(na, 1, false, writer_pace::idle_between_on_strand));
 
   std::printf("\n5  heap allocations per operation, steady state (second half of %zu ops)\n", na);
   for (const auto& a : allocs)
-    std::printf("  %-62s %8s  (%zu in %zu)\n", a.label.c_str(), fmt(a.per_op, 3).c_str(),
+    std::printf("  %-70s %8s  (%zu in %zu)\n", a.label.c_str(), fmt(a.per_op, 3).c_str(),
                 a.allocations, a.ops);
   return allocs;
 }
@@ -1823,6 +1838,8 @@ int run(const options& o) {
       {"5: allocations per queue op, callback (1 in flight)", alloc("5q1"), 0.0, false});
   targets.push_back(
       {"5: allocations per queue op, callback (64 in flight)", alloc("5q64"), 0.0, false});
+  targets.push_back({"5: allocations per queue op, callback, queue on a strand (1 in flight)",
+                     alloc("5qs1"), 0.0, false});
   targets.push_back(
       {"5: allocations per queue op, use_awaitable (8 coroutines)", alloc("5a8"), 0.0, false});
   targets.push_back(

@@ -26,6 +26,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace d = serq::detail;
@@ -345,6 +346,49 @@ BOOST_AUTO_TEST_CASE(queue_on_a_thread_pool_executor) {
     BOOST_TEST(completed.load() == threads * per_thread);
     BOOST_TEST(q.size() == 0u);
   }
+}
+
+namespace {
+struct keep_turn {
+  bool* granted;
+  void operator()(error_code ec, serq::turn) const { *granted = !ec; }
+};
+}  // namespace
+
+// An entry whose handler has the default allocator lives in the thread's
+// slot for queue entries (own_block::queue_entry), away from the recycling
+// allocator's two-block cache that a strand's operations compete for (a
+// queue on a strand took two allocations an operation): it takes the block
+// the slot holds, and gives it back there when it completes. A handler with
+// an allocator of its own keeps using it. On a thread of its own, whose
+// slots nothing else touched.
+BOOST_AUTO_TEST_CASE(an_entry_with_the_default_allocator_lives_in_the_threads_entry_slot) {
+  bool granted = false, took = false, back = false;
+  std::thread([&] {
+    using entry = d::turn_entry<keep_turn, net::any_io_executor, true>;
+    constexpr std::size_t size = sizeof(entry);
+    void* seed = d::allocate_own_block(d::own_block::queue_entry, size);
+    d::deallocate_own_block(d::own_block::queue_entry, seed, size);  // the slot holds seed now
+    net::io_context ioc;
+    serq::serialized_queue q(ioc);
+    q.async_acquire(keep_turn{&granted});
+    // The entry took seed: a block of its size asked now is another one.
+    void* other = d::allocate_own_block(d::own_block::queue_entry, size);
+    took = other != seed;
+    net::detail::recycling_allocator<unsigned char, net::detail::thread_info_base::default_tag>()
+        .deallocate(static_cast<unsigned char*>(other), size);  // not into the slot
+    ioc.run();  // the turn is granted and dropped: the entry is freed into the slot
+    void* again = d::allocate_own_block(d::own_block::queue_entry, size);
+    back = again == seed;
+    d::deallocate_own_block(d::own_block::queue_entry, again, size);
+  }).join();
+  BOOST_TEST(granted);
+  BOOST_TEST(took);
+  BOOST_TEST(back);
+  using bound = decltype(net::bind_allocator(std::declval<serq_test::counting_allocator<void>>(),
+                                             std::declval<keep_turn>()));
+  BOOST_TEST((std::is_same_v<d::turn_entry<bound, net::any_io_executor, true>::storage_type,
+                             d::node_allocator_t<bound>>));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

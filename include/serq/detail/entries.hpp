@@ -191,7 +191,7 @@ void deliver_then(Then& then, Deliver&& deliver) {
 template <class Node, class Handler, class Executor, class Then, class... Args>
 void free_then_deliver_after(Node* node, Handler& handler, const Executor& ex, completion_mode mode,
                              Then&& then, Args&&... args) {
-  const auto alloc = node_allocator(handler);
+  const auto alloc = node_storage_of<Node>::get(handler);
 #if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
   if (mode == completion_mode::immediate) {
     const auto iex = net::get_associated_immediate_executor(handler, ex);
@@ -218,7 +218,7 @@ void free_then_deliver_after(Node* node, Handler& handler, const Executor& ex, c
 template <class Node, class Handler, class IoExecutor, class Executor, class Then, class... Args>
 void free_then_deliver_via(Node* node, Handler& handler, const IoExecutor& io_ex,
                            const Executor& ex, completion_mode mode, Then&& then, Args&&... args) {
-  const auto alloc = node_allocator(handler);
+  const auto alloc = node_storage_of<Node>::get(handler);
 #if defined(SERQ_HAS_IMMEDIATE_EXECUTOR)
   if (mode == completion_mode::immediate) {
     const auto iex = net::get_associated_immediate_executor(handler, io_ex);
@@ -243,7 +243,7 @@ void free_then_deliver_via(Node* node, Handler& handler, const IoExecutor& io_ex
 // executor: the node holds no work of its own (see handler_entry::refine).
 template <class Node, class Handler, class Then, class... Args>
 void free_then_invoke(Node* node, Handler& handler, Then&& then, Args&&... args) {
-  const auto alloc = node_allocator(handler);
+  const auto alloc = node_storage_of<Node>::get(handler);
   auto completion = bind_completion(std::move(handler), std::forward<Args>(args)...);
   deallocate_node(node, alloc);
   deliver_then(then, [&] { completion(); });
@@ -344,6 +344,21 @@ class handler_entry : public entry_base, public tracked_entry {
   using handler_executor_type = net::associated_executor_t<Handler, QueueExecutor>;
   using allocator_type = node_allocator_t<Handler>;
   using core_type = basic_queue_core<QueueExecutor>;
+  // The entry's own storage (node_storage_of): for a handler with the
+  // default allocator, the thread's slot for queue entries, which keeps the
+  // entry out of the recycling allocator's two-block cache (a queue on a
+  // strand took two allocations an operation when the entry competed there
+  // with the strand's operations); otherwise the handler's allocator. What
+  // the entry posts (its trigger) uses allocator_type.
+  using storage_type =
+      std::conditional_t<std::is_same_v<net::associated_allocator_t<Handler>, std::allocator<void>>,
+                         own_block_allocator<void, own_block::queue_entry>, allocator_type>;
+  static storage_type storage_of(const Handler& h) noexcept {
+    if constexpr (std::is_same_v<storage_type, allocator_type>)
+      return node_allocator(h);
+    else
+      return {};
+  }
 
   const core_type& typed_core() const noexcept { return static_cast<const core_type&>(core()); }
   // A reference, but on an any_io_executor queue a copy (see basic_queue_core):
@@ -484,10 +499,9 @@ class handler_entry : public entry_base, public tracked_entry {
 
   template <class Derived>
   static void deallocate(Derived* self) noexcept {
-    const allocator_type alloc = self->get_allocator();
     if (handler_work* w = std::exchange(self->work_, nullptr))
-      deallocate_node(w, alloc);
-    deallocate_node(self, alloc);
+      deallocate_node(w, self->get_allocator());
+    deallocate_node(self, storage_of(self->handler_));
   }
 
   Handler handler_;

@@ -17,6 +17,7 @@
 #include <serq/detail/back_linked_list.hpp>
 #include <serq/detail/completion_mode.hpp>
 #include <serq/detail/core_ref.hpp>
+#include <serq/detail/handler_alloc.hpp>
 #include <serq/detail/queue_core.hpp>
 #include <serq/detail/small_mutex.hpp>
 #include <serq/detail/work.hpp>
@@ -39,69 +40,6 @@ namespace detail {
 
 class writer_core;
 class node_canceller;
-
-// Blocks of the writer's own operations: a pump's entry in the writer's
-// queue (and what the queue posts for it), and the stream operation of a
-// write_some (the allocator its handler is associated with). Each kind has
-// a slot of one block per thread: an allocation takes its block when it is
-// of the very size asked, else one from Asio's recycling allocator, as
-// every handler's is; a block given back takes the slot when it is empty
-// or holds another size (which goes back to the recycling allocator: the
-// last size given back is the one the thread's writers use now), else goes
-// back to the recycling allocator. A writer that goes idle between messages
-// then leaves the recycling allocator's few blocks to its user's handlers
-// and messages (it took three allocations a message when the four blocks
-// shared them). What a slot holds is freed when its thread ends.
-enum class own_block : unsigned char { pump_entry = 0, stream_op = 1 };
-inline constexpr std::size_t own_block_kinds = 2;
-
-void* allocate_own_block(own_block kind, std::size_t size);
-void deallocate_own_block(own_block kind, void* p, std::size_t size) noexcept;
-
-template <class T, own_block Kind>
-class own_block_allocator {
- public:
-  using value_type = T;
-  template <class U>
-  struct rebind {
-    using other = own_block_allocator<U, Kind>;
-  };
-
-  own_block_allocator() noexcept = default;
-  template <class U>
-  own_block_allocator(const own_block_allocator<U, Kind>&) noexcept {}
-
-  // A slot's block has the alignment of operator new (Asio's recycling
-  // allocator aligns no block less); a T that needs more bypasses the slot.
-  T* allocate(std::size_t n) {
-    if constexpr (alignof(T) > __STDCPP_DEFAULT_NEW_ALIGNMENT__)
-      return recycling().allocate(n);
-    else
-      return static_cast<T*>(allocate_own_block(Kind, n * sizeof(T)));
-  }
-  void deallocate(T* p, std::size_t n) noexcept {
-    if constexpr (alignof(T) > __STDCPP_DEFAULT_NEW_ALIGNMENT__)
-      recycling().deallocate(p, n);
-    else
-      deallocate_own_block(Kind, p, n * sizeof(T));
-  }
-
-  // Every one of a Kind uses the same slots: all compare equal, rebound or not.
-  template <class U>
-  friend bool operator==(const own_block_allocator&, const own_block_allocator<U, Kind>&) noexcept {
-    return true;
-  }
-  template <class U>
-  friend bool operator!=(const own_block_allocator&, const own_block_allocator<U, Kind>&) noexcept {
-    return false;
-  }
-
- private:
-  static net::detail::recycling_allocator<T, net::detail::thread_info_base::default_tag>
-  recycling() noexcept {
-    return {};
-  }
-};
 
 // A counted reference to a writer's shared state. writer_core counts its
 // own references (four bytes beside its lock) instead of being held by
