@@ -33,7 +33,8 @@ namespace {
 // busy state and the largest gather array given back, so that a writer that
 // drains between messages or bursts does not allocate for them (as Asio's
 // recycling allocator does for operations; its per-thread cache takes no
-// block of these sizes).
+// block of these sizes); and the own_block slots, of the writer's own
+// operations and of queue entries (handler_alloc.hpp).
 //
 // A writer may give its blocks back while the thread's thread_local objects
 // are destroyed, or, on the main thread, while the program's statics are (a
@@ -46,8 +47,8 @@ struct thread_spares {
   queue_core* queue = nullptr;  // one reference, recycled (queue_core::recycle)
   net::const_buffer* window = nullptr;
   std::size_t window_size = 0;
-  // The writer's own operations' blocks (own_block), each from the
-  // recycling allocator for `size` bytes.
+  // The own_block slots (a writer's own operations, queue entries), each
+  // block from the recycling allocator for `size` bytes.
   struct block_slot {
     void* block = nullptr;
     std::size_t size = 0;

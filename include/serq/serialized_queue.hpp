@@ -101,6 +101,15 @@ class queued_writer;
  * executor is not the queue's also counts as work on that executor. A held
  * turn is not outstanding work.
  *
+ * @par Memory
+ * An entry (the handler, the operation and six words) is allocated with the
+ * handler's associated allocator. With the default `std::allocator`, each
+ * thread keeps one block for queue entries: an entry of that block's very
+ * size takes it, any other comes from Asio's recycling allocator, and a
+ * finished entry's block goes back to it. What a thread keeps is freed when
+ * the thread ends (a main thread that first keeps a block during static
+ * destruction keeps it until the process exits).
+ *
  * @par Object lifetimes
  * An operation's cancellation slot keeps serq's handler in it after the
  * operation completed (Asio leaves a slot's handler in place until the slot

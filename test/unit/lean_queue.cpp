@@ -391,4 +391,61 @@ BOOST_AUTO_TEST_CASE(an_entry_with_the_default_allocator_lives_in_the_threads_en
                              d::node_allocator_t<bound>>));
 }
 
+namespace {
+struct post_success {
+  net::io_context* ioc;
+  template <class Handler>
+  void operator()(Handler&& h) const {
+    net::post(*ioc, [h = std::forward<Handler>(h)]() mutable { std::move(h)(error_code()); });
+  }
+};
+struct note_done {
+  bool* done;
+  void operator()(error_code ec) const { *done = !ec; }
+};
+
+// On a thread of its own: seeds the slot for queue entries with a block of
+// op_entry's size, then runs body(ioc, q) with a queue on a fresh
+// io_context, which must leave one such entry allocated, and finish(ioc),
+// which must free it (ioc is destroyed after finish). Reports whether the
+// entry took the seed and gave it back to the slot.
+template <class Finish>
+void seed_then_enqueue(bool& took, bool& back, Finish finish) {
+  std::thread([&] {
+    using entry = d::op_entry<post_success, note_done, net::any_io_executor, void(error_code)>;
+    constexpr std::size_t size = sizeof(entry);
+    void* seed = d::allocate_own_block(d::own_block::queue_entry, size);
+    d::deallocate_own_block(d::own_block::queue_entry, seed, size);
+    bool done = false;
+    {
+      net::io_context ioc;
+      serq::serialized_queue q(ioc);
+      q.async_enqueue<void(error_code)>(post_success{&ioc}, note_done{&done});
+      void* other = d::allocate_own_block(d::own_block::queue_entry, size);
+      took = other != seed;
+      net::detail::recycling_allocator<unsigned char, net::detail::thread_info_base::default_tag>()
+          .deallocate(static_cast<unsigned char*>(other), size);
+      finish(ioc);
+    }
+    void* again = d::allocate_own_block(d::own_block::queue_entry, size);
+    back = again == seed;
+    d::deallocate_own_block(d::own_block::queue_entry, again, size);
+  }).join();
+}
+}  // namespace
+
+// The same for an operation's entry, freed when its operation completes
+// (invoked on the queue's thread) and when its trigger is destroyed unrun
+// with the context.
+BOOST_AUTO_TEST_CASE(an_operations_entry_gives_its_block_back_to_the_slot_however_it_ends) {
+  bool took = false, back = false;
+  seed_then_enqueue(took, back, [](net::io_context& ioc) { ioc.run(); });
+  BOOST_TEST(took);
+  BOOST_TEST(back);
+  took = back = false;
+  seed_then_enqueue(took, back, [](net::io_context&) {});  // destroyed with the context
+  BOOST_TEST(took);
+  BOOST_TEST(back);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

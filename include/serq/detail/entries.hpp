@@ -4,8 +4,9 @@
 // The typed entries a serialized_queue holds: an operation to launch, an
 // acquire (hands out a turn), and a barrier. Each owns the user's handler,
 // tracks outstanding work on both executors, and is allocated with the
-// handler's associated allocator (Asio's recycling allocator when that is
-// std::allocator), freed before the upcall.
+// handler's associated allocator (the thread's slot for queue entries when
+// that is std::allocator: handler_entry::storage_type), freed before the
+// upcall.
 //
 
 #ifndef SERQ_DETAIL_ENTRIES_HPP
