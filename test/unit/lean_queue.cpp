@@ -19,6 +19,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <future>
@@ -349,6 +350,29 @@ BOOST_AUTO_TEST_CASE(queue_on_a_thread_pool_executor) {
 }
 
 namespace {
+using recycling =
+    net::detail::recycling_allocator<unsigned char, net::detail::thread_info_base::default_tag>;
+void free_recycling_block(unsigned char* p, std::size_t size) {
+  recycling().deallocate(p, size);
+}
+
+// Whether the thread's slot for queue entries holds seed (a block of `size`
+// bytes), which it then keeps. Had seed been freed instead, the blocks of its
+// size taken from the recycling allocator first would get its memory back
+// (glibc hands a freed chunk to the next requests of its size class), so the
+// slot's answer cannot be seed by chance.
+bool slot_holds(void* seed, std::size_t size) {
+  std::array<unsigned char*, 16> guards{};
+  for (auto& g : guards)
+    g = recycling().allocate(size);
+  void* again = d::allocate_own_block(d::own_block::queue_entry, size);
+  for (auto* g : guards)
+    free_recycling_block(g, size);
+  const bool held = again == seed;
+  d::deallocate_own_block(d::own_block::queue_entry, again, size);
+  return held;
+}
+
 struct keep_turn {
   bool* granted;
   void operator()(error_code ec, serq::turn) const { *granted = !ec; }
@@ -375,12 +399,9 @@ BOOST_AUTO_TEST_CASE(an_entry_with_the_default_allocator_lives_in_the_threads_en
     // The entry took seed: a block of its size asked now is another one.
     void* other = d::allocate_own_block(d::own_block::queue_entry, size);
     took = other != seed;
-    net::detail::recycling_allocator<unsigned char, net::detail::thread_info_base::default_tag>()
-        .deallocate(static_cast<unsigned char*>(other), size);  // not into the slot
+    free_recycling_block(static_cast<unsigned char*>(other), size);  // not into the slot
     ioc.run();  // the turn is granted and dropped: the entry is freed into the slot
-    void* again = d::allocate_own_block(d::own_block::queue_entry, size);
-    back = again == seed;
-    d::deallocate_own_block(d::own_block::queue_entry, again, size);
+    back = slot_holds(seed, size);
   }).join();
   BOOST_TEST(granted);
   BOOST_TEST(took);
@@ -423,13 +444,10 @@ void seed_then_enqueue(bool& took, bool& back, Finish finish) {
       q.async_enqueue<void(error_code)>(post_success{&ioc}, note_done{&done});
       void* other = d::allocate_own_block(d::own_block::queue_entry, size);
       took = other != seed;
-      net::detail::recycling_allocator<unsigned char, net::detail::thread_info_base::default_tag>()
-          .deallocate(static_cast<unsigned char*>(other), size);
+      free_recycling_block(static_cast<unsigned char*>(other), size);
       finish(ioc);
     }
-    void* again = d::allocate_own_block(d::own_block::queue_entry, size);
-    back = again == seed;
-    d::deallocate_own_block(d::own_block::queue_entry, again, size);
+    back = slot_holds(seed, size);
   }).join();
 }
 }  // namespace

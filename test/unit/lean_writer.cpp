@@ -990,7 +990,7 @@ BOOST_AUTO_TEST_CASE(the_turn_an_idle_writer_takes_in_the_call_is_released_after
             [&] { writer.async_write(net::buffer("abc", 3), [](error_code, std::size_t) {}); });
   ioc.run_one();
   BOOST_TEST_REQUIRE(stream.held);
-  BOOST_TEST(d::writer_access::queue(writer) != nullptr);  // its turn is held
+  BOOST_TEST(d::writer_access::queue(writer) != nullptr);  // held by the turn's holder
   stream.finish(3);
   ioc.restart();
   ioc.run();

@@ -270,14 +270,30 @@ BOOST_AUTO_TEST_CASE(an_early_write_that_fails_fails_the_writer) {
   BOOST_TEST(f.peer.str().empty());
 }
 
-BOOST_AUTO_TEST_CASE(destroying_the_writer_with_an_early_write_in_flight_completes_it_once) {
+// Observed (a default trace hook), a writer queues its early pump's acquire,
+// whose turn is posted and meets the early write: the tests below run both
+// ways, the unobserved writer taking its idle queue's turn in the call.
+namespace {
+void observe(net::io_context& ioc, std::atomic<int>& acquires) {
+  serq::set_default_trace_hook(ioc, [&acquires](serq::trace_point p, serq::entry_info& e) {
+    if (p == serq::trace_point::attach && e.kind == serq::entry_kind::acquire)
+      ++acquires;
+  });
+}
+
+void destroy_with_an_early_write_in_flight(bool observed) {
+  std::atomic<int> acquires{0};
   fixture f;
+  if (observed)
+    observe(f.ioc, acquires);
   f.writer->next_layer().write_size(3);
   result a, b;
   f.on_executor([&] {
     f.send("in flight", a);
     f.send("queued", b);
-    f.writer.reset();  // its pump holds the writer queue's turn, taken in the first call
+    // Unobserved, the pump holds the queue's turn taken in the first call;
+    // observed, the pump's turn has not even arrived.
+    f.writer.reset();
   });
   BOOST_TEST(a.calls == 1);
   BOOST_TEST(b.calls == 1);
@@ -286,16 +302,27 @@ BOOST_AUTO_TEST_CASE(destroying_the_writer_with_an_early_write_in_flight_complet
   // The message in flight reports what it wrote: 3 bytes, or all of them.
   BOOST_TEST(a.bytes == f.peer.str().size());
   BOOST_TEST(f.peer.str().size() >= 3u);
+  BOOST_TEST((acquires.load() > 0) == observed);
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(destroying_the_writer_with_an_early_write_in_flight_completes_it_once) {
+  destroy_with_an_early_write_in_flight(false);
+  destroy_with_an_early_write_in_flight(true);
 }
 
-BOOST_AUTO_TEST_CASE(chains_of_early_writes_on_two_io_threads_neither_stall_nor_reorder) {
-  // Each completion sends its chain's next message from an io thread, so
-  // most sends find the writer idle and write in the call, while the turn of
-  // the pump before may still be arriving on the other thread.
+// Each completion sends its chain's next message from an io thread, so most
+// sends find the writer idle and write in the call; observed, the turn of
+// the pump before may still be arriving on the other thread.
+namespace {
+void early_write_chains_on_two_io_threads(bool observed) {
   constexpr int chains = 4;
   constexpr int per_chain = 300;
   serq_test::handler_tracker tr;
   net::io_context ioc(2);
+  std::atomic<int> acquires{0};
+  if (observed)
+    observe(ioc, acquires);
   test_stream peer(ioc);
   serq::queued_writer<test_stream> w(ioc);
   w.next_layer().connect(peer);
@@ -318,6 +345,7 @@ BOOST_AUTO_TEST_CASE(chains_of_early_writes_on_two_io_threads_neither_stall_nor_
   other.join();
   BOOST_TEST(completed.load() == chains * per_chain);
   BOOST_TEST(failed.load() == 0);
+  BOOST_TEST((acquires.load() > 0) == observed);
   // Every chain's messages arrived whole and in order.
   const std::string all = peer.str();
   for (int c = 0; c < chains; ++c) {
@@ -329,6 +357,12 @@ BOOST_AUTO_TEST_CASE(chains_of_early_writes_on_two_io_threads_neither_stall_nor_
       at = found + msg.size();
     }
   }
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(chains_of_early_writes_on_two_io_threads_neither_stall_nor_reorder) {
+  early_write_chains_on_two_io_threads(false);
+  early_write_chains_on_two_io_threads(true);
 }
 
 // A stream whose async_write_some throws must neither hang the writer (its
