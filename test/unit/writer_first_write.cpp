@@ -313,9 +313,11 @@ BOOST_AUTO_TEST_CASE(destroying_the_writer_with_an_early_write_in_flight_complet
 
 // Each completion sends its chain's next message from an io thread, so most
 // sends find the writer idle and write in the call; observed, the turn of
-// the pump before may still be arriving on the other thread.
+// the pump before may still be arriving on the other thread. On a strand,
+// the two threads take turns inside it, where the sends run (and write in
+// the call) as the strand's handlers.
 namespace {
-void early_write_chains_on_two_io_threads(bool observed) {
+void early_write_chains_on_two_io_threads(bool observed, bool on_strand) {
   constexpr int chains = 4;
   constexpr int per_chain = 300;
   serq_test::handler_tracker tr;
@@ -324,7 +326,8 @@ void early_write_chains_on_two_io_threads(bool observed) {
   if (observed)
     observe(ioc, acquires);
   test_stream peer(ioc);
-  serq::queued_writer<test_stream> w(ioc);
+  serq::queued_writer<test_stream> w(on_strand ? net::any_io_executor(net::make_strand(ioc))
+                                               : net::any_io_executor(ioc.get_executor()));
   w.next_layer().connect(peer);
   std::atomic<int> completed{0};
   std::atomic<int> failed{0};
@@ -339,7 +342,7 @@ void early_write_chains_on_two_io_threads(bool observed) {
     }));
   };
   for (int c = 0; c < chains; ++c)
-    net::post(ioc, [&send, c] { send(c, 0); });
+    net::post(w.get_executor(), [&send, c] { send(c, 0); });
   std::thread other([&] { ioc.run(); });
   ioc.run();
   other.join();
@@ -361,8 +364,10 @@ void early_write_chains_on_two_io_threads(bool observed) {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(chains_of_early_writes_on_two_io_threads_neither_stall_nor_reorder) {
-  early_write_chains_on_two_io_threads(false);
-  early_write_chains_on_two_io_threads(true);
+  for (const bool on_strand : {false, true}) {
+    early_write_chains_on_two_io_threads(false, on_strand);
+    early_write_chains_on_two_io_threads(true, on_strand);
+  }
 }
 
 // A stream whose async_write_some throws must neither hang the writer (its
