@@ -282,6 +282,24 @@ void queue_core::drop_work_locked(void* work_out) noexcept {
     work_finished();
 }
 
+namespace {
+thread_local lingering_work* lingering_top = nullptr;
+}  // namespace
+
+lingering_work::lingering_work(const void* tag, void* work) noexcept
+    : tag_(tag), work_(work), outer_(lingering_top) {
+  lingering_top = this;
+}
+
+lingering_work::~lingering_work() {
+  lingering_top = outer_;
+}
+
+bool queue_core::take_lingering_work() noexcept {
+  const lingering_work* l = lingering_top;
+  return l && l->tag_ == executor_tag() && take_work_from(l->work_);
+}
+
 void queue_core::release_work_if_idle() noexcept {
   std::lock_guard lock(mutex_);
   drop_work_locked(nullptr);
@@ -344,7 +362,8 @@ queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
     return add_result::closed;
   }
   if (!work_held_) {
-    work_started();
+    if (!take_lingering_work())
+      work_started();
     work_held_ = true;
   }
   std::size_t depth = waiting_count_ + 1;

@@ -1635,8 +1635,7 @@ struct options {
   int rounds = 9;
   double scale = 1.0;
   std::string json;
-  std::string only_case;  // --only ID or ID:VARIANT (profiling)
-  std::string only_variant;
+  std::string only_case;  // --only ID[:VARIANT][,ID[:VARIANT]...] (profiling)
 };
 
 options parse(int argc, char** argv) {
@@ -1657,22 +1656,19 @@ options parse(int argc, char** argv) {
     else if (a == "--json")
       o.json = value();
     else if (a == "--only") {
-      const std::string v = value();
-      const auto colon = v.find(':');
-      o.only_case = v.substr(0, colon);
-      if (colon != std::string::npos)
-        o.only_variant = v.substr(colon + 1);
+      o.only_case = value();
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: serq_bench [--smoke] [--rounds R] [--scale F] [--json FILE] [--only "
-          "ID[:VARIANT]]\n"
+          "ID[:VARIANT][,ID[:VARIANT]...]]\n"
           "  --smoke      1 round, no warm-up, tiny sizes (CI: checks that every case runs)\n"
           "  --rounds R   measured rounds after the warm-up (default 9, at least 5 advised)\n"
           "  --scale F    multiply every operation count by F (default 1)\n"
           "  --json FILE  also write the results as JSON\n"
           "  --only ID[:VARIANT]  run one case (1a 1b 2 3 4a 4b 4c 6a 6b 9), or one variant of it\n"
           "               (6a: \"serq D=1024\"), and skip allocations and targets: for profiling\n"
-          "               (valgrind, perf); --only 5, 7 or 8 prints that table alone\n");
+          "               (valgrind, perf); a comma-separated list runs those in that order\n"
+          "               (2,6a:\"serq D=1\"); --only 5, 7 or 8 prints that table alone\n");
       std::exit(0);
     } else {
       throw std::invalid_argument("unknown argument " + a);
@@ -1750,20 +1746,39 @@ int run(const options& o) {
     return 0;
   }
   if (!o.only_case.empty()) {
-    for (auto& c : cases) {
-      if (c.id != o.only_case)
-        continue;
-      if (!o.only_variant.empty()) {
-        std::erase_if(c.variants, [&](const variant& v) { return v.name != o.only_variant; });
+    // A comma-separated list runs those cases in that order, each ID or ID:VARIANT: to see what
+    // one case leaves behind in the process for the next. Each item runs a fresh copy of its case,
+    // and the whole list is checked before anything runs.
+    std::vector<bench_case> run_list;
+    for (std::size_t at = 0;;) {
+      const auto comma = o.only_case.find(',', at);
+      const std::string item = o.only_case.substr(at, comma - at);
+      const auto colon = item.find(':');
+      const std::string id = item.substr(0, colon);
+      auto it =
+          std::find_if(cases.begin(), cases.end(), [&](const bench_case& c) { return c.id == id; });
+      if (it == cases.end())
+        throw std::invalid_argument("no such case: " + id +
+                                    (id == "5" || id == "7" || id == "8" ? " (only alone)" : ""));
+      bench_case c = *it;
+      if (colon != std::string::npos) {
+        const std::string name = item.substr(colon + 1);
+        std::erase_if(c.variants, [&](const variant& v) { return v.name != name; });
         if (c.variants.empty())
-          throw std::invalid_argument("no such variant: " + o.only_variant);
+          throw std::invalid_argument("no such variant: " + name);
         c.reference = c.variants.front().name;
       }
+      run_list.push_back(std::move(c));
+      if (comma == std::string::npos)
+        break;
+      at = comma + 1;
+    }
+    for (auto& c : run_list) {
       c.run(warmups, o.rounds);
       print_case(stdout, c);
-      return 0;
+      std::fflush(stdout);
     }
-    throw std::invalid_argument("no such case: " + o.only_case);
+    return 0;
   }
 
   std::printf("serq_bench: %s, %d round(s) after %d warm-up(s), medians; load average before: %s\n",

@@ -46,6 +46,9 @@ struct executor_tracking_state {
   /// test's way into the moment between a decision and its post.
   std::function<void()> before_execute;
   std::atomic<bool> before_execute_armed{false};
+  /// Executors made with require(outstanding_work.tracked): one per unit of
+  /// outstanding work counted afresh (moving a tracked executor makes none).
+  std::atomic<std::size_t> work_started{0};
 };
 
 namespace detail {
@@ -137,6 +140,8 @@ class tracking_executor {
   requires net::can_require<const Inner&, const Property&>::value auto require(
       const Property& p) const {
     using other = std::decay_t<decltype(net::require(inner_, p))>;
+    if constexpr (std::is_same_v<Property, net::execution::outstanding_work_t::tracked_t>)
+      ++state_->work_started;
     return tracking_executor<other>(net::require(inner_, p), state_);
   }
 

@@ -16,12 +16,14 @@
 
 #include "common/counting_allocator.hpp"
 #include "common/net.hpp"
+#include "common/tracking_executor.hpp"
 
 #include <boost/test/unit_test.hpp>
 
 #include <array>
 #include <atomic>
 #include <cstddef>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -464,6 +466,100 @@ BOOST_AUTO_TEST_CASE(an_operations_entry_gives_its_block_back_to_the_slot_howeve
   seed_then_enqueue(took, back, [](net::io_context&) {});  // destroyed with the context
   BOOST_TEST(took);
   BOOST_TEST(back);
+}
+
+// The usual pipeline: every completion submits the next operation from its
+// handler, on the queue's thread. The queue goes idle before the handler runs
+// and gets its next entry inside it; it takes the unit of outstanding work it
+// gave up instead of counting a new one (lingering_work). So the whole chain
+// counts its work once, and the context still runs out of work at its end.
+BOOST_AUTO_TEST_CASE(a_chain_submitted_from_its_completions_counts_its_work_once) {
+  net::io_context ioc;
+  const auto ex = serq_test::make_tracking_executor(ioc.get_executor());
+  serq::basic_serialized_queue<serq_test::tracking_executor<>> q(ex);
+  // Completes from a function posted through the queue's executor, so
+  // that the completion finds itself on it.
+  auto completes_on = [](const auto& on) {
+    return [on](auto handler) {
+      net::post(on, [h = std::move(handler)]() mutable { h(error_code()); });
+    };
+  };
+  constexpr int chain = 16;
+  int done = 0;
+  std::function<void(error_code)> next = [&](error_code ec) {
+    BOOST_TEST(!ec);
+    if (++done < chain)
+      q.async_enqueue<void(error_code)>(completes_on(ex), next);
+  };
+  q.async_enqueue<void(error_code)>(completes_on(ex), next);
+  ioc.run();
+  BOOST_TEST(done == chain);
+  BOOST_TEST(ioc.stopped());
+  BOOST_TEST(ex.state()->work_started.load() == 1u);
+
+  // Not taken when the handler submits to a queue of another executor
+  // of the same type: that one counts its own.
+  net::io_context other;
+  const auto other_ex = serq_test::make_tracking_executor(other.get_executor());
+  serq::basic_serialized_queue<serq_test::tracking_executor<>> q2(other_ex);
+  ioc.restart();
+  bool submitted = false;
+  q.async_enqueue<void(error_code)>(completes_on(ex), [&](error_code) {
+    q2.async_enqueue<void(error_code)>(completes_on(other_ex), [&](error_code) {});
+    submitted = true;
+  });
+  while (ioc.poll() != 0) {
+  }
+  BOOST_TEST(submitted);
+  BOOST_TEST(ioc.stopped());
+  BOOST_TEST(ex.state()->work_started.load() == 2u);
+  BOOST_TEST(other_ex.state()->work_started.load() == 1u);
+  other.run();
+  BOOST_TEST(other.stopped());
+}
+
+// The same on the usual any_io_executor queue of an io_context, where the
+// unit is taken only by a queue on the same io_context: a queue on another
+// context counts work there, and the first context still runs out of work.
+BOOST_AUTO_TEST_CASE(a_completions_work_goes_only_to_a_queue_on_the_same_context) {
+  net::io_context ioc, other;
+  serq::serialized_queue q(ioc), same(ioc), elsewhere(other);
+  // Operations that keep their handler and count no work: only the queues'
+  // work keeps their contexts from running out.
+  std::vector<std::function<void(error_code)>> kept;
+  auto keeps = [&kept](auto handler) {
+    kept.emplace_back([h = std::make_shared<decltype(handler)>(std::move(handler))](
+                          error_code ec) mutable { std::move (*h)(ec); });
+  };
+  int done = 0;
+  q.async_enqueue<void(error_code)>(completes_from_post(ioc), [&](error_code) {
+    elsewhere.async_enqueue<void(error_code)>(keeps, [&](error_code) { ++done; });
+  });
+  while (ioc.poll() != 0) {
+  }
+  BOOST_TEST(ioc.stopped());  // the unit did not go to other's queue
+  other.poll();
+  BOOST_TEST(kept.size() == 1u);
+  BOOST_TEST(!other.stopped());  // elsewhere counts work on other
+  kept.back()(error_code());
+  other.run();
+  BOOST_TEST(done == 1);
+  BOOST_TEST(other.stopped());
+
+  // From a completion to a queue on the same context: that queue holds the
+  // context's work while its operation is pending.
+  ioc.restart();
+  q.async_enqueue<void(error_code)>(completes_from_post(ioc), [&](error_code) {
+    same.async_enqueue<void(error_code)>(keeps, [&](error_code) { ++done; });
+  });
+  while (ioc.poll() != 0) {
+  }
+  BOOST_TEST(kept.size() == 2u);
+  BOOST_TEST(!ioc.stopped());
+  kept.back()(error_code());
+  ioc.run();
+  BOOST_TEST(done == 2);
+  BOOST_TEST(ioc.stopped());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

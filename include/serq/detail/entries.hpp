@@ -700,6 +700,7 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
       wait_launch_done(*this);
       this->core().trace_done(ec);
       entry_base* next = this->core().finish_and_take_next(&idle_work);
+      const lingering_work linger(base::core_type::tag(), &idle_work);
       free_then_invoke(this, this->handler_, start_next{next, on_queue_executor},
                        std::forward<Arg0>(ec), std::forward<Args>(args)...);
       return;
@@ -708,6 +709,9 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
     wait_launch_done(*this);
     this->core().trace_done(ec);
     entry_base* next = this->core().finish_and_take_next(&idle_work);
+    // A handler dispatched to its own executor runs here too when this
+    // thread runs that executor (a coroutine resumed inline).
+    const lingering_work linger(base::core_type::tag(), &idle_work);
     base::complete_after(this, ex, mode, start_next{next, on_queue_executor},
                          std::forward<Arg0>(ec), std::forward<Args>(args)...);
   }

@@ -252,6 +252,31 @@ struct core_extras {
   std::string name;  // a name given by the user (not serq's own)
 };
 
+// Outstanding work a queue gave up as it went idle (finish_and_take_next's
+// *work_out), while the handler of its last entry runs on this thread. A
+// queue of the same executor that gets its first entry from inside that
+// handler takes this unit instead of counting one more on the executor: in
+// the usual pipeline, where every completion submits the next operation,
+// the queue's work count goes on without an atomic update in between.
+// Whatever is not taken is released by *work's owner, as before. Like
+// Asio's call stack, the thread's chain of these assumes handlers nest: a
+// handler must not switch stacks (a fiber) while one of these is current.
+class lingering_work {
+ public:
+  // tag: basic_queue_core<Executor>::tag(); work: a work_counter<Executor>
+  // that outlives this object.
+  lingering_work(const void* tag, void* work) noexcept;
+  ~lingering_work();
+  lingering_work(const lingering_work&) = delete;
+  lingering_work& operator=(const lingering_work&) = delete;
+
+ private:
+  friend class queue_core;
+  const void* tag_;
+  void* work_;
+  lingering_work* outer_;  // the one this one hides, if any
+};
+
 class queue_core : public service_member {
  public:
   enum class add_result { queued, trigger, launch_inline, closed };
@@ -381,6 +406,10 @@ class queue_core : public service_member {
   // One more unit of work, into out (as move_work_to), the queue keeping
   // its own; nothing if it cannot be had (an executor that allocates for it).
   virtual void add_work_to(void* out) noexcept = 0;
+  // Takes the unit of work *in (a work_counter of the core's executor type)
+  // holds, if it is work on this queue's executor (on the same io_context,
+  // for an io_context target): false, and nothing taken, otherwise.
+  virtual bool take_work_from(void* in) noexcept = 0;
 
  private:
   friend class canceller;
@@ -422,6 +451,8 @@ class queue_core : public service_member {
   }
   // Stops counting work when nothing needs it: into *work_out when given.
   void drop_work_locked(void* work_out) noexcept;
+  // Whether the queue took the unit a lingering_work of this thread offers.
+  bool take_lingering_work() noexcept;
   void call_hook(trace_point p, entry_info& info) noexcept;
   void trace_trigger_slow(entry_kind k) noexcept;
   void trace_done_slow(error_code result) noexcept;
@@ -504,8 +535,19 @@ class basic_queue_core final : public queue_core {
     } catch (...) {
     }
   }
+  // The comparison copies the counted executor (a strand's: a reference
+  // count up and down), still less than counting work afresh on it.
+  bool take_work_from(void* in) noexcept override {
+    auto& from = *static_cast<work_counter<Executor>*>(in);
+    if (!from.holds(executor_))
+      return false;
+    from.move_to(work_);
+    return true;
+  }
 
-  static constexpr char tag_ = 0;
+  // Writable, so that no linker folds the tags of two specializations
+  // (identical read-only constants may be merged): a tag names a type.
+  static inline char tag_ = 0;
   const Executor executor_;
   work_counter<Executor> work_;
 };
@@ -571,7 +613,7 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
   }
 
  private:
-  static constexpr char tag_ = 0;
+  static inline char tag_ = 0;  // writable: see basic_queue_core<Executor>::tag_
 
   struct other_target {
     explicit other_target(const net::any_io_executor& ex) : executor(ex) {}
@@ -605,6 +647,12 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
         to.adopt(net::prefer(other_->executor, net::execution::outstanding_work.tracked));
     } catch (...) {
     }
+  }
+  // Only an io_context target's work is taken: work on any other target
+  // (a strand, a user's executor) is counted afresh.
+  bool take_work_from(void* in) noexcept override {
+    return !other() &&
+           static_cast<work_counter<net::any_io_executor>*>(in)->take_io(io_, &io_work_);
   }
   void move_work_to(void* out) noexcept override {
     auto& to = *static_cast<work_counter<net::any_io_executor>*>(out);

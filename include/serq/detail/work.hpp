@@ -61,6 +61,8 @@ class work_counter {
       other.work_.emplace(std::move(*work_));
     work_.reset();
   }
+  // Whether this holds a unit of work on ex.
+  bool holds(const Executor& ex) const noexcept { return work_ && work_->get_executor() == ex; }
 
  private:
   std::optional<net::executor_work_guard<Executor>> work_;
@@ -89,6 +91,15 @@ class work_counter<net::any_io_executor> {
     finish();
     new (&other_) net::any_io_executor(std::move(w));
     held_ = held::other;
+  }
+  // Moves the work held on ex's io_context into the uninitialized storage
+  // `into`: false, and nothing moved, if this holds no such work.
+  bool take_io(const io_executor& ex, void* into) noexcept {
+    if (held_ != held::io || &io_.context() != &ex.context())
+      return false;
+    new (into) tracked_io_executor(std::move(io_));
+    finish();
+    return true;
   }
   void finish() noexcept {
     if (held_ == held::io)
