@@ -239,7 +239,16 @@ queue_core::queue_core(std::string_view name) {
   name_kind_ = name_in_extras;
 }
 
+namespace {
+thread_local lingering_work* lingering_top = nullptr;
+}  // namespace
+
 queue_core::~queue_core() {
+  // A handler that destroyed its idle queue: no later queue at this address
+  // is taken for it.
+  for (lingering_work* l = lingering_top; l; l = l->outer_)
+    if (l->idle_core_ == this)
+      l->idle_core_ = nullptr;
   delete extras_.load(std::memory_order_acquire);
 }
 
@@ -282,17 +291,20 @@ void queue_core::drop_work_locked(void* work_out) noexcept {
     work_finished();
 }
 
-namespace {
-thread_local lingering_work* lingering_top = nullptr;
-}  // namespace
-
-lingering_work::lingering_work(const void* tag, void* work) noexcept
-    : tag_(tag), work_(work), outer_(lingering_top) {
+lingering_work::lingering_work(const void* tag, void* work, queue_core* idle_core) noexcept
+    : tag_(tag), work_(work), idle_core_(idle_core), outer_(lingering_top) {
   lingering_top = this;
 }
 
 lingering_work::~lingering_work() {
   lingering_top = outer_;
+  if (entry_base* e = take_deferred()) {
+    try {
+      e->trigger();
+    } catch (...) {
+      // As in queue_core::finish: the entry was abandoned, the queue handed on.
+    }
+  }
 }
 
 bool queue_core::take_lingering_work() noexcept {
@@ -371,7 +383,13 @@ queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
     activate_locked(e, 0);
     if (depth > peak_depth_)
       peak_depth_ = depth;
-    return allow_inline ? add_result::launch_inline : add_result::trigger;
+    if (allow_inline)
+      return add_result::launch_inline;
+    if (lingering_work* l = lingering_top; l && l->idle_core_ == this && !l->deferred_) {
+      l->deferred_ = e;
+      return add_result::deferred;
+    }
+    return add_result::trigger;
   }
   // Wait times cost two clock reads per waiting entry: measured only once
   // someone looks (stats() called, or a hook installed).
@@ -735,6 +753,8 @@ void submit(queue_core& core, entry_base* e, bool allow_inline) {
       break;
     case queue_core::add_result::launch_inline:
       e->launch();
+      break;
+    case queue_core::add_result::deferred:
       break;
     case queue_core::add_result::closed:
       if (core.tracing())

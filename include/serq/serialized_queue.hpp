@@ -62,13 +62,20 @@ class queued_writer;
  * An entry that becomes active when the queue was idle (added to an idle
  * queue, after `start()`, after a turn is released) is triggered by a
  * function posted to the queue's executor, never inside the call that made
- * it active (except with `trigger_inline`). An entry that becomes active
- * because the previous operation completed is launched right there, once
- * that operation's handler has been handed on (invoked or dispatched), when
- * the completion runs on the queue's executor, as `strand::dispatch` runs
- * inline inside its strand; otherwise it is posted. A run of entries that
- * finish at once (barriers, cancelled entries) is launched inline at most 16
- * deep on one thread, then posted, so the stack stays bounded.
+ * it active (except with `trigger_inline`). One exception: the first entry
+ * added to the queue from inside the completion handler of the operation
+ * that left it idle, while that handler runs on the queue's executor within
+ * the completion, is launched right after the handler returns, by that
+ * completion, as an entry that waited would be (the usual pipeline, where
+ * each completion submits the next operation, then takes no post per
+ * operation); if the handler throws, the entry is posted. An entry that
+ * becomes active because the previous operation completed is launched right
+ * there, once that operation's handler has been handed on (invoked or
+ * dispatched), when the completion runs on the queue's executor, as
+ * `strand::dispatch` runs inline inside its strand; otherwise it is posted.
+ * A run of entries that finish at once (barriers, cancelled entries) is
+ * launched inline at most 16 deep on one thread, then posted, so the stack
+ * stays bounded.
  *
  * @par Completion signatures
  * Queued operations must have a completion signature

@@ -26,6 +26,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -496,6 +497,10 @@ BOOST_AUTO_TEST_CASE(a_chain_submitted_from_its_completions_counts_its_work_once
   BOOST_TEST(done == chain);
   BOOST_TEST(ioc.stopped());
   BOOST_TEST(ex.state()->work_started.load() == 1u);
+  // One trigger posted (the first entry's, added to an idle queue from
+  // outside), then each entry launched by the completion before it: the
+  // other executions are the operations' own completions.
+  BOOST_TEST(ex.state()->executions.load() == chain + 1u);
 
   // Not taken when the handler submits to a queue of another executor
   // of the same type: that one counts its own.
@@ -559,6 +564,95 @@ BOOST_AUTO_TEST_CASE(a_completions_work_goes_only_to_a_queue_on_the_same_context
   kept.back()(error_code());
   ioc.run();
   BOOST_TEST(done == 2);
+  BOOST_TEST(ioc.stopped());
+}
+
+// The hand-off rule for an entry added to the idle queue from the handler of
+// the entry that just completed there: it becomes active at once and is
+// launched once that handler has returned, by the completion, as a waiting
+// entry would be: never inside async_enqueue, and before anything the
+// handler posted.
+BOOST_AUTO_TEST_CASE(an_entry_its_predecessors_handler_adds_launches_when_that_handler_returns) {
+  net::io_context ioc;
+  serq::serialized_queue q(ioc);
+  std::vector<std::string> order;
+  bool in_call = false;
+  auto op = [&](auto handler) {
+    order.push_back(in_call ? "launched in the call" : "launched");
+    net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+  };
+  q.async_enqueue<void(error_code)>(completes_from_post(ioc), [&](error_code) {
+    net::post(ioc, [&] { order.push_back("posted by the handler"); });
+    in_call = true;
+    q.async_enqueue<void(error_code)>(op, [&](error_code ec) {
+      BOOST_TEST(!ec);
+      order.push_back("second done");
+    });
+    in_call = false;
+    order.push_back("handler returns");
+  });
+  ioc.run();
+  const std::vector<std::string> expected{"handler returns", "launched", "posted by the handler",
+                                          "second done"};
+  BOOST_TEST(order == expected, boost::test_tools::per_element());
+  BOOST_TEST(ioc.stopped());
+}
+
+// A handler that adds the next entry and then throws: the entry is
+// triggered (posted) instead, and runs on the next run of the context.
+BOOST_AUTO_TEST_CASE(an_entry_added_by_a_handler_that_throws_still_runs) {
+  net::io_context ioc;
+  serq::serialized_queue q(ioc);
+  int done = 0;
+  q.async_enqueue<void(error_code)>(completes_from_post(ioc), [&](error_code) {
+    q.async_enqueue<void(error_code)>(completes_from_post(ioc), [&](error_code ec) {
+      BOOST_TEST(!ec);
+      ++done;
+    });
+    throw std::runtime_error("handler");
+  });
+  BOOST_CHECK_THROW(ioc.run(), std::runtime_error);
+  BOOST_TEST(done == 0);
+  ioc.restart();
+  while (ioc.poll() != 0) {
+  }
+  BOOST_TEST(done == 1);
+  BOOST_TEST(ioc.stopped());
+  BOOST_TEST(q.size() == 0u);
+}
+
+// A handler that adds the next entry and then destroys the queue: the entry,
+// active but not launched, completes with operation_aborted, as a triggered
+// one does; a queue made afterwards (perhaps at the same address) is
+// launched through its own trigger.
+BOOST_AUTO_TEST_CASE(an_entry_added_by_a_handler_that_destroys_its_queue_is_aborted) {
+  net::io_context ioc;
+  auto q = std::make_unique<serq::serialized_queue>(ioc);
+  error_code got;
+  int done = 0;
+  bool launched = false;
+  q->async_enqueue<void(error_code)>(completes_from_post(ioc), [&](error_code) {
+    q->async_enqueue<void(error_code)>(
+        [&](auto handler) {
+          launched = true;
+          net::post(ioc, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+        },
+        [&](error_code ec) {
+          got = ec;
+          ++done;
+        });
+    q.reset();
+    q = std::make_unique<serq::serialized_queue>(ioc);
+    q->async_enqueue<void(error_code)>(completes_from_post(ioc), [&](error_code ec) {
+      BOOST_TEST(!ec);
+      ++done;
+    });
+  });
+  while (ioc.poll() != 0) {
+  }
+  BOOST_TEST(done == 2);
+  BOOST_TEST(!launched);
+  BOOST_TEST(got == net::error::operation_aborted);
   BOOST_TEST(ioc.stopped());
 }
 

@@ -302,12 +302,16 @@ inline void hand_off(entry_base* next, bool launch_here) {
 }
 
 // What an entry that finished does once its handler is handed on.
+// Without a waiting entry, the one the handler added to the idle queue, if
+// any (lingering_work).
 struct start_next {
   entry_base* next;
   bool on_queue_executor;
+  lingering_work* linger = nullptr;
   void operator()(bool inline_ok) const {
-    if (next)
-      hand_off(next, inline_ok && on_queue_executor);
+    entry_base* n = next ? next : linger ? linger->take_deferred() : nullptr;
+    if (n)
+      hand_off(n, inline_ok && on_queue_executor);
   }
 };
 
@@ -699,20 +703,24 @@ class op_entry final : public handler_entry<Handler, QueueExecutor> {
       // any_io_executor queue, making it is a type-erased construction).
       wait_launch_done(*this);
       this->core().trace_done(ec);
-      entry_base* next = this->core().finish_and_take_next(&idle_work);
-      const lingering_work linger(base::core_type::tag(), &idle_work);
-      free_then_invoke(this, this->handler_, start_next{next, on_queue_executor},
+      queue_core& core = this->core();
+      entry_base* next = core.finish_and_take_next(&idle_work);
+      lingering_work linger(base::core_type::tag(), &idle_work,
+                            next || !on_queue_executor ? nullptr : &core);
+      free_then_invoke(this, this->handler_, start_next{next, on_queue_executor, &linger},
                        std::forward<Arg0>(ec), std::forward<Args>(args)...);
       return;
     }
     const auto ex = this->handler_executor();
     wait_launch_done(*this);
     this->core().trace_done(ec);
-    entry_base* next = this->core().finish_and_take_next(&idle_work);
+    queue_core& core = this->core();
+    entry_base* next = core.finish_and_take_next(&idle_work);
     // A handler dispatched to its own executor runs here too when this
     // thread runs that executor (a coroutine resumed inline).
-    const lingering_work linger(base::core_type::tag(), &idle_work);
-    base::complete_after(this, ex, mode, start_next{next, on_queue_executor},
+    lingering_work linger(base::core_type::tag(), &idle_work,
+                          next || !on_queue_executor ? nullptr : &core);
+    base::complete_after(this, ex, mode, start_next{next, on_queue_executor, &linger},
                          std::forward<Arg0>(ec), std::forward<Args>(args)...);
   }
 

@@ -29,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 SERQ_NAMESPACE_BEGIN
 class serialized_queue_service;
@@ -252,34 +253,52 @@ struct core_extras {
   std::string name;  // a name given by the user (not serq's own)
 };
 
-// Outstanding work a queue gave up as it went idle (finish_and_take_next's
-// *work_out), while the handler of its last entry runs on this thread. A
-// queue of the same executor that gets its first entry from inside that
-// handler takes this unit instead of counting one more on the executor: in
-// the usual pipeline, where every completion submits the next operation,
-// the queue's work count goes on without an atomic update in between.
-// Whatever is not taken is released by *work's owner, as before. Like
-// Asio's call stack, the thread's chain of these assumes handlers nest: a
-// handler must not switch stacks (a fiber) while one of these is current.
+// What a queue's completion leaves for its handler, while that handler runs
+// on this thread (it is invoked inline, or dispatched and run inline):
+// - The outstanding work the queue gave up as it went idle
+//   (finish_and_take_next's *work_out). A queue of the same executor that
+//   gets its first entry from inside the handler takes this unit instead of
+//   counting one more on the executor: in the usual pipeline, where every
+//   completion submits the next operation, the queue's work count goes on
+//   without an atomic update in between. Whatever is not taken is released
+//   by *work's owner, as before.
+// - When the completion runs on the queue's executor, the queue that went
+//   idle itself: the first entry the handler adds to it becomes active at
+//   once but is launched only after the handler returns, by the completion
+//   (take_deferred, see start_next), as a waiting entry would be, instead of
+//   through a posted trigger. Never inside async_enqueue.
+// Like Asio's call stack, the thread's chain of these assumes handlers nest:
+// a handler must not switch stacks (a fiber) while one of these is current.
 class lingering_work {
  public:
   // tag: basic_queue_core<Executor>::tag(); work: a work_counter<Executor>
-  // that outlives this object.
-  lingering_work(const void* tag, void* work) noexcept;
+  // that outlives this object; idle_core: the queue that went idle, when
+  // the completion runs on its executor, else null.
+  lingering_work(const void* tag, void* work, queue_core* idle_core) noexcept;
+  // An entry deferred and not taken (the completion never got so far) is
+  // triggered, as it would have been.
   ~lingering_work();
   lingering_work(const lingering_work&) = delete;
   lingering_work& operator=(const lingering_work&) = delete;
+
+  // The entry the handler added to the idle queue, now active, for the
+  // caller to launch (or trigger); null if none.
+  entry_base* take_deferred() noexcept { return std::exchange(deferred_, nullptr); }
 
  private:
   friend class queue_core;
   const void* tag_;
   void* work_;
+  queue_core* idle_core_;
+  entry_base* deferred_ = nullptr;
   lingering_work* outer_;  // the one this one hides, if any
 };
 
 class queue_core : public service_member {
  public:
-  enum class add_result { queued, trigger, launch_inline, closed };
+  // deferred: e is active, to be launched by the completion whose handler
+  // added it (lingering_work).
+  enum class add_result { queued, trigger, launch_inline, deferred, closed };
   enum class untrigger_result { done, refused, closed };
   using clock = std::chrono::steady_clock;
 
