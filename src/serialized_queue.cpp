@@ -385,7 +385,11 @@ queue_core::add_result queue_core::add(entry_base* e, bool allow_inline) {
       peak_depth_ = depth;
     if (allow_inline)
       return add_result::launch_inline;
-    if (lingering_work* l = lingering_top; l && l->idle_core_ == this && !l->deferred_) {
+    // The completion launches the entry where it runs: only if that is this
+    // queue's executor (idle_core_ may name a core gone since, whose address
+    // a new queue took).
+    if (lingering_work* l = lingering_top;
+        l && l->idle_core_ == this && !l->deferred_ && runs_on_this_thread()) {
       l->deferred_ = e;
       return add_result::deferred;
     }

@@ -68,14 +68,17 @@ class queued_writer;
  * the completion, is launched right after the handler returns, by that
  * completion, as an entry that waited would be (the usual pipeline, where
  * each completion submits the next operation, then takes no post per
- * operation); if the handler throws, the entry is posted. An entry that
- * becomes active because the previous operation completed is launched right
- * there, once that operation's handler has been handed on (invoked or
- * dispatched), when the completion runs on the queue's executor, as
- * `strand::dispatch` runs inline inside its strand; otherwise it is posted.
- * A run of entries that finish at once (barriers, cancelled entries) is
- * launched inline at most 16 deep on one thread, then posted, so the stack
- * stays bounded.
+ * operation); if the handler throws, the entry is posted. As a strand's
+ * handler must not wait for a function it posted to its own strand, such a
+ * handler must not wait for the entry it added (block on a future, or run
+ * the context nested until it completes): that entry starts only after the
+ * handler returns. An entry that becomes active because the previous
+ * operation completed is launched right there, once that operation's handler
+ * has been handed on (invoked or dispatched), when the completion runs on
+ * the queue's executor, as `strand::dispatch` runs inline inside its strand;
+ * otherwise it is posted. A run of entries that finish at once (barriers,
+ * cancelled entries) is launched inline at most 16 deep on one thread, then
+ * posted, so the stack stays bounded.
  *
  * @par Completion signatures
  * Queued operations must have a completion signature

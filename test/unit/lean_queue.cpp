@@ -656,4 +656,36 @@ BOOST_AUTO_TEST_CASE(an_entry_added_by_a_handler_that_destroys_its_queue_is_abor
   BOOST_TEST(ioc.stopped());
 }
 
+// A queue destroyed while its operation runs: the completion frees its core
+// before the handler runs. A queue the handler makes then (on a strand of the
+// same context, likely at the freed core's address) is not taken for the one
+// that went idle: its entry is launched on its own executor, inside the
+// strand, through its trigger.
+BOOST_AUTO_TEST_CASE(
+    a_queue_made_by_the_handler_of_a_destroyed_queue_launches_on_its_own_executor) {
+  net::io_context ioc;
+  auto q = std::make_unique<serq::serialized_queue>(ioc);
+  std::unique_ptr<serq::serialized_queue> q2;
+  const auto strand = net::make_strand(ioc);
+  int done = 0;
+  bool in_strand = false;
+  q->async_enqueue<void(error_code)>(completes_from_post(ioc), [&](error_code) {
+    q2 = std::make_unique<serq::serialized_queue>(strand);
+    q2->async_enqueue<void(error_code)>(
+        [&](auto handler) {
+          in_strand = strand.running_in_this_thread();
+          net::post(strand, [h = std::move(handler)]() mutable { std::move(h)(error_code()); });
+        },
+        [&](error_code ec) {
+          BOOST_TEST(!ec);
+          ++done;
+        });
+  });
+  BOOST_TEST(ioc.run_one() == 1u);  // the trigger: the operation is in flight
+  q.reset();                        // its core lives until the operation completes
+  ioc.run();
+  BOOST_TEST(done == 1);
+  BOOST_TEST(in_strand);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -429,6 +429,8 @@ class queue_core : public service_member {
   // holds, if it is work on this queue's executor (on the same io_context,
   // for an io_context target): false, and nothing taken, otherwise.
   virtual bool take_work_from(void* in) noexcept = 0;
+  // Whether the calling thread runs the queue's executor (running_here()).
+  virtual bool runs_on_this_thread() const noexcept = 0;
 
  private:
   friend class canceller;
@@ -535,6 +537,7 @@ class basic_queue_core final : public queue_core {
   // Whether the calling thread runs the queue's executor (false when it
   // cannot tell).
   bool running_here() const noexcept { return running_in(executor_); }
+  bool runs_on_this_thread() const noexcept override { return running_here(); }
 
   // Posts f to the queue's executor.
   template <class Function>
@@ -622,6 +625,7 @@ class basic_queue_core<net::any_io_executor> final : public queue_core {
   bool running_here() const noexcept {
     return !other() ? io_.running_in_this_thread() : running_in(other_->executor);
   }
+  bool runs_on_this_thread() const noexcept override { return running_here(); }
 
   template <class Function>
   void post(Function&& f) const {
