@@ -95,7 +95,8 @@ class work_counter<net::any_io_executor> {
   // Moves the work held on ex's io_context into the uninitialized storage
   // `into`: false, and nothing moved, if this holds no such work.
   bool take_io(const io_executor& ex, void* into) noexcept {
-    if (held_ != held::io || &io_.context() != &ex.context())
+    if (held_ != held::io ||
+        &net::query(io_, net::execution::context) != &net::query(ex, net::execution::context))
       return false;
     new (into) tracked_io_executor(std::move(io_));
     finish();
