@@ -20,6 +20,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -210,6 +211,89 @@ BOOST_AUTO_TEST_CASE(concurrent_producers_keep_fifo_no_overlap_and_exactly_once_
   BOOST_TEST(tr.invoked_twice() == 0u);
   BOOST_TEST(tr.pending() == 0u);
   BOOST_TEST_MESSAGE("entries launched: " << ran << " of " << producers * per_producer);
+}
+
+// The usual pipeline, on several io threads: on each of three queues a chain
+// whose every completion submits the next operation from its handler (the
+// queue, idle then, has that entry launched by the completion after the
+// handler returns), while a foreign thread submits to every queue too and
+// waits on futures. Once on the io_context, once with each queue on a strand
+// of it. On each queue operations never overlap, both sources stay in order,
+// and every entry completes once.
+namespace {
+void pipelines_on_several_threads(bool on_strand) {
+  constexpr int queues = 3;
+  constexpr int chain = 0, foreign_source = 1;  // the shared_state "producers" used
+  std::vector<shared_state> states(queues);
+  std::atomic<int> chains_done{0};
+  {
+    net::io_context ioc(runner_threads);
+    std::vector<std::unique_ptr<serq::serialized_queue>> qs;
+    for (int i = 0; i < queues; ++i)
+      qs.push_back(std::make_unique<serq::serialized_queue>(
+          on_strand ? net::any_io_executor(net::make_strand(ioc))
+                    : net::any_io_executor(ioc.get_executor())));
+    auto work = net::make_work_guard(ioc);
+    std::function<void(int, int)> submit = [&](int i, int seq) {
+      qs[i]->async_enqueue<void(error_code, int)>(
+          make_op(states[i], ioc, chain, seq), [&, i, seq](error_code ec, int v) {
+            ++states[i].completions[chain * per_producer + seq];
+            if (ec || v != seq)
+              ++states[i].wrong_outcome;
+            if (seq + 1 < per_producer)
+              submit(i, seq + 1);
+            else
+              ++chains_done;
+          });
+    };
+    for (int i = 0; i < queues; ++i)
+      net::post(qs[i]->get_executor(), [&submit, i] { submit(i, 0); });
+    std::vector<std::thread> runners;
+    for (int t = 0; t < runner_threads; ++t)
+      runners.emplace_back([&] { ioc.run(); });
+    std::thread foreign([&] {
+      std::vector<std::future<std::tuple<error_code, int>>> futures;
+      for (int seq = 0; seq < per_producer; ++seq) {
+        for (int i = 0; i < queues; ++i)
+          futures.push_back(qs[i]->async_enqueue<void(error_code, int)>(
+              make_op(states[i], ioc, foreign_source, seq), use_future()));
+        if (seq % 64 == 63)
+          futures.back().wait();
+      }
+      for (std::size_t k = 0; k < futures.size(); ++k) {
+        const int i = static_cast<int>(k % queues);
+        const int seq = static_cast<int>(k / queues);
+        auto [ec, v] = futures[k].get();
+        ++states[i].completions[foreign_source * per_producer + seq];
+        if (ec || v != seq)
+          ++states[i].wrong_outcome;
+      }
+    });
+    foreign.join();
+    work.reset();
+    for (auto& t : runners)
+      t.join();
+    for (auto& q : qs)
+      BOOST_TEST(q->empty());
+  }
+  BOOST_TEST(chains_done.load() == queues);
+  for (auto& st : states) {
+    BOOST_TEST(st.max_active.load() == 1);
+    BOOST_TEST(st.active.load() == 0);
+    BOOST_TEST(st.fifo_violations == 0);
+    BOOST_TEST(st.wrong_outcome.load() == 0);
+    int not_once = 0;
+    for (int i = 0; i < 2 * per_producer; ++i)
+      if (st.completions[i].load() != 1 || !st.launched[i])
+        ++not_once;
+    BOOST_TEST(not_once == 0);
+  }
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(pipelines_submitted_from_their_handlers_on_several_threads) {
+  pipelines_on_several_threads(false);
+  pipelines_on_several_threads(true);
 }
 
 // A session object (its queue, say beside a socket) destroyed on one thread
