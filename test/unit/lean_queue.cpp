@@ -623,8 +623,9 @@ BOOST_AUTO_TEST_CASE(an_entry_added_by_a_handler_that_throws_still_runs) {
 
 // A handler that adds the next entry and then destroys the queue: the entry,
 // active but not launched, completes with operation_aborted, as a triggered
-// one does; a queue made afterwards (perhaps at the same address) is
-// launched through its own trigger.
+// one does (its core lives on for it, so a queue made afterwards is at
+// another address and goes through its own trigger; the freed-address case
+// is the next test's).
 BOOST_AUTO_TEST_CASE(an_entry_added_by_a_handler_that_destroys_its_queue_is_aborted) {
   net::io_context ioc;
   auto q = std::make_unique<serq::serialized_queue>(ioc);
